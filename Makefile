@@ -1,0 +1,39 @@
+# edgedepot: `make test` and `make demo` each set up everything they need.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DEB_TOOLS := dpkg-dev gnupg apt xz-utils zstd
+BENCH_TOOLS := apt-cacher-ng nginx-light wrk
+
+.PHONY: venv debtools test demo bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+debtools:
+	@missing=""; for p in $(DEB_TOOLS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+test: venv debtools
+	$(VENV)/bin/pytest -q
+
+demo: venv debtools
+	$(VENV)/bin/distro-sync demo
+
+bench: venv debtools
+	@missing=""; for p in $(BENCH_TOOLS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	$(PY) -m benchmarks.cache_node
+
+lint: venv
+	$(VENV)/bin/ruff check distro cache_node syncer tests benchmarks
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

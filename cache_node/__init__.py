@@ -1,0 +1,1 @@
+"""edgedepot: cache_node."""

@@ -1,0 +1,338 @@
+"""An apt repository served from an upstream URL: atomic index snapshots, verified pool files.
+
+A *snapshot* of a suite is its `InRelease`/`Release`/`Release.gpg` as fetched together at one
+moment. Index files (`Packages.xz`, ...) are only ever served as listed by the current snapshot:
+by the sha256 its Release promises, looked up in the store or fetched by hash. When the TTL has
+passed the next request for a Release file revalidates upstream; a changed Release becomes the
+current snapshot only after the index files clients used under the old one were fetched,
+verified against the new Release and parsed, so a client is never handed a new `InRelease` with
+an old `Packages`. If upstream is down or sends anything malformed, the last good snapshot stays
+and is served flagged as stale. Pool files are immutable; their bytes are verified against the
+sha256 of the `Packages` entry (or the upstream tier's `Repr-Digest`) before they are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+
+from cache_node.answers import Answer, BlobAnswer, BytesAnswer, NotFound, ServiceError, \
+    StreamAnswer, content_type_for
+from cache_node.fetch import FetchCoordinator, FetchFailed, FetchPlan
+from cache_node.metrics import Metrics
+from cache_node.store import BlobStore
+from cache_node.upstream import UpstreamClient, UpstreamError, UpstreamNotFound
+from distro.debian_repo import PoolEntry, ReleaseIndex, decompress_index, parse_packages, \
+    parse_release
+from distro.errors import MalformedIndexError as _PypiMalformed
+from distro.debian_repo import MalformedIndexError as _DebMalformed
+
+log = logging.getLogger(__name__)
+
+RELEASE_FILES = ("InRelease", "Release", "Release.gpg")
+BY_HASH_RE = re.compile(r"^(?:(?P<dir>.+)/)?by-hash/SHA256/(?P<digest>[0-9a-f]{64})$")
+MalformedIndex = (_DebMalformed, _PypiMalformed)
+RETRY_FAILED_REVALIDATION_AFTER = 15.0
+
+
+@dataclass
+class SuiteSnapshot:
+    suite: str
+    files: dict[str, bytes]
+    index: ReleaseIndex
+    identity: str  # sha256 of the Release text the snapshot was built from
+    validated_at: float
+    last_modified: str | None = None
+    failed_at: float | None = None
+    by_sha256: dict[str, int] = field(default_factory=dict)  # digest -> size of listed files
+
+    def __post_init__(self) -> None:
+        self.by_sha256 = {e.sha256: e.size for e in self.index.files.values()}
+
+
+def _identity(files: dict[str, bytes]) -> str:
+    import hashlib
+    return hashlib.sha256(files.get("InRelease", b"") + b"\0" + files.get("Release", b"")).hexdigest()
+
+
+class RemoteAptRepo:
+    """One apt repository mirrored from `base_url` (a Debian mirror, an origin or a cache)."""
+
+    def __init__(self, name: str, base_url: str, store: BlobStore, fetches: FetchCoordinator,
+                 client: UpstreamClient, metrics: Metrics, index_ttl: float) -> None:
+        self.name = name
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.store = store
+        self.fetches = fetches
+        self.client = client
+        self.metrics = metrics
+        self.index_ttl = index_ttl
+        self.namespace = f"apt/{name}"
+        self._ns_pool = f"apt-pool:{name}"
+        self._ns_index = f"apt-index:{name}"
+        self._ns_snapshot = f"apt-snapshot:{name}"
+        self._snapshots: dict[str, SuiteSnapshot] = {}
+        self._revalidations: dict[str, asyncio.Task[SuiteSnapshot]] = {}
+        self._pool: dict[str, PoolEntry] = {}
+        self._learned: set[str] = set()
+
+    # -- persistence -----------------------------------------------------------------------
+    def load_persisted(self) -> None:
+        """Restore the last good snapshots so a restarted node can serve while upstream is down."""
+        per_suite: dict[str, dict[str, bytes]] = {}
+        for name, digest in list(self.store.names(self._ns_snapshot)):
+            suite, _, fname = name.rpartition("/")
+            try:
+                per_suite.setdefault(suite, {})[fname] = self.store.read_bytes(digest)
+            except OSError:
+                continue
+        for suite, files in per_suite.items():
+            main = files.get("InRelease") or files.get("Release")
+            if main is None:
+                continue
+            try:
+                index = parse_release(main, f"{self.namespace} {suite} (stored)")
+            except MalformedIndex as exc:
+                log.error("stored snapshot of %s unusable: %s", suite, exc)
+                continue
+            self._snapshots[suite] = SuiteSnapshot(suite, files, index, _identity(files),
+                                                   validated_at=float("-inf"))
+
+    def snapshots(self) -> dict[str, SuiteSnapshot]:
+        return dict(self._snapshots)
+
+    # -- dispatch --------------------------------------------------------------------------
+    async def answer(self, relpath: str) -> Answer:
+        parts = relpath.split("/")
+        if parts[0] == "dists" and len(parts) >= 3:
+            suite, rest = parts[1], "/".join(parts[2:])
+            if rest in RELEASE_FILES:
+                return await self._answer_release(suite, rest)
+            return await self._answer_index(suite, rest)
+        if parts[0] == "pool" and len(parts) >= 2:
+            return await self._answer_pool(relpath)
+        raise NotFound(f"{self.namespace}: no such path {relpath}")
+
+    # -- Release files and snapshots -------------------------------------------------------
+    async def _answer_release(self, suite: str, fname: str) -> Answer:
+        snap, stale = await self.current(suite)
+        data = snap.files.get(fname)
+        if data is None:
+            raise NotFound(f"{self.namespace}: {suite} has no {fname} upstream")
+        import hashlib
+        return BytesAnswer(data, content_type_for(fname), hashlib.sha256(data).hexdigest(),
+                           stale=stale, last_modified=snap.last_modified)
+
+    async def current(self, suite: str, revalidate: bool = True) -> tuple[SuiteSnapshot, bool]:
+        """The suite's current snapshot and whether it is stale (upstream unusable)."""
+        snap = self._snapshots.get(suite)
+        now = time.monotonic()
+        if snap is not None:
+            if not revalidate or now - snap.validated_at < self.index_ttl:
+                return snap, False
+            if snap.failed_at is not None and \
+                    now - snap.failed_at < min(self.index_ttl, RETRY_FAILED_REVALIDATION_AFTER):
+                self.metrics.stale_serves.inc(self.namespace)
+                return snap, True
+        task = self._revalidations.get(suite)
+        if task is None:
+            task = asyncio.create_task(self._revalidate(suite, snap))
+            self._revalidations[suite] = task
+            task.add_done_callback(lambda _t: self._revalidations.pop(suite, None))
+        try:
+            return await asyncio.shield(task), False
+        except UpstreamNotFound:
+            if snap is None:
+                raise NotFound(f"{self.namespace}: upstream has no suite {suite}") from None
+            snap.failed_at = time.monotonic()
+            self.metrics.stale_serves.inc(self.namespace)
+            return snap, True
+        except (UpstreamError, FetchFailed, *MalformedIndex) as exc:
+            if snap is None:
+                status = getattr(exc, "http_status", 502)
+                raise ServiceError(f"{self.namespace}: cannot get {suite} from upstream: {exc}",
+                                   status) from None
+            snap.failed_at = time.monotonic()
+            self.metrics.stale_serves.inc(self.namespace)
+            log.warning("serving stale snapshot of %s/%s: %s", self.name, suite, exc)
+            return snap, True
+
+    async def _fetch_optional(self, url: str, headers: dict[str, str]) -> tuple[int, bytes,
+                                                                                  str | None]:
+        try:
+            reply = await self.client.fetch_small(url, headers)
+        except UpstreamNotFound:
+            return 404, b"", None
+        return reply.status, reply.body, reply.headers.get("Last-Modified")
+
+    async def _revalidate(self, suite: str, old: SuiteSnapshot | None) -> SuiteSnapshot:
+        base = f"{self.base_url}dists/{suite}/"
+        cond: dict[str, str] = {}
+        if old is not None and old.last_modified:
+            cond["If-Modified-Since"] = old.last_modified
+        status, inrelease, last_modified = await self._fetch_optional(base + "InRelease", cond)
+        if status == 304 and old is not None:
+            old.validated_at, old.failed_at = time.monotonic(), None
+            return old
+        if old is not None and status == 200 and inrelease == old.files.get("InRelease"):
+            old.validated_at, old.failed_at = time.monotonic(), None
+            return old
+        _, release, lm2 = await self._fetch_optional(base + "Release", {})
+        _, release_gpg, _ = await self._fetch_optional(base + "Release.gpg", {})
+        files = {k: v for k, v in (("InRelease", inrelease), ("Release", release),
+                                   ("Release.gpg", release_gpg)) if v}
+        if "InRelease" not in files and "Release" not in files:
+            raise UpstreamNotFound(base, "neither InRelease nor Release exists")
+        try:
+            index = parse_release(files.get("InRelease") or files["Release"],
+                                  f"{base}{'InRelease' if 'InRelease' in files else 'Release'}")
+            if "InRelease" in files and "Release" in files:
+                plain = parse_release(files["Release"], base + "Release")
+                if dict(plain.files) != dict(index.files):
+                    raise _DebMalformed(base + "Release", None,
+                                        "Release and InRelease list different files "
+                                        "(upstream is mid-update)")
+        except MalformedIndex:
+            self.metrics.index_errors.inc(self.namespace)
+            raise
+        if old is not None and _identity(files) == old.identity:
+            old.validated_at, old.failed_at = time.monotonic(), None
+            return old
+        new = SuiteSnapshot(suite, files, index, _identity(files), time.monotonic(),
+                            last_modified or lm2)
+        await self._carry_over_indexes(new)
+        for fname in RELEASE_FILES:
+            if fname in files:
+                ref = self.store.put_bytes(files[fname])
+                self.store.bind(self._ns_snapshot, f"{suite}/{fname}", ref.digest)
+            else:
+                self.store.unbind(self._ns_snapshot, f"{suite}/{fname}")
+        self._snapshots[suite] = new
+        log.info("%s/%s: new snapshot (%d index files listed)", self.name, suite,
+                 len(index.files))
+        return new
+
+    async def _carry_over_indexes(self, new: SuiteSnapshot) -> None:
+        """Fetch, verify and parse every index file clients used under the old snapshot."""
+        prefix = f"{new.suite}/"
+        used = [name[len(prefix):] for name, _ in self.store.names(self._ns_index)
+                if name.startswith(prefix)]
+        for rel in used:
+            entry = new.index.entry(rel)
+            if entry is None:
+                self.store.unbind(self._ns_index, prefix + rel)
+                continue
+            if not self.store.has(entry.sha256):
+                fetch = self.fetches.start(self._index_plan(new, rel), self.client)
+                await fetch.done
+            if "Packages" in rel.rsplit("/", 1)[-1]:
+                await self._learn_packages(entry.sha256, f"{self.base_url}dists/{prefix}{rel}",
+                                           strict=True)
+        for rel in used:
+            entry = new.index.entry(rel)
+            if entry is not None:
+                self.store.bind(self._ns_index, prefix + rel, entry.sha256)
+
+    # -- index files -----------------------------------------------------------------------
+    def _index_plan(self, snap: SuiteSnapshot, rel: str) -> FetchPlan:
+        entry = snap.index.entry(rel)
+        assert entry is not None
+        directory = rel.rsplit("/", 1)[0] if "/" in rel else ""
+        if snap.index.acquire_by_hash:
+            url_rel = (directory + "/" if directory else "") + f"by-hash/SHA256/{entry.sha256}"
+        else:
+            url_rel = rel
+        return FetchPlan(key=f"sha256:{entry.sha256}",
+                         url=f"{self.base_url}dists/{snap.suite}/{url_rel}",
+                         namespace=self.namespace, expected_sha256=entry.sha256,
+                         expected_size=entry.size,
+                         binds=((self._ns_index, f"{snap.suite}/{rel}"),))
+
+    async def _answer_index(self, suite: str, rest: str) -> Answer:
+        snap, stale = await self.current(suite, revalidate=suite not in self._snapshots)
+        by_hash = BY_HASH_RE.match(rest)
+        if by_hash:
+            digest = by_hash.group("digest")
+            size = snap.by_sha256.get(digest)
+            if size is None:
+                raise NotFound(f"{self.namespace}: {digest[:12]} is not listed by the current "
+                               f"{suite} Release")
+            plan = FetchPlan(key=f"sha256:{digest}", url=f"{self.base_url}dists/{suite}/{rest}",
+                             namespace=self.namespace, expected_sha256=digest, expected_size=size)
+        else:
+            entry = snap.index.entry(rest)
+            if entry is None:
+                raise NotFound(f"{self.namespace}: {rest} is not listed by {suite}'s Release")
+            digest = entry.sha256
+            plan = self._index_plan(snap, rest)
+        ref = self.store.get(digest)
+        if ref is not None:
+            self.metrics.hits.inc(self.namespace)
+            for namespace, name in plan.binds:
+                self.store.bind(namespace, name, digest)
+            return BlobAnswer(self.store.blob_path(digest), ref.size, digest,
+                              content_type_for(rest), stale=stale)
+        self.metrics.misses.inc(self.namespace)
+        fetch = self.fetches.start(plan, self.client)
+        if "Packages" in rest.rsplit("/", 1)[-1] and not by_hash:
+            fetch.done.add_done_callback(
+                lambda f: None if f.exception() else asyncio.ensure_future(
+                    self._learn_packages(digest, f"{self.base_url}dists/{suite}/{rest}",
+                                         strict=False)))
+        return StreamAnswer(fetch, content_type_for(rest))
+
+    async def _learn_packages(self, digest: str, source: str, strict: bool) -> None:
+        """Parse a stored Packages index so pool files can be verified against it."""
+        if digest in self._learned:
+            return
+        try:
+            raw = await asyncio.to_thread(self.store.read_bytes, digest)
+            name = source.rsplit("/", 1)[-1]
+            entries = await asyncio.to_thread(
+                lambda: parse_packages(decompress_index(name, raw), source))
+        except (OSError, *MalformedIndex) as exc:
+            self.metrics.index_errors.inc(self.namespace)
+            log.error("rejecting index %s: %s", source, exc)
+            if strict:
+                raise
+            return
+        for entry in entries:
+            self._pool[entry.filename] = entry
+        self._learned.add(digest)
+
+    async def _learn_stored_indexes(self) -> None:
+        for snap in list(self._snapshots.values()):
+            for rel, entry in snap.index.files.items():
+                name = rel.rsplit("/", 1)[-1]
+                if name.startswith("Packages") and entry.sha256 not in self._learned \
+                        and self.store.has(entry.sha256):
+                    await self._learn_packages(entry.sha256, f"dists/{snap.suite}/{rel}", False)
+
+    # -- pool files ------------------------------------------------------------------------
+    async def _answer_pool(self, relpath: str) -> Answer:
+        ref = self.store.lookup(self._ns_pool, relpath)
+        if ref is not None:
+            self.metrics.hits.inc(self.namespace)
+            return BlobAnswer(self.store.blob_path(ref.digest), ref.size, ref.digest,
+                              content_type_for(relpath), immutable=True)
+        entry = self._pool.get(relpath)
+        if entry is None:
+            await self._learn_stored_indexes()
+            entry = self._pool.get(relpath)
+        if entry is not None:
+            blob = self.store.get(entry.sha256)
+            if blob is not None:
+                self.store.bind(self._ns_pool, relpath, entry.sha256)
+                self.metrics.hits.inc(self.namespace)
+                return BlobAnswer(self.store.blob_path(entry.sha256), blob.size, entry.sha256,
+                                  content_type_for(relpath), immutable=True)
+        key = f"sha256:{entry.sha256}" if entry else f"{self._ns_pool}:{relpath}"
+        plan = FetchPlan(key=key, url=self.base_url + relpath, namespace=self.namespace,
+                         expected_sha256=entry.sha256 if entry else None,
+                         expected_size=entry.size if entry else None,
+                         binds=((self._ns_pool, relpath),))
+        self.metrics.misses.inc(self.namespace)
+        return StreamAnswer(self.fetches.start(plan, self.client), content_type_for(relpath))

@@ -1,0 +1,225 @@
+"""Thin aiohttp routes: translate requests into calls on the node's cores and answers back."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import time
+
+from aiohttp import web
+
+from cache_node.answers import Answer, BadRequest, BlobAnswer, BytesAnswer, RedirectAnswer, \
+    ServiceError, StreamAnswer, safe_relpath
+from cache_node.fetch import FetchFailed, stream_fetch
+from cache_node.node import Node
+from cache_node.upstream import format_repr_digest
+from distro.pypi_index import choose_format
+
+log = logging.getLogger(__name__)
+
+NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
+STALE_HEADER = "X-Edgedepot-Stale"
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def _common_headers(answer: BlobAnswer | BytesAnswer) -> dict[str, str]:
+    headers = {"Content-Type": answer.content_type}
+    if answer.sha256:
+        headers["Repr-Digest"] = format_repr_digest(answer.sha256)
+        headers["ETag"] = f'"{answer.sha256}"'
+    if answer.immutable:
+        headers["Cache-Control"] = IMMUTABLE
+    if answer.stale:
+        headers[STALE_HEADER] = "1"
+        headers["Warning"] = '110 - "Response is Stale"'
+    return headers
+
+
+async def render_answer(request: web.Request, answer: Answer, namespace: str) -> web.StreamResponse:
+    node = request.app[NODE_KEY]
+    node.metrics.requests.inc(namespace)
+    node.metrics.count_served_path(request.path)
+    if isinstance(answer, RedirectAnswer):
+        raise web.HTTPMovedPermanently(answer.location)
+    if isinstance(answer, BytesAnswer):
+        headers = _common_headers(answer)
+        if answer.last_modified:
+            headers["Last-Modified"] = answer.last_modified
+        if request.headers.get("If-None-Match") == headers.get("ETag"):
+            return web.Response(status=304, headers=headers)
+        ims = request.headers.get("If-Modified-Since")
+        if ims and answer.last_modified and ims == answer.last_modified:
+            return web.Response(status=304, headers=headers)
+        node.metrics.served_bytes.inc(namespace, len(answer.body))
+        return web.Response(body=answer.body, headers=headers)
+    if isinstance(answer, BlobAnswer):
+        headers = _common_headers(answer)
+        headers["X-Edgedepot-Cache"] = "HIT"
+        node.metrics.served_bytes.inc(namespace, answer.size)
+        return web.FileResponse(answer.path, headers=headers)
+    return await _stream(request, answer, namespace)
+
+
+async def _stream(request: web.Request, answer: StreamAnswer, namespace: str) -> web.StreamResponse:
+    node = request.app[NODE_KEY]
+    fetch = answer.fetch
+    try:
+        head = await fetch.head
+    except FetchFailed as exc:
+        raise ServiceError(str(exc), exc.http_status) from None
+    response = web.StreamResponse(headers={"Content-Type": answer.content_type,
+                                           "X-Edgedepot-Cache": "MISS"})
+    if head.size is not None:
+        response.content_length = head.size
+    if head.sha256:
+        response.headers["Repr-Digest"] = format_repr_digest(head.sha256)
+        response.headers["ETag"] = f'"{head.sha256}"'
+    await response.prepare(request)
+    if request.method == "HEAD":
+        return response
+    sent = 0
+
+    async def write(chunk: bytes) -> None:
+        nonlocal sent
+        await response.write(chunk)
+        sent += len(chunk)
+
+    try:
+        await stream_fetch(fetch, write)
+    except FetchFailed as exc:
+        log.error("aborting response for %s after %d bytes: %s", request.path, sent, exc)
+        node.metrics.errors.inc(namespace)
+        if request.transport is not None:
+            request.transport.abort()
+        raise
+    finally:
+        node.metrics.served_bytes.inc(namespace, sent)
+    await response.write_eof()
+    return response
+
+
+def _relpath(request: web.Request, key: str = "path") -> str:
+    raw_tail = request.raw_path.split("?", 1)[0]
+    return safe_relpath(request.match_info[key], raw_tail)
+
+
+async def apt_handler(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE_KEY]
+    name = request.match_info["name"]
+    relpath = _relpath(request)
+    repo = await node.apt_repo(name)
+    return await render_answer(request, await repo.answer(relpath), repo.namespace)
+
+
+async def pypi_root(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE_KEY]
+    index = await node.pypi_index(request.match_info["name"])
+    fmt = choose_format(request.headers.get("Accept"))
+    answer = await index.root_page(fmt)
+    response = await render_answer(request, answer, index.namespace)
+    response.headers["Vary"] = "Accept"
+    return response
+
+
+async def pypi_project(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE_KEY]
+    index = await node.pypi_index(request.match_info["name"])
+    project = _relpath(request, "project")
+    if not request.path.endswith("/"):
+        raise web.HTTPMovedPermanently(request.path + "/")
+    fmt = choose_format(request.headers.get("Accept"))
+    answer = await index.project_page(project, fmt)
+    response = await render_answer(request, answer, index.namespace)
+    response.headers["Vary"] = "Accept"
+    return response
+
+
+async def pypi_file(request: web.Request) -> web.StreamResponse:
+    node = request.app[NODE_KEY]
+    index = await node.pypi_index(request.match_info["name"])
+    project = _relpath(request, "project")
+    filename = _relpath(request, "filename")
+    return await render_answer(request, await index.file(project, filename), index.namespace)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    stats = node.store.stats()
+    body = {"status": "ok", "role": node.config.role, "blobs": stats.blob_count,
+            "store_bytes": stats.total_bytes, "inflight": node.fetches.inflight_count,
+            "uptime_seconds": round(time.time() - node.started_at, 1)}
+    return web.json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    return web.Response(text=node.metrics.render(),
+                        content_type="text/plain", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})
+
+
+async def served_paths(request: web.Request) -> web.Response:
+    """Per-path request counts (what tests and operators use to prove 'fetched once')."""
+    node = request.app[NODE_KEY]
+    return web.json_response(dict(node.metrics.served_paths))
+
+
+async def status_page(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    node.metrics.render()  # refresh gauges
+    stats = node.store.stats()
+    m = node.metrics
+    rows = "".join(
+        f"<tr><td>{html.escape(c.help)}</td>"
+        + "".join(f"<td>{html.escape(ns)}: {v:,}</td>" for ns, v in sorted(c.values.items()))
+        + "</tr>" for c in m.counters() if c.values)
+    repos = "".join(
+        f"<tr><td>{r.kind}</td><td>{html.escape(r.name)}</td><td>{html.escape(r.source)}</td>"
+        f"<td>{html.escape(', '.join(r.suites))}</td></tr>" for r in node.summaries())
+    quota = f"{stats.quota_bytes:,}" if stats.quota_bytes else "unlimited"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>edgedepot node</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 10px;text-align:left}}
+table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
+<h1>edgedepot {html.escape(node.config.role)} node</h1>
+<p>upstream: {html.escape(node.config.upstream or "none (origin)")} &middot;
+store: {stats.blob_count:,} blobs, {stats.total_bytes:,} bytes (quota {quota}) &middot;
+in-flight fetches: {node.fetches.inflight_count}</p>
+<h2>Repositories</h2><table><tr><th>kind</th><th>name</th><th>source</th><th>suites</th></tr>
+{repos}</table>
+<h2>Counters</h2><table>{rows}</table>
+<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a></p>
+</body></html>"""
+    return web.Response(text=page, content_type="text/html")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ServiceError as exc:
+        if exc.status >= 500:
+            node = request.app[NODE_KEY]
+            node.metrics.errors.inc(request.path.split("/")[1] if "/" in request.path else "")
+            log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
+        return web.json_response({"error": str(exc), "status": exc.status}, status=exc.status)
+    except web.HTTPException:
+        raise
+
+
+def build_app(node: Node) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[NODE_KEY] = node
+    app.router.add_get("/", status_page)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/admin/served", served_paths)
+    app.router.add_get("/apt/{name}/{path:.+}", apt_handler)
+    app.router.add_get("/pypi/{name}/simple/", pypi_root)
+    app.router.add_get("/pypi/{name}/simple/{project}/", pypi_project)
+    app.router.add_get("/pypi/{name}/simple/{project}", pypi_project)
+    app.router.add_get("/pypi/{name}/files/{project}/{filename}", pypi_file)
+    return app
+
+
+__all__ = ["build_app", "NODE_KEY", "BadRequest", "json"]

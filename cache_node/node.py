@@ -1,0 +1,154 @@
+"""A running node: the store, the upstream clients and the repository cores, wired from config.
+
+One program runs as origin (repositories from local directories or operator-given URLs) or as
+cache (every repository mirrored from one upstream node, discovered by name on first request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from cache_node.answers import NotFound
+from cache_node.apt_local import LocalAptRepo
+from cache_node.apt_remote import RemoteAptRepo
+from cache_node.config import NodeConfig, RepoSource
+from cache_node.fetch import FetchCoordinator
+from cache_node.metrics import Metrics
+from cache_node.pypi_local import LocalPypiIndex
+from cache_node.pypi_remote import RemotePypiIndex
+from cache_node.store import BlobStore
+from cache_node.upstream import UpstreamClient
+from distro.debian_repo import SigningKey
+
+log = logging.getLogger(__name__)
+
+AptRepo = LocalAptRepo | RemoteAptRepo
+PypiIndex = LocalPypiIndex | RemotePypiIndex
+
+
+@dataclass(frozen=True)
+class RepoSummary:
+    kind: str
+    name: str
+    source: str
+    suites: tuple[str, ...]
+
+
+class Node:
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.store = BlobStore(config.store_dir / "store", config.quota_bytes)
+        self.fetches = FetchCoordinator(self.store, self.metrics)
+        self.apt: dict[str, AptRepo] = {}
+        self.pypi: dict[str, PypiIndex] = {}
+        self.started_at = time.time()
+        self._exit = AsyncExitStack()
+        self._lock = asyncio.Lock()
+
+    @property
+    def signing_key(self) -> SigningKey | None:
+        s = self.config.signing
+        if s.gnupg_home is None or not s.key_id:
+            return None
+        return SigningKey(s.gnupg_home, s.key_id)
+
+    async def start(self) -> None:
+        self.config.store_dir.mkdir(parents=True, exist_ok=True)
+        self.store.open()
+        self.metrics.add_refresher(self._refresh_gauges)
+        for repo in self.config.apt:
+            self.apt[repo.name] = await self._make_apt(repo)
+        for repo in self.config.pypi:
+            self.pypi[repo.name] = await self._make_pypi(repo)
+        if self.config.role == "cache":
+            await self._restore_cache_repos()
+
+    async def stop(self) -> None:
+        await self.fetches.close()
+        await self._exit.aclose()
+        self.store.close()
+
+    def _refresh_gauges(self) -> None:
+        stats = self.store.stats()
+        self.metrics.store_bytes.set(stats.total_bytes)
+        self.metrics.store_blobs.set(stats.blob_count)
+        self.metrics.inflight.set(self.fetches.inflight_count)
+
+    async def _client(self, namespace: str) -> UpstreamClient:
+        client = UpstreamClient(
+            namespace, self.config.upstream_client,
+            on_request=lambda: self.metrics.upstream_requests.inc(namespace),
+            on_bytes=lambda n: self.metrics.upstream_bytes.inc(namespace, n))
+        return await self._exit.enter_async_context(client)
+
+    async def _make_apt(self, repo: RepoSource) -> AptRepo:
+        if repo.is_url:
+            remote = RemoteAptRepo(repo.name, repo.source, self.store, self.fetches,
+                                   await self._client(f"apt/{repo.name}"), self.metrics,
+                                   self.config.index_ttl)
+            remote.load_persisted()
+            return remote
+        local = LocalAptRepo(repo, self.config.store_dir / "built", self.signing_key)
+        await asyncio.to_thread(local.prepare)
+        return local
+
+    async def _make_pypi(self, repo: RepoSource) -> PypiIndex:
+        if repo.is_url:
+            remote = RemotePypiIndex(repo.name, repo.source, self.store, self.fetches,
+                                     await self._client(f"pypi/{repo.name}"), self.metrics,
+                                     self.config.index_ttl)
+            remote.load_persisted()
+            return remote
+        local = LocalPypiIndex(repo)
+        await asyncio.to_thread(local.prepare)
+        return local
+
+    async def _restore_cache_repos(self) -> None:
+        """A restarted cache knows the repositories it served before, for stale serving."""
+        for namespace in self.store.db.execute("SELECT DISTINCT namespace FROM names"):
+            kind, _, name = str(namespace[0]).partition(":")
+            if kind == "apt-snapshot" and name not in self.apt:
+                await self.apt_repo(name)
+            if kind == "pypi-page" and name not in self.pypi:
+                await self.pypi_index(name)
+
+    async def apt_repo(self, name: str) -> AptRepo:
+        repo = self.apt.get(name)
+        if repo is not None:
+            return repo
+        if self.config.role != "cache" or self.config.upstream is None:
+            raise NotFound(f"no apt repository named {name!r}")
+        async with self._lock:
+            if name not in self.apt:
+                source = RepoSource(name, f"{self.config.upstream}apt/{name}/")
+                self.apt[name] = await self._make_apt(source)
+        return self.apt[name]
+
+    async def pypi_index(self, name: str) -> PypiIndex:
+        index = self.pypi.get(name)
+        if index is not None:
+            return index
+        if self.config.role != "cache" or self.config.upstream is None:
+            raise NotFound(f"no pip index named {name!r}")
+        async with self._lock:
+            if name not in self.pypi:
+                source = RepoSource(name, f"{self.config.upstream}pypi/{name}/simple/")
+                self.pypi[name] = await self._make_pypi(source)
+        return self.pypi[name]
+
+    def summaries(self) -> list[RepoSummary]:
+        out = []
+        for name, repo in sorted(self.apt.items()):
+            suites = tuple(sorted(repo.snapshots())) if isinstance(repo, RemoteAptRepo) else \
+                ((repo.source.suite,) if not repo.is_mirror_tree else ())
+            src = repo.base_url if isinstance(repo, RemoteAptRepo) else repo.source.source
+            out.append(RepoSummary("apt", name, src, suites))
+        for name, index in sorted(self.pypi.items()):
+            src = index.simple_url if isinstance(index, RemotePypiIndex) else str(index.root)
+            out.append(RepoSummary("pypi", name, src, ()))
+        return out

@@ -1,0 +1,192 @@
+"""A PEP 503/691 index mirrored from an upstream simple-index URL.
+
+Project pages are fetched from upstream (JSON preferred, HTML accepted), revalidated after the
+TTL, kept in the store so a restarted node serves them while upstream is down (flagged stale),
+and re-rendered with file links pointing at this node. A file is served only as listed on the
+page: its bytes are verified against the page's sha256 (PEP 658 metadata against the page's
+metadata hash) before they are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, replace
+from urllib.parse import quote
+
+from cache_node.answers import Answer, BlobAnswer, BytesAnswer, NotFound, RedirectAnswer, \
+    ServiceError, StreamAnswer, content_type_for
+from cache_node.fetch import FetchCoordinator, FetchPlan
+from cache_node.metrics import Metrics
+from cache_node.pypi_local import files_base, render_page
+from cache_node.store import BlobStore
+from cache_node.upstream import UpstreamClient, UpstreamError, UpstreamNotFound
+from distro.errors import MalformedIndexError
+from distro.pypi_index import (
+    JSON_CONTENT_TYPE,
+    METADATA_SUFFIX,
+    DistFile,
+    IndexFormat,
+    ProjectPage,
+    normalize_project_name,
+    parse_project_page,
+    parse_root_page,
+    render_project_html,
+    render_project_json,
+    render_root_html,
+    render_root_json,
+)
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_ACCEPT = (f"{JSON_CONTENT_TYPE}, application/vnd.pypi.simple.v1+html;q=0.2, "
+                   "text/html;q=0.01")
+ROOT_KEY = "\0root"
+
+
+@dataclass
+class _Cached:
+    page: ProjectPage | None  # None for the root list
+    projects: tuple[str, ...]
+    validated_at: float
+    failed_at: float | None = None
+
+
+class RemotePypiIndex:
+    def __init__(self, name: str, simple_url: str, store: BlobStore, fetches: FetchCoordinator,
+                 client: UpstreamClient, metrics: Metrics, index_ttl: float) -> None:
+        self.name = name
+        self.simple_url = simple_url if simple_url.endswith("/") else simple_url + "/"
+        self.store = store
+        self.fetches = fetches
+        self.client = client
+        self.metrics = metrics
+        self.index_ttl = index_ttl
+        self.namespace = f"pypi/{name}"
+        self._ns_page = f"pypi-page:{name}"
+        self._ns_file = f"pypi-file:{name}"
+        self._pages: dict[str, _Cached] = {}
+        self._refreshing: dict[str, asyncio.Task[_Cached]] = {}
+
+    def load_persisted(self) -> None:
+        for project, digest in list(self.store.names(self._ns_page)):
+            try:
+                body = self.store.read_bytes(digest)
+                if project == ROOT_KEY:
+                    names = tuple(parse_root_page(body, JSON_CONTENT_TYPE, page_url=self.simple_url,
+                                                  source="stored root page"))
+                    self._pages[project] = _Cached(None, names, float("-inf"))
+                else:
+                    page = parse_project_page(body, JSON_CONTENT_TYPE,
+                                              page_url=f"{self.simple_url}{project}/",
+                                              source=f"stored page {project}")
+                    self._pages[project] = _Cached(page, (), float("-inf"))
+            except (OSError, MalformedIndexError) as exc:
+                log.error("%s: stored page %s unusable: %s", self.namespace, project, exc)
+
+    # -- pages -----------------------------------------------------------------------------
+    async def _cached(self, key: str) -> tuple[_Cached, bool]:
+        cached = self._pages.get(key)
+        now = time.monotonic()
+        if cached is not None:
+            if now - cached.validated_at < self.index_ttl:
+                return cached, False
+            if cached.failed_at is not None and now - cached.failed_at < min(self.index_ttl, 15):
+                self.metrics.stale_serves.inc(self.namespace)
+                return cached, True
+        task = self._refreshing.get(key)
+        if task is None:
+            task = asyncio.create_task(self._refresh(key))
+            self._refreshing[key] = task
+            task.add_done_callback(lambda _t: self._refreshing.pop(key, None))
+        try:
+            return await asyncio.shield(task), False
+        except UpstreamNotFound:
+            raise NotFound(f"{self.namespace}: upstream has no project {key!r}") from None
+        except (UpstreamError, MalformedIndexError) as exc:
+            if isinstance(exc, MalformedIndexError):
+                self.metrics.index_errors.inc(self.namespace)
+            if cached is None:
+                raise ServiceError(f"{self.namespace}: upstream failed: {exc}",
+                                   getattr(exc, "http_status", 502)) from None
+            cached.failed_at = time.monotonic()
+            self.metrics.stale_serves.inc(self.namespace)
+            log.warning("%s: serving stale page %r: %s", self.namespace, key, exc)
+            return cached, True
+
+    async def _refresh(self, key: str) -> _Cached:
+        url = self.simple_url if key == ROOT_KEY else f"{self.simple_url}{quote(key)}/"
+        reply = await self.client.fetch_small(url, {"Accept": UPSTREAM_ACCEPT})
+        content_type = reply.headers.get("Content-Type", "text/html")
+        if key == ROOT_KEY:
+            names = tuple(parse_root_page(reply.body, content_type, page_url=reply.url,
+                                          source=url))
+            cached = _Cached(None, names, time.monotonic())
+            stored = render_root_json(list(names))
+        else:
+            page = parse_project_page(reply.body, content_type, page_url=reply.url, source=url)
+            cached = _Cached(page, (), time.monotonic())
+            stored = render_project_json(page)
+        ref = self.store.put_bytes(stored)
+        self.store.bind(self._ns_page, key, ref.digest)
+        self._pages[key] = cached
+        return cached
+
+    async def root_page(self, fmt: IndexFormat) -> Answer:
+        cached, stale = await self._cached(ROOT_KEY)
+        names = list(cached.projects)
+        answer = render_page(fmt, render_root_html(names), render_root_json(names))
+        return replace(answer, stale=stale)
+
+    async def project_page(self, project: str, fmt: IndexFormat) -> Answer:
+        normalized = normalize_project_name(project)
+        if normalized != project:
+            return RedirectAnswer(f"../{quote(normalized)}/")
+        cached, stale = await self._cached(normalized)
+        assert cached.page is not None
+        local = ProjectPage(cached.page.name, tuple(
+            replace(f, url=files_base(normalized) + quote(f.filename)) for f in cached.page.files))
+        answer = render_page(fmt, render_project_html(local), render_project_json(local))
+        return replace(answer, stale=stale)
+
+    # -- files -----------------------------------------------------------------------------
+    async def _dist(self, project: str, filename: str) -> DistFile:
+        cached, _ = await self._cached(normalize_project_name(project))
+        assert cached.page is not None
+        for dist in cached.page.files:
+            if dist.filename == filename:
+                return dist
+        raise NotFound(f"{self.namespace}: {filename!r} is not listed for {project!r}")
+
+    async def file(self, project: str, filename: str) -> Answer:
+        project = normalize_project_name(project)
+        name = f"{project}/{filename}"
+        ref = self.store.lookup(self._ns_file, name)
+        if ref is not None:
+            self.metrics.hits.inc(self.namespace)
+            return BlobAnswer(self.store.blob_path(ref.digest), ref.size, ref.digest,
+                              content_type_for(filename), immutable=True)
+        if filename.endswith(METADATA_SUFFIX):
+            dist = await self._dist(project, filename[: -len(METADATA_SUFFIX)])
+            if not dist.has_metadata or dist.metadata_url is None:
+                raise NotFound(f"{self.namespace}: {dist.filename} has no metadata file")
+            url, sha256, size = dist.metadata_url, dist.metadata_sha256, None
+        else:
+            dist = await self._dist(project, filename)
+            url, sha256, size = dist.url, dist.sha256, dist.size
+        if sha256 is not None:
+            blob = self.store.get(sha256)
+            if blob is not None:
+                self.store.bind(self._ns_file, name, sha256)
+                self.metrics.hits.inc(self.namespace)
+                return BlobAnswer(self.store.blob_path(sha256), blob.size, sha256,
+                                  content_type_for(filename), immutable=True)
+        plan = FetchPlan(key=f"sha256:{sha256}" if sha256 else f"{self._ns_file}:{name}",
+                         url=url, namespace=self.namespace, expected_sha256=sha256,
+                         expected_size=size, binds=((self._ns_file, name),))
+        self.metrics.misses.inc(self.namespace)
+        return StreamAnswer(self.fetches.start(plan, self.client), content_type_for(filename))
+
+
+__all__ = ["RemotePypiIndex", "BytesAnswer"]

@@ -1,0 +1,375 @@
+"""Content-addressed blob store with a SQLite name map, LRU quota and fsck.
+
+Layout under the store root:
+    blobs/sha256/ab/<hex>   verified blobs, immutable, named by their sha256
+    partial/<random>        downloads in progress (never served from a listing; removed at start)
+    index.sqlite            names -> digests per namespace, blob sizes, last access, pins
+
+A blob only enters `blobs/` after its bytes hashed to the digest it was promised, were fsync'd,
+and renamed into place. A blob that fails verification is deleted, never kept.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+HASH_CHUNK = 1 << 20
+
+
+class IntegrityError(Exception):
+    """Bytes did not match the digest or size they were promised."""
+
+
+class StoreFullError(OSError):
+    """The disk ran out of space while writing; nothing was stored."""
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    digest: str  # sha256 hex
+    size: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    blob_count: int
+    total_bytes: int
+    quota_bytes: int | None
+
+
+@dataclass(frozen=True)
+class FsckReport:
+    checked: int
+    bad: tuple[str, ...]
+    missing: tuple[str, ...]
+    orphans_adopted: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad and not self.missing
+
+
+def is_sha256_hex(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+class PartialWriter:
+    """An append-only partial file that hashes what it writes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFullError(exc.errno, f"store disk full while writing {self.path.name}")
+            raise
+        self._hash.update(data)
+        self.size += len(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def finish(self) -> None:
+        """fsync and close; call before committing."""
+        if not self.closed:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self.closed = True
+
+    def discard(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+            self.closed = True
+        self.path.unlink(missing_ok=True)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    last_access REAL NOT NULL,
+    pins INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS names (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (namespace, name)
+);
+CREATE INDEX IF NOT EXISTS names_digest ON names(digest);
+CREATE INDEX IF NOT EXISTS blobs_lru ON blobs(last_access);
+"""
+
+
+class BlobStore:
+    """The node's persistent store. Synchronous and cheap; called from the event loop."""
+
+    def __init__(self, root: Path, quota_bytes: int | None = None) -> None:
+        self.root = root
+        self.quota_bytes = quota_bytes
+        self.blob_dir = root / "blobs" / "sha256"
+        self.partial_dir = root / "partial"
+        self._db: sqlite3.Connection | None = None
+        self._total_bytes = 0
+        self._blob_count = 0
+        self._busy: dict[str, int] = {}  # digests being streamed right now: not evicted
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self) -> None:
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.partial_dir.iterdir():
+            log.info("removing partial download left by an earlier run: %s", stale.name)
+            stale.unlink(missing_ok=True)
+        self._db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._reconcile()
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("store is not open")
+        return self._db
+
+    def _reconcile(self) -> None:
+        """Drop rows whose blob file vanished; recompute totals."""
+        rows = self.db.execute("SELECT digest FROM blobs").fetchall()
+        for (digest,) in rows:
+            if not self.blob_path(digest).exists():
+                log.warning("blob %s listed but missing on disk; forgetting it", digest[:12])
+                self._forget(digest)
+        self._recount()
+
+    def _recount(self) -> None:
+        count, total = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size),0) FROM blobs").fetchone()
+        self._blob_count, self._total_bytes = int(count), int(total)
+
+    # -- paths -----------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        if not is_sha256_hex(digest):
+            raise ValueError(f"not a sha256 hex digest: {digest!r}")
+        return self.blob_dir / digest[:2] / digest
+
+    def new_partial(self) -> PartialWriter:
+        return PartialWriter(self.partial_dir / f"{uuid.uuid4().hex}.part")
+
+    # -- blobs -----------------------------------------------------------------------------
+    def has(self, digest: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM blobs WHERE digest=?", (digest,)).fetchone()
+        return row is not None and self.blob_path(digest).exists()
+
+    def get(self, digest: str) -> BlobRef | None:
+        row = self.db.execute("SELECT size FROM blobs WHERE digest=?", (digest,)).fetchone()
+        if row is None:
+            return None
+        self.db.execute("UPDATE blobs SET last_access=? WHERE digest=?", (time.time(), digest))
+        return BlobRef(digest, int(row[0]))
+
+    def commit(self, partial: PartialWriter, expected_sha256: str | None,
+               expected_size: int | None = None) -> BlobRef:
+        """Verify a finished partial and move it into the store, or delete it and raise."""
+        ref = self.commit_file(partial, expected_sha256, expected_size)
+        self.register(ref)
+        return ref
+
+    def commit_file(self, partial: PartialWriter, expected_sha256: str | None,
+                    expected_size: int | None = None) -> BlobRef:
+        """The file half of `commit` (verify, fsync, rename); safe in a worker thread.
+
+        The caller must then `register` the returned blob from the thread owning the store.
+        """
+        try:
+            digest = partial.hexdigest()
+            if expected_size is not None and partial.size != expected_size:
+                raise IntegrityError(
+                    f"size mismatch: expected {expected_size} bytes, got {partial.size}")
+            if expected_sha256 is not None and digest != expected_sha256:
+                raise IntegrityError(
+                    f"sha256 mismatch: expected {expected_sha256}, got {digest}")
+            partial.finish()
+            target = self.blob_path(digest)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(partial.path, target)
+            _fsync_dir(target.parent)
+        except BaseException:
+            partial.discard()
+            raise
+        return BlobRef(digest, partial.size)
+
+    def register(self, ref: BlobRef) -> None:
+        self._insert_blob(ref.digest, ref.size)
+
+    def put_bytes(self, data: bytes, expected_sha256: str | None = None) -> BlobRef:
+        partial = self.new_partial()
+        partial.write(data)
+        return self.commit(partial, expected_sha256, len(data))
+
+    def read_bytes(self, digest: str) -> bytes:
+        return self.blob_path(digest).read_bytes()
+
+    def _insert_blob(self, digest: str, size: int) -> None:
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO blobs(digest, size, last_access) VALUES (?,?,?)",
+            (digest, size, time.time()))
+        if cur.rowcount:
+            self._blob_count += 1
+            self._total_bytes += size
+        self.evict_to_quota(keep=digest)
+
+    # -- names -----------------------------------------------------------------------------
+    def bind(self, namespace: str, name: str, digest: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO names(namespace, name, digest, updated) VALUES (?,?,?,?)",
+            (namespace, name, digest, time.time()))
+
+    def lookup(self, namespace: str, name: str) -> BlobRef | None:
+        row = self.db.execute(
+            "SELECT n.digest, b.size FROM names n JOIN blobs b ON b.digest = n.digest "
+            "WHERE n.namespace=? AND n.name=?", (namespace, name)).fetchone()
+        if row is None:
+            return None
+        digest, size = str(row[0]), int(row[1])
+        if not self.blob_path(digest).exists():
+            self._forget(digest)
+            return None
+        self.db.execute("UPDATE blobs SET last_access=? WHERE digest=?", (time.time(), digest))
+        return BlobRef(digest, size)
+
+    def names(self, namespace: str) -> Iterator[tuple[str, str]]:
+        yield from self.db.execute(
+            "SELECT name, digest FROM names WHERE namespace=? ORDER BY name", (namespace,))
+
+    def unbind(self, namespace: str, name: str) -> None:
+        self.db.execute("DELETE FROM names WHERE namespace=? AND name=?", (namespace, name))
+
+    # -- pins, busy, eviction --------------------------------------------------------------
+    def pin(self, digest: str) -> None:
+        self.db.execute("UPDATE blobs SET pins = pins + 1 WHERE digest=?", (digest,))
+
+    def unpin(self, digest: str) -> None:
+        self.db.execute("UPDATE blobs SET pins = MAX(pins - 1, 0) WHERE digest=?", (digest,))
+
+    def mark_busy(self, digest: str) -> None:
+        self._busy[digest] = self._busy.get(digest, 0) + 1
+
+    def unmark_busy(self, digest: str) -> None:
+        left = self._busy.get(digest, 0) - 1
+        if left <= 0:
+            self._busy.pop(digest, None)
+        else:
+            self._busy[digest] = left
+
+    def evict_to_quota(self, keep: str | None = None, incoming: int = 0) -> int:
+        """Evict least recently used, unpinned blobs until the store fits its quota."""
+        if self.quota_bytes is None:
+            return 0
+        evicted = 0
+        if self._total_bytes + incoming <= self.quota_bytes:
+            return 0
+        rows = self.db.execute(
+            "SELECT digest, size FROM blobs WHERE pins = 0 ORDER BY last_access ASC").fetchall()
+        for digest, size in rows:
+            if self._total_bytes + incoming <= self.quota_bytes:
+                break
+            if digest == keep or digest in self._busy:
+                continue
+            log.info("evicting %s (%d bytes) to stay within quota", digest[:12], size)
+            self._remove_blob(digest)
+            evicted += 1
+        return evicted
+
+    def _remove_blob(self, digest: str) -> None:
+        self.blob_path(digest).unlink(missing_ok=True)
+        self._forget(digest)
+
+    def _forget(self, digest: str) -> None:
+        row = self.db.execute("SELECT size FROM blobs WHERE digest=?", (digest,)).fetchone()
+        self.db.execute("DELETE FROM blobs WHERE digest=?", (digest,))
+        self.db.execute("DELETE FROM names WHERE digest=?", (digest,))
+        if row is not None:
+            self._blob_count -= 1
+            self._total_bytes -= int(row[0])
+
+    def remove(self, digest: str) -> None:
+        self._remove_blob(digest)
+
+    def stats(self) -> StoreStats:
+        return StoreStats(self._blob_count, self._total_bytes, self.quota_bytes)
+
+    # -- fsck ------------------------------------------------------------------------------
+    def fsck(self, repair: bool = True) -> FsckReport:
+        """Re-hash every blob; remove (with repair) the ones whose bytes do not match."""
+        bad: list[str] = []
+        missing: list[str] = []
+        checked = 0
+        adopted = 0
+        listed = {str(d) for (d,) in self.db.execute("SELECT digest FROM blobs")}
+        for sub in sorted(self.blob_dir.iterdir()) if self.blob_dir.exists() else []:
+            for path in sorted(sub.iterdir()):
+                name = path.name
+                checked += 1
+                actual = file_sha256(path)
+                if not is_sha256_hex(name) or actual != name:
+                    bad.append(name)
+                    if repair:
+                        path.unlink(missing_ok=True)
+                        if name in listed:
+                            self._forget(name)
+                    continue
+                if name not in listed:
+                    adopted += 1
+                    if repair:
+                        self._insert_blob(name, path.stat().st_size)
+                listed.discard(name)
+        for digest in sorted(listed):
+            missing.append(digest)
+            if repair:
+                self._forget(digest)
+        self._recount()
+        return FsckReport(checked, tuple(bad), tuple(missing), adopted)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

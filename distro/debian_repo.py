@@ -1,0 +1,731 @@
+"""Debian repository formats: parse Release/InRelease/Packages, build and sign a repository."""
+
+from __future__ import annotations
+
+import bz2
+import ctypes
+import gzip
+import hashlib
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import zlib
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import MappingProxyType
+
+from debian.deb822 import Deb822
+from debian.debian_support import Version
+
+_TOOL_TIMEOUT = 300.0
+_HASH_LENGTHS = {"md5sum": 32, "sha1": 40, "sha256": 64, "sha512": 128}
+_FIELD_NAME = re.compile(r"([!-9;-~][!-9;-~]*):(.*)")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+class MalformedIndexError(ValueError):
+    """An index file (Release, InRelease, Packages, compressed index) is not well formed."""
+
+    def __init__(self, source: str, line: int | None, message: str) -> None:
+        self.source = source
+        self.line = line
+        self.message = message
+        where = source if line is None else f"{source} (line {line})"
+        super().__init__(f"{where}: {message}")
+
+
+class RepoToolError(RuntimeError):
+    """An external tool (dpkg-deb, gpg) failed."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(f"{argv[0]} exited {returncode}: {stderr.strip()[-2000:]}")
+
+
+@dataclass(frozen=True)
+class IndexFileEntry:
+    """One index file listed by a Release file; path is relative to dists/<suite>/."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ReleaseIndex:
+    """The parsed content of a Release or InRelease file."""
+
+    suite: str
+    codename: str
+    date: str
+    acquire_by_hash: bool
+    architectures: tuple[str, ...]
+    components: tuple[str, ...]
+    files: Mapping[str, IndexFileEntry] = field(hash=False)
+
+    def entry(self, path: str) -> IndexFileEntry | None:
+        """The entry for `path` (relative to dists/<suite>/), if listed."""
+        return self.files.get(path)
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    """One binary package as listed in a Packages index."""
+
+    package: str
+    version: str
+    architecture: str
+    filename: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A secret key in a private GnuPG home."""
+
+    gnupg_home: Path
+    key_id: str
+
+
+@dataclass(frozen=True)
+class BuiltRepository:
+    """What build_repository wrote."""
+
+    root: Path
+    suite: str
+    packages: tuple[PoolEntry, ...]
+    release: ReleaseIndex
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+_UNSAFE_CHAR = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def _is_safe_relpath(path: str) -> bool:
+    """Relative, no '.', '..' or empty components, no backslashes or control characters."""
+    if not path or path[0] == "/" or path[-1] == "/" or "//" in path:
+        return False
+    if _UNSAFE_CHAR.search(path) is not None:
+        return False
+    return "/." not in "/" + path or all(p not in (".", "..") for p in path.split("/"))
+
+
+def _decode(data: bytes, source: str) -> str:
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise MalformedIndexError(source, data.count(b"\n", 0, nul) + 1, "binary data (NUL byte)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise MalformedIndexError(source, line, "not valid UTF-8") from None
+
+
+def _strip_clearsign(lines: list[tuple[int, str]], source: str) -> list[tuple[int, str]]:
+    """The signed text of an OpenPGP clear-signed message, dash-escaping undone."""
+    begin = "-----BEGIN PGP SIGNED MESSAGE-----"
+    i = 0
+    while i < len(lines) and not lines[i][1].strip():
+        i += 1
+    if lines[i][1].rstrip() != begin:
+        raise MalformedIndexError(source, lines[i][0], "data before the signed message")
+    i += 1
+    while i < len(lines) and lines[i][1].strip():  # armor headers such as "Hash: SHA256"
+        if not re.fullmatch(r"[A-Za-z0-9-]+: .*", lines[i][1].rstrip()):
+            raise MalformedIndexError(source, lines[i][0], "bad armor header")
+        i += 1
+    if i >= len(lines):
+        raise MalformedIndexError(source, None, "clear-signed message without text")
+    body: list[tuple[int, str]] = []
+    for j in range(i + 1, len(lines)):
+        num, text = lines[j]
+        if text.startswith("- "):
+            body.append((num, text[2:]))
+        elif text.rstrip() == "-----BEGIN PGP SIGNATURE-----":
+            return _check_signature_block(lines[j + 1 :], source, body)
+        elif text.startswith("-"):
+            raise MalformedIndexError(source, num, "line starting with '-' is not dash-escaped")
+        else:
+            body.append((num, text))
+    raise MalformedIndexError(source, None, "clear-signed message without signature")
+
+
+def _check_signature_block(
+    rest: list[tuple[int, str]], source: str, body: list[tuple[int, str]]
+) -> list[tuple[int, str]]:
+    for k, (num, text) in enumerate(rest):
+        if text.rstrip() == "-----END PGP SIGNATURE-----":
+            for tnum, trailing in rest[k + 1 :]:
+                if trailing.strip():
+                    raise MalformedIndexError(source, tnum, "data after the signature")
+            return body
+        if text.startswith("-----"):
+            raise MalformedIndexError(source, num, "unexpected armor line in signature")
+    raise MalformedIndexError(source, None, "signature block not terminated")
+
+
+def _paragraph(lines: list[tuple[int, str]], source: str) -> dict[str, list[tuple[int, str]]]:
+    """Fields (lower-cased name -> [(line, first value), (line, continuation)...])."""
+    fields: dict[str, list[tuple[int, str]]] = {}
+    current: list[tuple[int, str]] | None = None
+    ended_at: int | None = None
+    for num, raw in lines:
+        text = raw.rstrip("\r\n")
+        if not text.strip():
+            if fields:
+                ended_at = num
+            continue
+        if ended_at is not None:
+            raise MalformedIndexError(source, num, "more than one paragraph")
+        if text[0] in " \t":
+            if current is None:
+                raise MalformedIndexError(source, num, "continuation line outside a field")
+            current.append((num, text.strip()))
+            continue
+        match = _FIELD_NAME.fullmatch(text)
+        if match is None or text.startswith(("#", "-")):
+            raise MalformedIndexError(source, num, f"not a field: {text[:60]!r}")
+        name = match.group(1).lower()
+        if name in fields:
+            raise MalformedIndexError(source, num, f"duplicate {match.group(1)} field")
+        current = [(num, match.group(2).strip())]
+        fields[name] = current
+    return fields
+
+
+def parse_release(data: bytes, source: str) -> ReleaseIndex:
+    """Parse an InRelease (clear-signed) or plain Release file; the signature is not checked."""
+    text = _decode(data, source)
+    lines = list(enumerate(text.split("\n"), start=1))
+    if not text.strip():
+        raise MalformedIndexError(source, None, "empty input")
+    first = next(t for _, t in lines if t.strip())
+    if first.startswith("-----BEGIN PGP"):
+        lines = _strip_clearsign(lines, source)
+    fields = _paragraph(lines, source)
+    if not fields:
+        raise MalformedIndexError(source, None, "no fields")
+    for name in fields:
+        if name in _HASH_LENGTHS:
+            _parse_hash_section(fields[name], _HASH_LENGTHS[name], source)
+    if "sha256" not in fields:
+        raise MalformedIndexError(source, None, "no SHA256 section")
+    files = _parse_hash_section(fields["sha256"], 64, source)
+
+    def value(name: str) -> str:
+        return " ".join(v for _, v in fields.get(name, [])).strip()
+
+    return ReleaseIndex(
+        suite=value("suite"),
+        codename=value("codename"),
+        date=value("date"),
+        acquire_by_hash=value("acquire-by-hash").lower() == "yes",
+        architectures=tuple(value("architectures").split()),
+        components=tuple(value("components").split()),
+        files=MappingProxyType(files),
+    )
+
+
+def _parse_hash_section(
+    section: list[tuple[int, str]], hex_len: int, source: str
+) -> dict[str, IndexFileEntry]:
+    head_line, head = section[0]
+    if head:
+        raise MalformedIndexError(source, head_line, "checksum field must start on its own line")
+    out: dict[str, IndexFileEntry] = {}
+    for num, text in section[1:]:
+        parts = text.split()
+        if len(parts) != 3:
+            raise MalformedIndexError(source, num, "checksum line needs 'hash size path'")
+        digest, size, path = parts
+        if len(digest) != hex_len or not _HEX.fullmatch(digest):
+            raise MalformedIndexError(source, num, f"checksum is not {hex_len} hex digits")
+        if not _DIGITS.fullmatch(size):
+            raise MalformedIndexError(source, num, f"size is not an integer: {size!r}")
+        if not _is_safe_relpath(path):
+            raise MalformedIndexError(source, num, f"unsafe path {path!r}")
+        entry = IndexFileEntry(path=path, size=int(size), sha256=digest.lower())
+        if out.get(path, entry) != entry:
+            raise MalformedIndexError(source, num, f"conflicting entries for {path!r}")
+        out[path] = entry
+    return out
+
+
+# One token per line that matters: a wanted field, a stanza separator, an orphan continuation
+# line or a line that is not a field. A leading literal "\n" keeps the regex engine fast.
+_TOKEN = re.compile(
+    r"\n(?:(Package|Version|Architecture|Filename|Size|SHA256):[ \t]*([^\n]*)"
+    r"|(?P<orphan>)(?=\n[ \t])|(?P<sep>)(?=\n)|(?P<bad>)(?![ \t]|[^\s:]+:|\Z))"
+)
+_WANTED_ANYCASE = re.compile(
+    r"\n(Package|Version|Architecture|Filename|Size|SHA256):[ \t]*([^\n]*)", re.I
+)
+_CANONICAL = {n.lower(): n for n in ("Package", "Version", "Architecture", "Filename", "Size")}
+_CANONICAL["sha256"] = "SHA256"
+
+
+def parse_packages(data: bytes, source: str) -> list[PoolEntry]:
+    """Parse an uncompressed Packages index (fast scanner for the fields needed)."""
+    text = "\n\n" + _decode(data, source) + "\n"
+    entries: list[PoolEntry] = []
+    found: dict[str, re.Match[str]] = {}
+    for m in _TOKEN.finditer(text):
+        kind = m.lastindex  # 2: wanted field, 3: orphan, 4: separator, 5: not a field
+        if kind == 2:
+            name = m.group(1)
+            if name in found:
+                raise MalformedIndexError(source, _line_of(text, m), f"duplicate {name} field")
+            found[name] = m
+        elif kind == 4:
+            if found:
+                entries.append(_pool_entry(found, source, text))
+                found = {}
+        elif kind == 3:
+            raise MalformedIndexError(source, _line_of(text, m) + 1,
+                                      "continuation line outside a field")
+        else:
+            bad = text[m.start() + 1 : text.find("\n", m.start() + 1)]
+            raise MalformedIndexError(source, _line_of(text, m), f"not a field: {bad[:60]!r}")
+    return entries
+
+
+def _line_of(text: str, m: re.Match[str]) -> int:
+    """Line number (in the original data) of the line a token's leading newline starts."""
+    return text.count("\n", 0, m.start() + 1) - 1
+
+
+def _pool_entry(found: dict[str, re.Match[str]], source: str, text: str) -> PoolEntry:
+    first = min(found.values(), key=lambda m: m.start())
+    if len(found) < 6:  # slow path: field names in unusual case
+        end = text.find("\n\n", first.start())
+        for m in _WANTED_ANYCASE.finditer(text, first.start(), end):
+            canonical = _CANONICAL[m.group(1).lower()]
+            if canonical != m.group(1) and canonical in found:
+                raise MalformedIndexError(source, _line_of(text, m),
+                                          f"duplicate {canonical} field")
+            found[canonical] = m
+    values = {name: m.group(2).rstrip() for name, m in found.items()}
+    for name in ("Package", "Version", "Architecture", "Filename", "Size", "SHA256"):
+        if not values.get(name):
+            raise MalformedIndexError(source, _line_of(text, first), f"stanza without {name} field")
+    size, digest, filename = values["Size"], values["SHA256"], values["Filename"]
+    if not _DIGITS.fullmatch(size):
+        raise MalformedIndexError(source, _line_of(text, found["Size"]), f"bad Size {size!r}")
+    if len(digest) != 64 or not _HEX.fullmatch(digest):
+        raise MalformedIndexError(source, _line_of(text, found["SHA256"]),
+                                  "SHA256 is not 64 hex digits")
+    if not _is_safe_relpath(filename):
+        raise MalformedIndexError(source, _line_of(text, found["Filename"]),
+                                  f"unsafe Filename {filename!r}")
+    return PoolEntry(values["Package"], values["Version"], values["Architecture"],
+                     filename, int(size), digest.lower())
+
+
+def decompress_index(name: str, data: bytes) -> bytes:
+    """Decompress an index file according to its suffix (.gz .xz .bz2 .lz4 .zst or none)."""
+    try:
+        if name.endswith(".gz"):
+            return gzip.decompress(data)
+        if name.endswith(".xz"):
+            return lzma.decompress(data)
+        if name.endswith(".bz2"):
+            return bz2.decompress(data)
+        if name.endswith(".lz4"):
+            try:
+                import lz4.frame  # type: ignore[import-not-found,unused-ignore]
+            except ImportError:
+                raise MalformedIndexError(name, None, "lz4 support is not installed") from None
+            return bytes(lz4.frame.decompress(data))
+        if name.endswith(".zst"):
+            return _zstd_decompress(name, data)
+    except MalformedIndexError:
+        raise
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, RuntimeError) as exc:
+        raise MalformedIndexError(name, None, f"corrupt compressed data: {exc}") from None
+    return data
+
+
+def _zstd_decompress(name: str, data: bytes) -> bytes:
+    try:
+        from backports import zstd as bzstd
+    except ImportError:
+        try:
+            import zstandard  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            raise MalformedIndexError(name, None, "zstd support is not installed") from None
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+                return bytes(reader.read())
+        except zstandard.ZstdError as exc:
+            raise MalformedIndexError(name, None, f"corrupt compressed data: {exc}") from None
+    try:
+        return bzstd.decompress(data)
+    except bzstd.ZstdError as exc:
+        raise MalformedIndexError(name, None, f"corrupt compressed data: {exc}") from None
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _run(argv: Sequence[str], *, stdout_file: Path | None = None) -> bytes:
+    """Run a tool; raise RepoToolError on failure; return stdout."""
+    out_handle = open(stdout_file, "wb") if stdout_file is not None else None
+    try:
+        proc = subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out_handle if out_handle is not None else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=_TOOL_TIMEOUT,
+            check=False,
+        )
+    finally:
+        if out_handle is not None:
+            out_handle.close()
+    if proc.returncode != 0:
+        raise RepoToolError(argv, proc.returncode, proc.stderr.decode("utf-8", "replace"))
+    return proc.stdout or b""
+
+
+@dataclass(frozen=True)
+class _Deb:
+    path: Path
+    control: Deb822
+    package: str
+    version: str
+    architecture: str
+    source: str
+    size: int
+    md5: str
+    sha256: str
+
+
+def _read_deb(path: Path) -> _Deb:
+    control = Deb822(_run(["dpkg-deb", "--info", str(path), "control"]).decode("utf-8"))
+    for name in ("Package", "Version", "Architecture"):
+        if not control.get(name):
+            raise MalformedIndexError(str(path), None, f"control file without {name} field")
+    md5, sha = hashlib.md5(), hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            md5.update(chunk)
+            sha.update(chunk)
+            size += len(chunk)
+    package = str(control["Package"])
+    source = str(control.get("Source", package)).split()[0]
+    return _Deb(
+        path,
+        control,
+        package,
+        str(control["Version"]),
+        str(control["Architecture"]),
+        source,
+        size,
+        md5.hexdigest(),
+        sha.hexdigest(),
+    )
+
+
+def _pool_path(component: str, deb: _Deb) -> str:
+    prefix = deb.source[:4] if deb.source.startswith("lib") else deb.source[:1]
+    version = deb.version.split(":", 1)[-1]
+    name = f"{deb.package}_{version}_{deb.architecture}.deb"
+    return f"pool/{component}/{prefix}/{deb.source}/{name}"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _stanza(deb: _Deb, filename: str) -> str:
+    para = Deb822()
+    for key, value in deb.control.items():
+        if key.lower() not in ("description", "filename", "size", "md5sum", "sha256"):
+            para[key] = value
+    para["Filename"] = filename
+    para["Size"] = str(deb.size)
+    para["MD5sum"] = deb.md5
+    para["SHA256"] = deb.sha256
+    if "Description" in deb.control:
+        para["Description"] = deb.control["Description"]
+    return str(para.dump())
+
+
+def _rfc2822(moment: datetime) -> str:
+    days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+    months = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+    utc = moment.astimezone(timezone.utc)
+    return (
+        f"{days[utc.weekday()]}, {utc.day:02d} {months[utc.month - 1]} {utc.year} "
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d} UTC"
+    )
+
+
+def _write_index(dist: Path, rel: str, data: bytes, listing: dict[str, bytes]) -> None:
+    """Write dists/<suite>/<rel> plus its by-hash/SHA256 copy, remember it for Release."""
+    target = dist / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    by_hash = target.parent / "by-hash" / "SHA256" / hashlib.sha256(data).hexdigest()
+    by_hash.parent.mkdir(parents=True, exist_ok=True)
+    if not by_hash.exists():
+        os.link(target, by_hash)
+    listing[rel] = data
+
+
+def _release_text(fields: Sequence[tuple[str, str]], listing: Mapping[str, bytes]) -> bytes:
+    lines = [f"{k}: {v}" for k, v in fields]
+    for name, algo in (("MD5Sum", hashlib.md5), ("SHA256", hashlib.sha256)):
+        lines.append(f"{name}:")
+        for rel in sorted(listing):
+            data = listing[rel]
+            lines.append(f" {algo(data).hexdigest()} {len(data):>16} {rel}")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def build_repository(
+    deb_dir: Path,
+    out_dir: Path,
+    *,
+    suite: str = "stable",
+    codename: str | None = None,
+    component: str = "main",
+    origin: str = "edgedepot",
+    label: str = "edgedepot",
+    signing_key: SigningKey | None = None,
+    valid_for: timedelta | None = None,
+    now: datetime | None = None,
+) -> BuiltRepository:
+    """Build (or atomically replace) an apt repository at out_dir from every .deb under deb_dir.
+
+    out_dir is owned by this function: its previous content is replaced as a whole, except that
+    by-hash files of the previous Release are kept so clients mid-update still find them.
+    """
+    deb_dir, out_dir = deb_dir.resolve(), out_dir.absolute()
+    if deb_dir == out_dir or out_dir in deb_dir.parents:
+        raise ValueError(f"deb_dir {deb_dir} must not be inside out_dir {out_dir}")
+    for name in (suite, component, *(() if codename is None else (codename,))):
+        if not _is_safe_relpath(name) or "/" in name or any(c.isspace() for c in name):
+            raise ValueError(f"bad suite/codename/component name {name!r}")
+    real_out = out_dir.resolve()
+    paths = sorted(
+        p for p in deb_dir.rglob("*.deb") if p.is_file() and real_out not in p.resolve().parents
+    )
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+        debs = list(pool.map(_read_deb, paths))
+    debs.sort(key=lambda d: (d.package, Version(d.version), d.architecture))
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        entries, stanzas = _lay_out_pool(tmp, component, debs)
+        arches = sorted({d.architecture for d in debs} - {"all"}) or ["amd64"]
+        dist = tmp / "dists" / suite
+        listing: dict[str, bytes] = {}
+        for arch in arches:
+            text = "\n".join(s for d, s in zip(debs, stanzas) if d.architecture in (arch, "all"))
+            raw = text.encode("utf-8")
+            base = f"{component}/binary-{arch}"
+            _write_index(dist, f"{base}/Packages", raw, listing)
+            _write_index(dist, f"{base}/Packages.gz", gzip.compress(raw, 9, mtime=0), listing)
+            _write_index(dist, f"{base}/Packages.xz", lzma.compress(raw, preset=6), listing)
+            sub_release = (
+                f"Archive: {suite}\nOrigin: {origin}\nLabel: {label}\n"
+                f"Acquire-By-Hash: yes\nComponent: {component}\n"
+                f"Architecture: {arch}\n"
+            )
+            _write_index(dist, f"{base}/Release", sub_release.encode("utf-8"), listing)
+        moment = now or datetime.now(timezone.utc)
+        fields = [
+            ("Origin", origin),
+            ("Label", label),
+            ("Suite", suite),
+            ("Codename", codename or suite),
+            ("Date", _rfc2822(moment)),
+        ]
+        if valid_for is not None:
+            fields.append(("Valid-Until", _rfc2822(moment + valid_for)))
+        fields += [
+            ("Architectures", " ".join(arches)),
+            ("Components", component),
+            ("Acquire-By-Hash", "yes"),
+        ]
+        release_bytes = _release_text(fields, listing)
+        (dist / "Release").write_bytes(release_bytes)
+        if signing_key is not None:
+            _sign_release(signing_key, dist)
+        _keep_previous_by_hash(out_dir / "dists" / suite, dist)
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    release = parse_release(release_bytes, str(out_dir / "dists" / suite / "Release"))
+    return BuiltRepository(out_dir, suite, tuple(entries), release)
+
+
+def _lay_out_pool(
+    root: Path, component: str, debs: list[_Deb]
+) -> tuple[list[PoolEntry], list[str]]:
+    entries: list[PoolEntry] = []
+    stanzas: list[str] = []
+    seen: dict[str, str] = {}
+    for deb in list(debs):
+        rel = _pool_path(component, deb)
+        if rel in seen:
+            if seen[rel] != deb.sha256:
+                raise ValueError(f"two different .deb files map to {rel}: {deb.path}")
+            debs.remove(deb)
+            continue
+        seen[rel] = deb.sha256
+        _link_or_copy(deb.path, root / rel)
+        entries.append(
+            PoolEntry(deb.package, deb.version, deb.architecture, rel, deb.size, deb.sha256)
+        )
+        stanzas.append(_stanza(deb, rel))
+    return entries, stanzas
+
+
+def _keep_previous_by_hash(old_dist: Path, new_dist: Path) -> None:
+    """Hardlink the by-hash files of the previous Release into the new tree."""
+    try:
+        old = parse_release((old_dist / "Release").read_bytes(), str(old_dist / "Release"))
+    except (OSError, MalformedIndexError):
+        return
+    for entry in old.files.values():
+        parent = os.path.dirname(entry.path)
+        rel = (
+            f"{parent}/by-hash/SHA256/{entry.sha256}"
+            if parent
+            else f"by-hash/SHA256/{entry.sha256}"
+        )
+        src, dst = old_dist / rel, new_dist / rel
+        if src.is_file() and not dst.exists():
+            _link_or_copy(src, dst)
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        func = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    result = func(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return int(result) == 0
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    if not os.path.lexists(target):
+        os.rename(new, target)
+        return
+    if _rename_exchange(new, target):
+        shutil.rmtree(new)  # `new` now holds the previous tree
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rename(target, old / "tree")
+    os.rename(new, target)
+    shutil.rmtree(old)
+
+
+# --------------------------------------------------------------------------- signing
+
+_MAX_GNUPG_HOME = 80  # agent socket paths must fit in sun_path (108 bytes)
+
+
+def _gpg(key: SigningKey, *args: str) -> list[str]:
+    return [
+        "gpg",
+        "--batch",
+        "--yes",
+        "--no-tty",
+        "--homedir",
+        str(key.gnupg_home),
+        "--pinentry-mode",
+        "loopback",
+        "--passphrase",
+        "",
+        *args,
+    ]
+
+
+def _sign_release(key: SigningKey, dist: Path) -> None:
+    release = str(dist / "Release")
+    common = ("--local-user", key.key_id, "--digest-algo", "SHA256")
+    _run(_gpg(key, *common, "--clearsign", "--output", str(dist / "InRelease"), release))
+    _run(
+        _gpg(
+            key, *common, "--armor", "--detach-sign", "--output", str(dist / "Release.gpg"), release
+        )
+    )
+
+
+def make_throwaway_key(gnupg_home: Path, name: str = "edgedepot test") -> SigningKey:
+    """Create a passphrase-less ed25519 signing key in a fresh GnuPG home.
+
+    If gnupg_home is too long for gpg-agent's socket, the home is made under /tmp instead
+    (gnupg_home becomes a symlink to it when it does not exist yet); the returned key names
+    the real home. Call stop_gpg_agent() when done.
+    """
+    home = gnupg_home.absolute()
+    if len(str(home)) > _MAX_GNUPG_HOME:
+        short = Path(tempfile.mkdtemp(prefix="edgegpg-", dir="/tmp"))
+        if not os.path.lexists(home):
+            home.parent.mkdir(parents=True, exist_ok=True)
+            home.symlink_to(short, target_is_directory=True)
+        home = short
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    probe = SigningKey(home, "")
+    uid = f"{name} <archive@edgedepot.invalid>"
+    status = _run(
+        _gpg(probe, "--status-fd", "1", "--quick-gen-key", uid, "ed25519", "sign", "never")
+    ).decode("utf-8", "replace")
+    match = re.search(r"^\[GNUPG:\] KEY_CREATED \S+ ([0-9A-F]{40,64})", status, re.M)
+    if match is None:
+        raise RepoToolError(["gpg", "--quick-gen-key"], 0, f"no KEY_CREATED status: {status}")
+    return SigningKey(home, match.group(1))
+
+
+def export_public_key(key: SigningKey, out: Path) -> Path:
+    """Write the public key as a keyring apt accepts (binary; ASCII armor if out ends in .asc)."""
+    armor = ("--armor",) if out.suffix == ".asc" else ()
+    data = _run(_gpg(key, *armor, "--export", key.key_id))
+    if not data:
+        raise RepoToolError(["gpg", "--export"], 0, f"key {key.key_id} not found")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+    return out
+
+
+def stop_gpg_agent(key: SigningKey) -> None:
+    """Stop the gpg-agent that signing started for this key's GnuPG home (best effort)."""
+    subprocess.run(
+        ["gpgconf", "--homedir", str(key.gnupg_home), "--kill", "gpg-agent"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
