@@ -104,11 +104,12 @@ def scan_repository(root: Path, suite: str = SUITE) -> tuple[RepoFile, ...]:
             files.append(_index_entry(root, f"dists/{suite}/{name}"))
     release = Release(release_path.read_text(encoding="utf-8"))
     packages_uncompressed: Path | None = None
+    package_indexes: list[RepoFile] = []
     packages_xz: Path | None = None
     for entry in release.get("SHA256", []):
         name = str(entry["name"])
         base = name.rsplit("/", 1)[-1]
-        if base not in ("Packages", "Packages.xz", "Packages.gz"):
+        if base not in ("Packages", "Packages.xz"):
             continue
         path = dists / name
         if not path.is_file():
@@ -117,11 +118,13 @@ def scan_repository(root: Path, suite: str = SUITE) -> tuple[RepoFile, ...]:
         actual = _index_entry(root, item.path)
         if actual.sha256 != item.sha256 or actual.size != item.size:
             raise ValueError(f"{item.path} does not match its Release entry")
-        files.append(item)
+        package_indexes.append(item)
         if base == "Packages":
             packages_uncompressed = path
         elif base == "Packages.xz":
             packages_xz = path
+    # apt's order: the xz variant first.
+    files.extend(sorted(package_indexes, key=lambda f: (not f.path.endswith(".xz"), f.path)))
     if packages_uncompressed is not None:
         text = packages_uncompressed.read_text(encoding="utf-8")
     elif packages_xz is not None:
@@ -168,12 +171,12 @@ def _read_manifest(base: Path, params: DatasetParams) -> Dataset | None:
 
 def build_dataset(params: DatasetParams, base: Path, log: bool = True) -> Dataset:
     """Build (or reuse) the repository for ``params`` under ``base / params.key``."""
-    target = base / params.key
+    target = (base / params.key).resolve()
     cached = _read_manifest(target, params)
     if cached is not None:
         return cached
     # Imported here: the builders are heavy and only needed on a cache miss.
-    from distro.debian_repo import build_repository
+    from distro.debian_repo import build_repository, make_throwaway_key, stop_gpg_agent
     from distro.sample_repo import build_sample_debs, sample_graph
 
     if target.exists():
@@ -185,8 +188,11 @@ def build_dataset(params: DatasetParams, base: Path, log: bool = True) -> Datase
     deb_dir = target / "debs"
     deb_dir.mkdir()
     build_sample_debs(deb_dir, specs, seed=params.seed, jobs=2)
-    repo_dir = target / "repo"
-    built = build_repository(deb_dir, repo_dir, suite=SUITE)
+    key = make_throwaway_key(target / "gnupg", name="edgedepot benchmark archive")
+    try:
+        built = build_repository(deb_dir, target / "repo", suite=SUITE, signing_key=key)
+    finally:
+        stop_gpg_agent(key)
     root = Path(built.root)
     files = scan_repository(root)
     expected = {p.filename: (p.size, p.sha256) for p in built.packages}

@@ -176,7 +176,7 @@ class FetchCoordinator:
         while True:
             headers = {"Range": f"bytes={partial.size}-"} if partial.size else {}
             try:
-                async with client.open(plan.url, headers) as resp:
+                async with client.open(plan.url, headers, retries=0) as resp:
                     skip = 0
                     if resp.status == 206 and partial.size:
                         if not resp.headers.get("Content-Range", "").startswith(
@@ -228,7 +228,7 @@ class FetchCoordinator:
                 error: UpstreamError = UpstreamUnavailable(plan.url, f"body interrupted: {exc}")
             except asyncio.TimeoutError:
                 error = UpstreamTimeout(plan.url, f"body stalled for {settings.read_timeout}s")
-            except UpstreamUnavailable as exc:
+            except (UpstreamUnavailable, UpstreamTimeout) as exc:
                 error = exc
             failures += 1
             if failures > settings.retries:

@@ -6,8 +6,10 @@ import bz2
 import ctypes
 import gzip
 import hashlib
+import importlib
 import lzma
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -16,18 +18,20 @@ import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from debian.deb822 import Deb822
 from debian.debian_support import Version
 
-_TOOL_TIMEOUT = 300.0
 _HASH_LENGTHS = {"md5sum": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 _FIELD_NAME = re.compile(r"([!-9;-~][!-9;-~]*):(.*)")
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _DIGITS = re.compile(r"[0-9]+")
+_ORPHAN = "continuation line outside a field"
+_ARMOR_HEADER = re.compile(r"[A-Za-z0-9-]+: .*")
 
 
 class MalformedIndexError(ValueError):
@@ -135,45 +139,33 @@ def _decode(data: bytes, source: str) -> str:
 
 def _strip_clearsign(lines: list[tuple[int, str]], source: str) -> list[tuple[int, str]]:
     """The signed text of an OpenPGP clear-signed message, dash-escaping undone."""
-    begin = "-----BEGIN PGP SIGNED MESSAGE-----"
-    i = 0
-    while i < len(lines) and not lines[i][1].strip():
-        i += 1
-    if lines[i][1].rstrip() != begin:
-        raise MalformedIndexError(source, lines[i][0], "data before the signed message")
-    i += 1
-    while i < len(lines) and lines[i][1].strip():  # armor headers such as "Hash: SHA256"
-        if not re.fullmatch(r"[A-Za-z0-9-]+: .*", lines[i][1].rstrip()):
-            raise MalformedIndexError(source, lines[i][0], "bad armor header")
-        i += 1
-    if i >= len(lines):
-        raise MalformedIndexError(source, None, "clear-signed message without text")
-    body: list[tuple[int, str]] = []
-    for j in range(i + 1, len(lines)):
-        num, text = lines[j]
-        if text.startswith("- "):
-            body.append((num, text[2:]))
-        elif text.rstrip() == "-----BEGIN PGP SIGNATURE-----":
-            return _check_signature_block(lines[j + 1 :], source, body)
-        elif text.startswith("-"):
-            raise MalformedIndexError(source, num, "line starting with '-' is not dash-escaped")
-        else:
-            body.append((num, text))
-    raise MalformedIndexError(source, None, "clear-signed message without signature")
-
-
-def _check_signature_block(
-    rest: list[tuple[int, str]], source: str, body: list[tuple[int, str]]
-) -> list[tuple[int, str]]:
-    for k, (num, text) in enumerate(rest):
-        if text.rstrip() == "-----END PGP SIGNATURE-----":
-            for tnum, trailing in rest[k + 1 :]:
-                if trailing.strip():
-                    raise MalformedIndexError(source, tnum, "data after the signature")
-            return body
-        if text.startswith("-----"):
-            raise MalformedIndexError(source, num, "unexpected armor line in signature")
-    raise MalformedIndexError(source, None, "signature block not terminated")
+    state, body = "lead", []  # lead -> headers -> text -> signature -> trail
+    for num, line in lines:
+        bare = line.rstrip()
+        problem = None
+        if state == "lead":
+            state = "headers" if bare == "-----BEGIN PGP SIGNED MESSAGE-----" else state
+            problem = "data before the signed message" if state == "lead" and bare else None
+        elif state == "headers":  # armor headers such as "Hash: SHA256", then a blank line
+            state = "text" if not bare else state
+            problem = "bad armor header" if bare and not _ARMOR_HEADER.fullmatch(bare) else None
+        elif state == "text":
+            if bare == "-----BEGIN PGP SIGNATURE-----":
+                state = "signature"
+            elif line.startswith("-") and not line.startswith("- "):
+                problem = "line starting with '-' is not dash-escaped"
+            else:
+                body.append((num, line.removeprefix("- ")))
+        elif state == "signature":
+            state = "trail" if bare == "-----END PGP SIGNATURE-----" else state
+            problem = "bad armor line" if state != "trail" and bare[:5] == "-----" else None
+        elif bare:
+            problem = "data after the signature"
+        if problem is not None:
+            raise MalformedIndexError(source, num, problem)
+    if state != "trail":
+        raise MalformedIndexError(source, None, f"clear-signed message truncated in its {state}")
+    return body
 
 
 def _paragraph(lines: list[tuple[int, str]], source: str) -> dict[str, list[tuple[int, str]]]:
@@ -191,7 +183,7 @@ def _paragraph(lines: list[tuple[int, str]], source: str) -> dict[str, list[tupl
             raise MalformedIndexError(source, num, "more than one paragraph")
         if text[0] in " \t":
             if current is None:
-                raise MalformedIndexError(source, num, "continuation line outside a field")
+                raise MalformedIndexError(source, num, _ORPHAN)
             current.append((num, text.strip()))
             continue
         match = _FIELD_NAME.fullmatch(text)
@@ -269,18 +261,17 @@ _TOKEN = re.compile(
     r"\n(?:(Package|Version|Architecture|Filename|Size|SHA256):[ \t]*([^\n]*)"
     r"|(?P<orphan>)(?=\n[ \t])|(?P<sep>)(?=\n)|(?P<bad>)(?![ \t]|[^\s:]+:|\Z))"
 )
-_WANTED_ANYCASE = re.compile(
-    r"\n(Package|Version|Architecture|Filename|Size|SHA256):[ \t]*([^\n]*)", re.I
-)
+_WANTED_ANYCASE = re.compile(r"\n(?i:(Package|Version|Architecture|Filename|Size|SHA256)):(.*)")
 _CANONICAL = {n.lower(): n for n in ("Package", "Version", "Architecture", "Filename", "Size")}
 _CANONICAL["sha256"] = "SHA256"
 
 
 def parse_packages(data: bytes, source: str) -> list[PoolEntry]:
     """Parse an uncompressed Packages index (fast scanner for the fields needed)."""
-    text = "\n\n" + _decode(data, source) + "\n"
+    text = "\n\n" + _decode(data, source) + "\n\n"
     entries: list[PoolEntry] = []
     found: dict[str, re.Match[str]] = {}
+    stanza_at = 0  # the newline that starts the current stanza's first line
     for m in _TOKEN.finditer(text):
         kind = m.lastindex  # 2: wanted field, 3: orphan, 4: separator, 5: not a field
         if kind == 2:
@@ -289,127 +280,117 @@ def parse_packages(data: bytes, source: str) -> list[PoolEntry]:
                 raise MalformedIndexError(source, _line_of(text, m), f"duplicate {name} field")
             found[name] = m
         elif kind == 4:
-            if found:
-                entries.append(_pool_entry(found, source, text))
+            if m.start() > stanza_at:
+                entries.append(_pool_entry(found, source, text, stanza_at, m.start()))
                 found = {}
+            stanza_at = m.start() + 1
         elif kind == 3:
-            raise MalformedIndexError(source, _line_of(text, m) + 1,
-                                      "continuation line outside a field")
+            raise MalformedIndexError(source, _line_of(text, m) + 1, _ORPHAN)
         else:
             bad = text[m.start() + 1 : text.find("\n", m.start() + 1)]
             raise MalformedIndexError(source, _line_of(text, m), f"not a field: {bad[:60]!r}")
     return entries
 
 
-def _line_of(text: str, m: re.Match[str]) -> int:
+def _line_of(text: str, m: re.Match[str] | int) -> int:
     """Line number (in the original data) of the line a token's leading newline starts."""
-    return text.count("\n", 0, m.start() + 1) - 1
+    return text.count("\n", 0, (m if isinstance(m, int) else m.start()) + 1) - 1
 
 
-def _pool_entry(found: dict[str, re.Match[str]], source: str, text: str) -> PoolEntry:
-    first = min(found.values(), key=lambda m: m.start())
+def _pool_entry(
+    found: dict[str, re.Match[str]], source: str, text: str, start: int, end: int
+) -> PoolEntry:
     if len(found) < 6:  # slow path: field names in unusual case
-        end = text.find("\n\n", first.start())
-        for m in _WANTED_ANYCASE.finditer(text, first.start(), end):
+        for m in _WANTED_ANYCASE.finditer(text, start, end):
             canonical = _CANONICAL[m.group(1).lower()]
             if canonical != m.group(1) and canonical in found:
-                raise MalformedIndexError(source, _line_of(text, m),
-                                          f"duplicate {canonical} field")
+                raise MalformedIndexError(source, _line_of(text, m), f"duplicate {canonical} field")
             found[canonical] = m
-    values = {name: m.group(2).rstrip() for name, m in found.items()}
+    values = {name: m.group(2).strip() for name, m in found.items()}
     for name in ("Package", "Version", "Architecture", "Filename", "Size", "SHA256"):
         if not values.get(name):
-            raise MalformedIndexError(source, _line_of(text, first), f"stanza without {name} field")
+            raise MalformedIndexError(source, _line_of(text, start), f"stanza without {name} field")
     size, digest, filename = values["Size"], values["SHA256"], values["Filename"]
+    problem = None
     if not _DIGITS.fullmatch(size):
-        raise MalformedIndexError(source, _line_of(text, found["Size"]), f"bad Size {size!r}")
-    if len(digest) != 64 or not _HEX.fullmatch(digest):
-        raise MalformedIndexError(source, _line_of(text, found["SHA256"]),
-                                  "SHA256 is not 64 hex digits")
-    if not _is_safe_relpath(filename):
-        raise MalformedIndexError(source, _line_of(text, found["Filename"]),
-                                  f"unsafe Filename {filename!r}")
-    return PoolEntry(values["Package"], values["Version"], values["Architecture"],
-                     filename, int(size), digest.lower())
+        problem = "Size", f"bad Size {size!r}"
+    elif len(digest) != 64 or not _HEX.fullmatch(digest):
+        problem = "SHA256", "SHA256 is not 64 hex digits"
+    elif not _is_safe_relpath(filename):
+        problem = "Filename", f"unsafe Filename {filename!r}"
+    if problem is not None:
+        raise MalformedIndexError(source, _line_of(text, found[problem[0]]), problem[1])
+    fields = (values["Package"], values["Version"], values["Architecture"])
+    return PoolEntry(*fields, filename, int(size), digest.lower())
 
 
 def decompress_index(name: str, data: bytes) -> bytes:
     """Decompress an index file according to its suffix (.gz .xz .bz2 .lz4 .zst or none)."""
+    suffix = name.rsplit("/", 1)[-1].rpartition(".")[2]
+    if suffix not in ("gz", "xz", "bz2", "lz4", "zst"):
+        return data
+    if not data:
+        raise MalformedIndexError(name, None, "corrupt compressed data: empty file")
+    errors: tuple[type[Exception], ...] = (OSError, EOFError, ValueError, zlib.error)
     try:
-        if name.endswith(".gz"):
-            return gzip.decompress(data)
-        if name.endswith(".xz"):
-            return lzma.decompress(data)
-        if name.endswith(".bz2"):
-            return bz2.decompress(data)
-        if name.endswith(".lz4"):
+        if suffix == "lz4":
+            lz4_frame = _optional_module("lz4.frame", name)
+            errors += (RuntimeError,)
+            return bytes(lz4_frame.decompress(data))
+        if suffix == "zst":
             try:
-                import lz4.frame  # type: ignore[import-not-found,unused-ignore]
+                from backports import zstd
+
+                errors += (zstd.ZstdError,)
+                return zstd.decompress(data)
             except ImportError:
-                raise MalformedIndexError(name, None, "lz4 support is not installed") from None
-            return bytes(lz4.frame.decompress(data))
-        if name.endswith(".zst"):
-            return _zstd_decompress(name, data)
-    except MalformedIndexError:
-        raise
-    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, RuntimeError) as exc:
+                zstandard = _optional_module("zstandard", name)
+                errors += (zstandard.ZstdError,)
+                with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+                    return bytes(reader.read())
+        module = {"gz": gzip, "xz": lzma, "bz2": bz2}[suffix]
+        return bytes(module.decompress(data))
+    except errors as exc:
         raise MalformedIndexError(name, None, f"corrupt compressed data: {exc}") from None
-    return data
 
 
-def _zstd_decompress(name: str, data: bytes) -> bytes:
+def _optional_module(module: str, source: str) -> Any:
     try:
-        from backports import zstd as bzstd
+        return importlib.import_module(module)
     except ImportError:
-        try:
-            import zstandard  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            raise MalformedIndexError(name, None, "zstd support is not installed") from None
-        try:
-            with zstandard.ZstdDecompressor().stream_reader(data) as reader:
-                return bytes(reader.read())
-        except zstandard.ZstdError as exc:
-            raise MalformedIndexError(name, None, f"corrupt compressed data: {exc}") from None
-    try:
-        return bzstd.decompress(data)
-    except bzstd.ZstdError as exc:
-        raise MalformedIndexError(name, None, f"corrupt compressed data: {exc}") from None
+        raise MalformedIndexError(source, None, f"{module} is not installed") from None
 
 
 # --------------------------------------------------------------------------- building
 
 
-def _run(argv: Sequence[str], *, stdout_file: Path | None = None) -> bytes:
-    """Run a tool; raise RepoToolError on failure; return stdout."""
-    out_handle = open(stdout_file, "wb") if stdout_file is not None else None
-    try:
-        proc = subprocess.run(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out_handle if out_handle is not None else subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            timeout=_TOOL_TIMEOUT,
-            check=False,
-        )
-    finally:
-        if out_handle is not None:
-            out_handle.close()
+def _run(argv: Sequence[str]) -> bytes:
+    """Run a tool; return its stdout or raise RepoToolError."""
+    proc = subprocess.run(
+        list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=300, check=False
+    )
     if proc.returncode != 0:
         raise RepoToolError(argv, proc.returncode, proc.stderr.decode("utf-8", "replace"))
-    return proc.stdout or b""
+    return proc.stdout
 
 
 @dataclass(frozen=True)
 class _Deb:
     path: Path
     control: Deb822
-    package: str
-    version: str
-    architecture: str
-    source: str
     size: int
     md5: str
     sha256: str
+
+    def get(self, name: str) -> str:
+        return str(self.control.get(name, ""))
+
+    def pool_path(self, component: str) -> str:
+        package, source = self.get("Package"), self.get("Source").split(" ")[0]
+        source = source or package
+        prefix = source[:4] if source.startswith("lib") else source[:1]
+        name = f"{package}_{self.get('Version').split(':', 1)[-1]}_{self.get('Architecture')}.deb"
+        return f"pool/{component}/{prefix}/{source}/{name}"
 
 
 def _read_deb(path: Path) -> _Deb:
@@ -417,33 +398,13 @@ def _read_deb(path: Path) -> _Deb:
     for name in ("Package", "Version", "Architecture"):
         if not control.get(name):
             raise MalformedIndexError(str(path), None, f"control file without {name} field")
-    md5, sha = hashlib.md5(), hashlib.sha256()
-    size = 0
+    md5, sha, size = hashlib.md5(), hashlib.sha256(), 0
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             md5.update(chunk)
             sha.update(chunk)
             size += len(chunk)
-    package = str(control["Package"])
-    source = str(control.get("Source", package)).split()[0]
-    return _Deb(
-        path,
-        control,
-        package,
-        str(control["Version"]),
-        str(control["Architecture"]),
-        source,
-        size,
-        md5.hexdigest(),
-        sha.hexdigest(),
-    )
-
-
-def _pool_path(component: str, deb: _Deb) -> str:
-    prefix = deb.source[:4] if deb.source.startswith("lib") else deb.source[:1]
-    version = deb.version.split(":", 1)[-1]
-    name = f"{deb.package}_{version}_{deb.architecture}.deb"
-    return f"pool/{component}/{prefix}/{deb.source}/{name}"
+    return _Deb(path, control, size, md5.hexdigest(), sha.hexdigest())
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -455,27 +416,22 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _stanza(deb: _Deb, filename: str) -> str:
-    para = Deb822()
-    for key, value in deb.control.items():
-        if key.lower() not in ("description", "filename", "size", "md5sum", "sha256"):
-            para[key] = value
-    para["Filename"] = filename
-    para["Size"] = str(deb.size)
-    para["MD5sum"] = deb.md5
-    para["SHA256"] = deb.sha256
+    """The Packages stanza: control fields, then Filename/Size/hashes, Description last."""
+    own = ("Filename", "Size", "MD5sum", "SHA256", "Description")
+    para = Deb822({k: v for k, v in deb.control.items() if k not in own})
+    for key, value in zip(own, (filename, str(deb.size), deb.md5, deb.sha256)):
+        para[key] = value
     if "Description" in deb.control:
         para["Description"] = deb.control["Description"]
     return str(para.dump())
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def _rfc2822(moment: datetime) -> str:
-    days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-    months = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-    utc = moment.astimezone(timezone.utc)
-    return (
-        f"{days[utc.weekday()]}, {utc.day:02d} {months[utc.month - 1]} {utc.year} "
-        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d} UTC"
-    )
+    day = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[moment.weekday()]
+    return f"{day}, {moment.day:02d} {_MONTHS[moment.month - 1]} {moment:%Y %H:%M:%S} UTC"
 
 
 def _write_index(dist: Path, rel: str, data: bytes, listing: dict[str, bytes]) -> None:
@@ -483,21 +439,8 @@ def _write_index(dist: Path, rel: str, data: bytes, listing: dict[str, bytes]) -
     target = dist / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
-    by_hash = target.parent / "by-hash" / "SHA256" / hashlib.sha256(data).hexdigest()
-    by_hash.parent.mkdir(parents=True, exist_ok=True)
-    if not by_hash.exists():
-        os.link(target, by_hash)
+    _link_or_copy(target, target.parent / "by-hash" / "SHA256" / hashlib.sha256(data).hexdigest())
     listing[rel] = data
-
-
-def _release_text(fields: Sequence[tuple[str, str]], listing: Mapping[str, bytes]) -> bytes:
-    lines = [f"{k}: {v}" for k, v in fields]
-    for name, algo in (("MD5Sum", hashlib.md5), ("SHA256", hashlib.sha256)):
-        lines.append(f"{name}:")
-        for rel in sorted(listing):
-            data = listing[rel]
-            lines.append(f" {algo(data).hexdigest()} {len(data):>16} {rel}")
-    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def build_repository(
@@ -516,59 +459,48 @@ def build_repository(
     """Build (or atomically replace) an apt repository at out_dir from every .deb under deb_dir.
 
     out_dir is owned by this function: its previous content is replaced as a whole, except that
-    by-hash files of the previous Release are kept so clients mid-update still find them.
+    the by-hash files of the previous Release are kept so clients mid-update still find them.
     """
     deb_dir, out_dir = deb_dir.resolve(), out_dir.absolute()
-    if deb_dir == out_dir or out_dir in deb_dir.parents:
+    if deb_dir == out_dir.resolve() or out_dir.resolve() in deb_dir.parents:
         raise ValueError(f"deb_dir {deb_dir} must not be inside out_dir {out_dir}")
-    for name in (suite, component, *(() if codename is None else (codename,))):
+    for name in (suite, component, codename or suite):
         if not _is_safe_relpath(name) or "/" in name or any(c.isspace() for c in name):
             raise ValueError(f"bad suite/codename/component name {name!r}")
-    real_out = out_dir.resolve()
-    paths = sorted(
-        p for p in deb_dir.rglob("*.deb") if p.is_file() and real_out not in p.resolve().parents
-    )
+    skip = out_dir.resolve()
+    paths = sorted(p for p in deb_dir.rglob("*.deb") if p.is_file() and skip not in p.parents)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
         debs = list(pool.map(_read_deb, paths))
-    debs.sort(key=lambda d: (d.package, Version(d.version), d.architecture))
-
+    debs.sort(key=lambda d: (d.get("Package"), Version(d.get("Version")), d.get("Architecture")))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
     try:
         os.chmod(tmp, 0o755)
-        entries, stanzas = _lay_out_pool(tmp, component, debs)
-        arches = sorted({d.architecture for d in debs} - {"all"}) or ["amd64"]
+        laid_out = _lay_out_pool(tmp, component, debs)
+        arches = sorted({e.architecture for e, _ in laid_out} - {"all"}) or ["amd64"]
         dist = tmp / "dists" / suite
         listing: dict[str, bytes] = {}
         for arch in arches:
-            text = "\n".join(s for d, s in zip(debs, stanzas) if d.architecture in (arch, "all"))
-            raw = text.encode("utf-8")
+            raw = "\n".join(s for e, s in laid_out if e.architecture in (arch, "all")).encode()
             base = f"{component}/binary-{arch}"
             _write_index(dist, f"{base}/Packages", raw, listing)
             _write_index(dist, f"{base}/Packages.gz", gzip.compress(raw, 9, mtime=0), listing)
             _write_index(dist, f"{base}/Packages.xz", lzma.compress(raw, preset=6), listing)
-            sub_release = (
-                f"Archive: {suite}\nOrigin: {origin}\nLabel: {label}\n"
-                f"Acquire-By-Hash: yes\nComponent: {component}\n"
-                f"Architecture: {arch}\n"
-            )
-            _write_index(dist, f"{base}/Release", sub_release.encode("utf-8"), listing)
-        moment = now or datetime.now(timezone.utc)
-        fields = [
-            ("Origin", origin),
-            ("Label", label),
-            ("Suite", suite),
-            ("Codename", codename or suite),
-            ("Date", _rfc2822(moment)),
-        ]
+            sub = f"Archive: {suite}\nOrigin: {origin}\nLabel: {label}\nAcquire-By-Hash: yes\n"
+            sub += f"Component: {component}\nArchitecture: {arch}\n"
+            _write_index(dist, f"{base}/Release", sub.encode(), listing)
+        moment = (now or datetime.now(UTC)).astimezone(UTC)
+        head = f"Origin: {origin}\nLabel: {label}\nSuite: {suite}\nCodename: {codename or suite}\n"
+        head += f"Date: {_rfc2822(moment)}\n"
         if valid_for is not None:
-            fields.append(("Valid-Until", _rfc2822(moment + valid_for)))
-        fields += [
-            ("Architectures", " ".join(arches)),
-            ("Components", component),
-            ("Acquire-By-Hash", "yes"),
-        ]
-        release_bytes = _release_text(fields, listing)
+            head += f"Valid-Until: {_rfc2822(moment + valid_for)}\n"
+        head += f"Architectures: {' '.join(arches)}\nComponents: {component}\n"
+        head += "Acquire-By-Hash: yes\n"
+        for section, algo in (("MD5Sum", hashlib.md5), ("SHA256", hashlib.sha256)):
+            head += f"{section}:\n"
+            for rel, data in sorted(listing.items()):
+                head += f" {algo(data).hexdigest()} {len(data):>16} {rel}\n"
+        release_bytes = head.encode()
         (dist / "Release").write_bytes(release_bytes)
         if signing_key is not None:
             _sign_release(signing_key, dist)
@@ -578,29 +510,23 @@ def build_repository(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     release = parse_release(release_bytes, str(out_dir / "dists" / suite / "Release"))
-    return BuiltRepository(out_dir, suite, tuple(entries), release)
+    return BuiltRepository(out_dir, suite, tuple(e for e, _ in laid_out), release)
 
 
-def _lay_out_pool(
-    root: Path, component: str, debs: list[_Deb]
-) -> tuple[list[PoolEntry], list[str]]:
-    entries: list[PoolEntry] = []
-    stanzas: list[str] = []
+def _lay_out_pool(root: Path, component: str, debs: list[_Deb]) -> list[tuple[PoolEntry, str]]:
+    """Hardlink each .deb into the pool; (entry, Packages stanza) per distinct file."""
+    out: list[tuple[PoolEntry, str]] = []
     seen: dict[str, str] = {}
-    for deb in list(debs):
-        rel = _pool_path(component, deb)
-        if rel in seen:
-            if seen[rel] != deb.sha256:
-                raise ValueError(f"two different .deb files map to {rel}: {deb.path}")
-            debs.remove(deb)
+    for deb in debs:
+        rel = deb.pool_path(component)
+        if seen.setdefault(rel, deb.sha256) != deb.sha256:
+            raise ValueError(f"two different .deb files map to {rel}: {deb.path}")
+        if (root / rel).exists():
             continue
-        seen[rel] = deb.sha256
         _link_or_copy(deb.path, root / rel)
-        entries.append(
-            PoolEntry(deb.package, deb.version, deb.architecture, rel, deb.size, deb.sha256)
-        )
-        stanzas.append(_stanza(deb, rel))
-    return entries, stanzas
+        fields = (deb.get("Package"), deb.get("Version"), deb.get("Architecture"))
+        out.append((PoolEntry(*fields, rel, deb.size, deb.sha256), _stanza(deb, rel)))
+    return out
 
 
 def _keep_previous_by_hash(old_dist: Path, new_dist: Path) -> None:
@@ -610,36 +536,23 @@ def _keep_previous_by_hash(old_dist: Path, new_dist: Path) -> None:
     except (OSError, MalformedIndexError):
         return
     for entry in old.files.values():
-        parent = os.path.dirname(entry.path)
-        rel = (
-            f"{parent}/by-hash/SHA256/{entry.sha256}"
-            if parent
-            else f"by-hash/SHA256/{entry.sha256}"
-        )
-        src, dst = old_dist / rel, new_dist / rel
-        if src.is_file() and not dst.exists():
-            _link_or_copy(src, dst)
-
-
-def _rename_exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False if unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        func = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    func.restype = ctypes.c_int
-    at_fdcwd, rename_exchange = -100, 2
-    result = func(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return int(result) == 0
+        rel = posixpath.join(posixpath.dirname(entry.path), "by-hash", "SHA256", entry.sha256)
+        if (old_dist / rel).is_file() and not (new_dist / rel).exists():
+            _link_or_copy(old_dist / rel, new_dist / rel)
 
 
 def _swap_in(new: Path, target: Path) -> None:
+    """Replace target by new: renameat2(RENAME_EXCHANGE) if possible, else two renames."""
     if not os.path.lexists(target):
         os.rename(new, target)
         return
-    if _rename_exchange(new, target):
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+        renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+        exchanged = renameat2(-100, os.fsencode(new), -100, os.fsencode(target), 2) == 0
+    except (OSError, AttributeError):
+        exchanged = False
+    if exchanged:
         shutil.rmtree(new)  # `new` now holds the previous tree
         return
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
@@ -654,30 +567,15 @@ _MAX_GNUPG_HOME = 80  # agent socket paths must fit in sun_path (108 bytes)
 
 
 def _gpg(key: SigningKey, *args: str) -> list[str]:
-    return [
-        "gpg",
-        "--batch",
-        "--yes",
-        "--no-tty",
-        "--homedir",
-        str(key.gnupg_home),
-        "--pinentry-mode",
-        "loopback",
-        "--passphrase",
-        "",
-        *args,
-    ]
+    base = ["gpg", "--batch", "--yes", "--no-tty", "--pinentry-mode", "loopback"]
+    return [*base, "--passphrase", "", "--homedir", str(key.gnupg_home), *args]
 
 
 def _sign_release(key: SigningKey, dist: Path) -> None:
     release = str(dist / "Release")
-    common = ("--local-user", key.key_id, "--digest-algo", "SHA256")
-    _run(_gpg(key, *common, "--clearsign", "--output", str(dist / "InRelease"), release))
-    _run(
-        _gpg(
-            key, *common, "--armor", "--detach-sign", "--output", str(dist / "Release.gpg"), release
-        )
-    )
+    for out, mode in (("InRelease", "--clearsign"), ("Release.gpg", "--detach-sign")):
+        opts = ("--local-user", key.key_id, "--digest-algo", "SHA256", "--armor", mode)
+        _run(_gpg(key, *opts, "--output", str(dist / out), release))
 
 
 def make_throwaway_key(gnupg_home: Path, name: str = "edgedepot test") -> SigningKey:
@@ -690,7 +588,9 @@ def make_throwaway_key(gnupg_home: Path, name: str = "edgedepot test") -> Signin
     home = gnupg_home.absolute()
     if len(str(home)) > _MAX_GNUPG_HOME:
         short = Path(tempfile.mkdtemp(prefix="edgegpg-", dir="/tmp"))
-        if not os.path.lexists(home):
+        if home.is_symlink():
+            home.unlink()  # left over from an earlier key
+        if not home.exists():
             home.parent.mkdir(parents=True, exist_ok=True)
             home.symlink_to(short, target_is_directory=True)
         home = short
@@ -701,7 +601,7 @@ def make_throwaway_key(gnupg_home: Path, name: str = "edgedepot test") -> Signin
     status = _run(
         _gpg(probe, "--status-fd", "1", "--quick-gen-key", uid, "ed25519", "sign", "never")
     ).decode("utf-8", "replace")
-    match = re.search(r"^\[GNUPG:\] KEY_CREATED \S+ ([0-9A-F]{40,64})", status, re.M)
+    match = re.search(r"^\[GNUPG:\] KEY_CREATED \S+ ([0-9A-F]{40,64})", status, re.MULTILINE)
     if match is None:
         raise RepoToolError(["gpg", "--quick-gen-key"], 0, f"no KEY_CREATED status: {status}")
     return SigningKey(home, match.group(1))
@@ -722,10 +622,5 @@ def export_public_key(key: SigningKey, out: Path) -> Path:
 
 def stop_gpg_agent(key: SigningKey) -> None:
     """Stop the gpg-agent that signing started for this key's GnuPG home (best effort)."""
-    subprocess.run(
-        ["gpgconf", "--homedir", str(key.gnupg_home), "--kill", "gpg-agent"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
+    argv = ["gpgconf", "--homedir", str(key.gnupg_home), "--kill", "gpg-agent"]
+    subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=30, check=False)

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from distro.debian_repo import SigningKey, export_public_key, make_throwaway_key
@@ -101,38 +101,29 @@ def build_deb(spec: SampleDeb, out_dir: Path, *, seed: int, compression: str | N
     stage = Path(tempfile.mkdtemp(prefix=f".stage-{spec.name}-", dir=out_dir))
     try:
         root = stage / "root"
+        share = root / "usr" / "share"
         files = {
-            root / "DEBIAN" / "control": control_text(spec).encode("utf-8"),
-            root / "usr" / "share" / spec.name / "payload.bin": random.Random(seed).randbytes(
-                spec.payload_bytes
-            ),
-            root / "usr" / "share" / "doc" / spec.name / "README": f"{spec.description}\n".encode(
-                "utf-8"
-            ),
+            root / "DEBIAN" / "control": control_text(spec).encode(),
+            share / spec.name / "payload.bin": random.Random(seed).randbytes(spec.payload_bytes),
+            share / "doc" / spec.name / "README": f"{spec.description}\n".encode(),
         }
         for path, data in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-            os.chmod(path, 0o644)
-        for directory in sorted(
-            {root, *(p for f in files for p in f.parents if root in p.parents)}
-        ):
-            os.chmod(directory, 0o755)
-        for dirpath, dirnames, filenames in os.walk(root):
-            for entry in (dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)):
-                os.utime(entry, (_EPOCH, _EPOCH))
+        for dirpath, _, filenames in os.walk(root):
+            os.chmod(dirpath, 0o755)
+            os.utime(dirpath, (_EPOCH, _EPOCH))
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+                os.utime(os.path.join(dirpath, name), (_EPOCH, _EPOCH))
         argv = ["dpkg-deb", "--build", "--root-owner-group", f"-Z{compression}"]
         if compression == "gzip":
             argv.append("-z1")
         partial = stage / "out.deb"
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(_EPOCH)}
+        argv += [str(root), str(partial)]
         proc = subprocess.run(
-            argv + [str(root), str(partial)],
-            env=env,
-            capture_output=True,
-            stdin=subprocess.DEVNULL,
-            timeout=300,
-            check=False,
+            argv, env=env, capture_output=True, stdin=subprocess.DEVNULL, check=False
         )
         if proc.returncode != 0:
             raise RuntimeError(f"dpkg-deb failed for {spec.name}: {proc.stderr.decode()[-2000:]}")
@@ -160,322 +151,98 @@ def build_sample_debs(
 
 # --------------------------------------------------------------------------- dependency graph
 
-_ID = "edge-init-system-helpers (>= 1.54~)"
-# name, version, arch, depends, pre-depends, recommends, provides, size factor, synopsis
-_CoreRow = tuple[
-    str, str, str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...], float, str
-]
-_CORE: tuple[_CoreRow, ...] = (
-    (
-        "edge-libc6",
-        "2.36-9+deb12u4",
-        "amd64",
-        ("edge-libgcc-s1",),
-        (),
-        (),
-        (),
-        3.0,
-        "GNU C Library: Shared libraries",
-    ),
-    (
-        "edge-libgcc-s1",
-        "12.2.0-14",
-        "amd64",
-        ("edge-libc6 (>= 2.35)",),
-        (),
-        (),
-        (),
-        0.3,
-        "GCC support library",
-    ),
-    (
-        "edge-init-system-helpers",
-        "1.65.2",
-        "all",
-        (),
-        (),
-        (),
-        (),
-        0.2,
-        "helper tools for all init systems",
-    ),
-    (
-        "edge-zlib1g",
-        "1:1.2.13.dfsg-1",
-        "amd64",
-        ("edge-libc6 (>= 2.14)",),
-        (),
-        (),
-        (),
-        0.5,
-        "compression library - runtime",
-    ),
-    (
-        "edge-libssl3",
-        "3.0.11-1~deb12u2",
-        "amd64",
-        ("edge-libc6 (>= 2.34)",),
-        (),
-        (),
-        (),
-        1.5,
-        "Secure Sockets Layer toolkit - shared libraries",
-    ),
-    (
-        "edge-libffi8",
-        "3.4.4-1",
-        "amd64",
-        ("edge-libc6 (>= 2.34)",),
-        (),
-        (),
-        (),
-        0.2,
-        "Foreign Function Interface library runtime",
-    ),
-    (
-        "edge-libxml2",
-        "2.9.14+dfsg-1.3~deb12u1",
-        "amd64",
-        ("edge-libc6 (>= 2.34)", "edge-zlib1g (>= 1:1.2.3.3)"),
-        (),
-        (),
-        (),
-        0.8,
-        "GNOME XML library",
-    ),
-    (
-        "edge-python3.11",
-        "3.11.2-6",
-        "amd64",
-        (
-            "edge-libc6 (>= 2.36)",
-            "edge-libssl3 (>= 3.0.0)",
-            "edge-zlib1g (>= 1:1.2.0)",
-            "edge-libffi8 (>= 3.4)",
-        ),
-        (),
-        (),
-        (),
-        4.0,
-        "Interactive high-level object-oriented language",
-    ),
-    (
-        "edge-python3",
-        "3.11.2-1+b1",
-        "amd64",
-        ("edge-python3.11 (>= 3.11.2-1~)",),
-        (),
-        (),
-        (),
-        0.1,
-        "interactive high-level object-oriented language (default python3 version)",
-    ),
-    (
-        "edge-python3-oslo.config",
-        "1:9.1.0-2",
-        "all",
-        ("edge-python3",),
-        (),
-        (),
-        (),
-        0.5,
-        "Common code for OpenStack projects - configuration API",
-    ),
-    (
-        "edge-python3-pymysql",
-        "1.0.2-2",
-        "all",
-        ("edge-python3",),
-        (),
-        (),
-        (),
-        0.3,
-        "Pure-Python MySQL driver - Python 3.x",
-    ),
-    (
-        "edge-python3-nova",
-        "2:26.2.0-1+deb12u1",
-        "all",
-        (
-            "edge-python3",
-            "edge-python3-oslo.config (>= 1:9.0.0)",
-            "edge-python3-mysqldb | edge-python3-pymysql",
-        ),
-        (),
-        (),
-        (),
-        3.0,
-        "OpenStack Compute - libraries",
-    ),
-    (
-        "edge-python3-neutron",
-        "2:21.1.0-1",
-        "all",
-        ("edge-python3", "edge-python3-oslo.config (>= 1:8.0.0)"),
-        (),
-        (),
-        (),
-        2.5,
-        "OpenStack virtual network service - Python library",
-    ),
-    (
-        "edge-chrony",
-        "4.3-2+deb12u1",
-        "amd64",
-        ("edge-libc6 (>= 2.34)",),
-        (_ID,),
-        (),
-        ("edge-time-daemon",),
-        0.5,
-        "Versatile implementation of the Network Time Protocol",
-    ),
-    (
-        "edge-libvirt0",
-        "9.0.0-4",
-        "amd64",
-        ("edge-libc6 (>= 2.36)", "edge-libxml2 (>= 2.9.14)", "edge-libssl3 (>= 3.0.0)"),
-        (),
-        (),
-        (),
-        2.0,
-        "library for interfacing with different virtualization systems",
-    ),
-    (
-        "edge-libvirt-clients",
-        "9.0.0-4",
-        "amd64",
-        ("edge-libvirt0 (= 9.0.0-4)",),
-        (),
-        (),
-        (),
-        0.8,
-        "Programs for the libvirt library",
-    ),
-    (
-        "edge-libvirt-daemon-system",
-        "9.0.0-4",
-        "amd64",
-        ("edge-libvirt0 (= 9.0.0-4)",),
-        (_ID,),
-        ("edge-libvirt-clients",),
-        (),
-        1.0,
-        "Libvirt daemon configuration files",
-    ),
-    (
-        "edge-qemu-system-x86",
-        "1:7.2+dfsg-7+deb12u3",
-        "amd64",
-        ("edge-libc6 (>= 2.36)", "edge-zlib1g (>= 1:1.2.0)"),
-        (),
-        (),
-        (),
-        8.0,
-        "QEMU full system emulation binaries (x86)",
-    ),
-    (
-        "edge-openvswitch-switch",
-        "3.1.0-2",
-        "amd64",
-        ("edge-libc6 (>= 2.34)", "edge-libssl3 (>= 3.0.0)", "edge-python3"),
-        (_ID,),
-        (),
-        (),
-        2.0,
-        "Open vSwitch switch implementations",
-    ),
-    (
-        "edge-nova-compute",
-        "2:26.2.0-1+deb12u1",
-        "all",
-        (
-            "edge-python3-nova (= 2:26.2.0-1+deb12u1)",
-            "edge-libvirt-daemon-system (>= 9.0.0)",
-            "edge-qemu-system-x86 | edge-qemu-kvm",
-            "edge-time-daemon",
-        ),
-        (),
-        ("edge-libvirt-clients",),
-        (),
-        0.3,
-        "OpenStack Compute - compute node base",
-    ),
-    (
-        "edge-neutron-openvswitch-agent",
-        "2:21.1.0-1",
-        "all",
-        ("edge-python3-neutron (= 2:21.1.0-1)", "edge-openvswitch-switch (>= 2.17)"),
-        (),
-        (),
-        (),
-        0.3,
-        "OpenStack virtual network service - Open vSwitch agent",
-    ),
-    (
-        TOP_PACKAGE,
-        "1.0",
-        "all",
-        ("edge-nova-compute", "edge-neutron-openvswitch-agent"),
-        (),
-        (),
-        (),
-        0.02,
-        "edgedepot sample: everything an OpenStack compute node needs",
-    ),
-)
-_EXTRA_LIBS = (
-    "edge-libyaml-0-2",
-    "edge-libnuma1",
-    "edge-liburing2",
-    "edge-libaio1",
-    "edge-libcap-ng0",
-    "edge-libpcap0.8",
-    "edge-libgnutls30",
-    "edge-libsqlite3-0",
-    "edge-libuuid1",
-    "edge-libnl-3-200",
-    "edge-libjson-c5",
-    "edge-libseccomp2",
-)
-_EXTRA_PY = tuple(
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+# The fixed part of the graph. A header line "name version arch size-factor synopsis" is
+# followed by indented relation lines: D(epends), P(re-Depends), R(ecommends), V (provides).
+_CORE_TABLE = """
+edge-libc6 2.36-9+deb12u4 amd64 3.0 GNU C Library: Shared libraries
+  D edge-libgcc-s1
+edge-libgcc-s1 12.2.0-14 amd64 0.3 GCC support library
+  D edge-libc6 (>= 2.35)
+edge-init-system-helpers 1.65.2 all 0.2 helper tools for all init systems
+edge-zlib1g 1:1.2.13.dfsg-1 amd64 0.5 compression library - runtime
+  D edge-libc6 (>= 2.14)
+edge-libssl3 3.0.11-1~deb12u2 amd64 1.5 Secure Sockets Layer toolkit - shared libraries
+  D edge-libc6 (>= 2.34)
+edge-libffi8 3.4.4-1 amd64 0.2 Foreign Function Interface library runtime
+  D edge-libc6 (>= 2.34)
+edge-libxml2 2.9.14+dfsg-1.3~deb12u1 amd64 0.8 GNOME XML library
+  D edge-libc6 (>= 2.34), edge-zlib1g (>= 1:1.2.3.3)
+edge-python3.11 3.11.2-6 amd64 4.0 Interactive high-level object-oriented language
+  D edge-libc6 (>= 2.36), edge-libssl3 (>= 3.0.0), edge-zlib1g (>= 1:1.2.0), edge-libffi8 (>= 3.4)
+edge-python3 3.11.2-1+b1 amd64 0.1 interactive high-level object-oriented language (default)
+  D edge-python3.11 (>= 3.11.2-1~)
+edge-python3-oslo.config 1:9.1.0-2 all 0.5 Common code for OpenStack projects - configuration API
+  D edge-python3
+edge-python3-pymysql 1.0.2-2 all 0.3 Pure-Python MySQL driver - Python 3.x
+  D edge-python3
+edge-python3-nova 2:26.2.0-1+deb12u1 all 3.0 OpenStack Compute - libraries
+  D edge-python3, edge-python3-oslo.config (>= 1:9.0.0), edge-python3-mysqldb | edge-python3-pymysql
+edge-python3-neutron 2:21.1.0-1 all 2.5 OpenStack virtual network service - Python library
+  D edge-python3, edge-python3-oslo.config (>= 1:8.0.0)
+edge-chrony 4.3-2+deb12u1 amd64 0.5 Versatile implementation of the Network Time Protocol
+  D edge-libc6 (>= 2.34)
+  P edge-init-system-helpers (>= 1.54~)
+  V edge-time-daemon
+edge-libvirt0 9.0.0-4 amd64 2.0 library for interfacing with different virtualization systems
+  D edge-libc6 (>= 2.36), edge-libxml2 (>= 2.9.14), edge-libssl3 (>= 3.0.0)
+edge-libvirt-clients 9.0.0-4 amd64 0.8 Programs for the libvirt library
+  D edge-libvirt0 (= 9.0.0-4)
+edge-libvirt-daemon-system 9.0.0-4 amd64 1.0 Libvirt daemon configuration files
+  D edge-libvirt0 (= 9.0.0-4)
+  P edge-init-system-helpers (>= 1.54~)
+  R edge-libvirt-clients
+edge-qemu-system-x86 1:7.2+dfsg-7+deb12u3 amd64 8.0 QEMU full system emulation binaries (x86)
+  D edge-libc6 (>= 2.36), edge-zlib1g (>= 1:1.2.0)
+edge-openvswitch-switch 3.1.0-2 amd64 2.0 Open vSwitch switch implementations
+  D edge-libc6 (>= 2.34), edge-libssl3 (>= 3.0.0), edge-python3
+  P edge-init-system-helpers (>= 1.54~)
+edge-nova-compute 2:26.2.0-1+deb12u1 all 0.3 OpenStack Compute - compute node base
+  D edge-python3-nova (= 2:26.2.0-1+deb12u1), edge-libvirt-daemon-system (>= 9.0.0),
+    edge-qemu-system-x86 | edge-qemu-kvm, edge-time-daemon
+  R edge-libvirt-clients
+edge-neutron-openvswitch-agent 2:21.1.0-1 all 0.3 OpenStack virtual network service - OVS agent
+  D edge-python3-neutron (= 2:21.1.0-1), edge-openvswitch-switch (>= 2.17)
+edge-compute-node 1.0 all 0.02 edgedepot sample: everything an OpenStack compute node needs
+  D edge-nova-compute, edge-neutron-openvswitch-agent
+"""
+
+
+def _core_rows() -> list[_Row]:
+    """Parse _CORE_TABLE."""
+    rows: list[_Row] = []
+    last = ""
+    for line in _CORE_TABLE.strip("\n").split("\n"):
+        if not line.startswith(" "):
+            name, version, arch, factor, synopsis = line.split(" ", 4)
+            rows.append(_Row(name, version, arch, [], factor=float(factor), synopsis=synopsis))
+            continue
+        if line.startswith("    "):  # continuation of the previous relation line
+            kind, text = last, line.strip()
+        else:
+            kind, _, text = line.strip().partition(" ")
+        last = kind
+        row = rows[-1]
+        target = {"D": row.depends, "P": row.pre_depends, "R": row.recommends, "V": row.provides}
+        target[kind].extend(c.strip() for c in text.split(",") if c.strip())
+    return rows
+
+
+_EXTRA_LIBS = _words("""edge-libyaml-0-2 edge-libnuma1 edge-liburing2 edge-libaio1 edge-libcap-ng0
+    edge-libpcap0.8 edge-libgnutls30 edge-libsqlite3-0 edge-libuuid1 edge-libnl-3-200
+    edge-libjson-c5 edge-libseccomp2""")
+_EXTRA_PY = [
     f"edge-python3-{n}"
-    for n in (
-        "six",
-        "pbr",
-        "requests",
-        "urllib3",
-        "yaml",
-        "eventlet",
-        "greenlet",
-        "sqlalchemy",
-        "oslo.messaging",
-        "oslo.log",
-        "oslo.db",
-        "oslo.concurrency",
-        "keystoneauth1",
-        "keystonemiddleware",
-        "kombu",
-        "amqp",
-        "routes",
-        "webob",
-        "netaddr",
-        "cryptography",
-        "lxml",
-        "libvirt",
-        "os-brick",
-        "os-vif",
-        "psutil",
-        "tooz",
-        "castellan",
-        "novaclient",
-        "neutronclient",
-        "glanceclient",
-        "cinderclient",
-        "paste",
-        "jsonschema",
-        "stevedore",
-    )
-)
+    for n in _words("""six pbr requests urllib3 yaml eventlet greenlet
+    sqlalchemy oslo.messaging oslo.log oslo.db oslo.concurrency keystoneauth1 keystonemiddleware
+    kombu amqp routes webob netaddr cryptography lxml libvirt os-brick os-vif psutil tooz
+    castellan novaclient neutronclient glanceclient cinderclient paste jsonschema
+    stevedore""")
+]
 LIB_CONSUMERS = ("edge-libvirt0", "edge-qemu-system-x86", "edge-python3.11")
 PY_CONSUMERS = ("edge-python3-nova", "edge-python3-neutron")
 
@@ -489,17 +256,17 @@ def sample_graph(
     exact (=) Depends, an or-group whose first alternative does not exist, a virtual package
     (edge-time-daemon, provided by edge-chrony), Pre-Depends and Recommends.
     """
-    if n_packages < len(_CORE):
-        raise ValueError(f"n_packages must be at least {len(_CORE)}")
+    rows = _core_rows()
+    if n_packages < len(rows):
+        raise ValueError(f"n_packages must be at least {len(rows)}")
     rng = random.Random(seed)
     libs, pys = list(_EXTRA_LIBS), list(_EXTRA_PY)
     rng.shuffle(libs)
     rng.shuffle(pys)
-    rows = [_Row(r[0], r[1], r[2], list(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in _CORE]
     extra_libs: list[tuple[str, str]] = []
     extra_pys: list[tuple[str, str]] = []
     used: set[str] = set()
-    for i in range(n_packages - len(_CORE)):
+    for i in range(n_packages - len(rows)):
         version = f"{rng.randint(0, 4)}.{rng.randint(0, 30)}.{rng.randint(0, 12)}"
         version += rng.choice(("", "", "+dfsg", "+ds")) + f"-{rng.randint(1, 5)}"
         version += rng.choice(("", "", "", "~deb12u1", "+b1"))
@@ -546,9 +313,9 @@ def sample_graph(
             version=r.version,
             architecture=r.arch,
             depends=tuple(r.depends),
-            pre_depends=r.pre_depends,
-            recommends=r.recommends,
-            provides=r.provides,
+            pre_depends=tuple(r.pre_depends),
+            recommends=tuple(r.recommends),
+            provides=tuple(r.provides),
             payload_bytes=max(512, int(w * scale)),
             description=f"{r.synopsis}\nSample package generated by edgedepot for demos and "
             f"tests.\n\nIts payload is seeded pseudo-random data ({r.name}).",
@@ -563,9 +330,9 @@ class _Row:
     version: str
     arch: str
     depends: list[str]
-    pre_depends: tuple[str, ...] = ()
-    recommends: tuple[str, ...] = ()
-    provides: tuple[str, ...] = ()
+    pre_depends: list[str] = field(default_factory=list)
+    recommends: list[str] = field(default_factory=list)
+    provides: list[str] = field(default_factory=list)
     factor: float = 1.0
     synopsis: str = ""
 

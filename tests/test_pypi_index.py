@@ -234,8 +234,8 @@ PIP_ACCEPT = (
         ("application/vnd.pypi.simple.latest+html", "html"),
         (PIP_ACCEPT, "json"),
         # PEP 691 examples
-        ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, "
-         "text/html;q=0.01", "json"),
+        (("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, "
+          "text/html;q=0.01"), "json"),
         ("application/vnd.pypi.simple.v1+html, application/vnd.pypi.simple.v1+json;q=0.5", "html"),
         ("application/vnd.pypi.simple.v1+json;q=0.5, text/html;q=0.5", "html"),
         ("application/vnd.pypi.simple.v1+json;q=0, */*", "html"),

@@ -1,0 +1,327 @@
+"""Result types of the cache-node benchmark and their renderings (rich tables, Markdown, JSON).
+
+Every table is built once as plain rows of strings (:class:`TableData`) and rendered from those
+rows both to the terminal (rich) and to Markdown, so the two always show the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.loadgen import ColdRun
+from benchmarks.peers import UpstreamStats
+from benchmarks.warm import WrkMeasurement
+
+RATIO_TOLERANCE = 0.005  # "1.00" at two decimals
+
+
+@dataclass(frozen=True)
+class ColdRep:
+    """One cold run: an empty peer, ``concurrency`` clients, the origin's view of it."""
+
+    run: ColdRun
+    upstream: UpstreamStats | None  # None for nginx-direct (no origin)
+
+
+@dataclass(frozen=True)
+class ColdResult:
+    peer: str
+    concurrency: int
+    unique_files: int
+    unique_bytes: int
+    wall_s: float  # median over repeats
+    wall_s_all: tuple[float, ...]
+    failures: int  # total over repeats
+    upstream_requests: int | None  # worst (max) over repeats
+    upstream_bytes: int | None  # worst (max) over repeats
+    upstream_ratio: float | None  # upstream_bytes / unique_bytes
+    loadgen_util: float  # max CPU/wall of one load-generator process over repeats
+    failure_samples: tuple[str, ...]
+    reps: tuple[ColdRep, ...]
+
+
+def summarize_cold(
+    peer: str, concurrency: int, unique_files: int, unique_bytes: int, reps: list[ColdRep]
+) -> ColdResult:
+    walls = tuple(r.run.wall_s for r in reps)
+    ups = [r.upstream for r in reps if r.upstream is not None]
+    samples: list[str] = []
+    for r in reps:
+        samples.extend(r.run.failure_samples)
+    up_bytes = max(u.body_bytes for u in ups) if ups else None
+    return ColdResult(
+        peer=peer,
+        concurrency=concurrency,
+        unique_files=unique_files,
+        unique_bytes=unique_bytes,
+        wall_s=statistics.median(walls),
+        wall_s_all=walls,
+        failures=sum(r.run.failures for r in reps),
+        upstream_requests=max(u.requests for u in ups) if ups else None,
+        upstream_bytes=up_bytes,
+        upstream_ratio=None if up_bytes is None else up_bytes / unique_bytes,
+        loadgen_util=max(r.run.loadgen_max_util for r in reps),
+        failure_samples=tuple(samples[:8]),
+        reps=tuple(reps),
+    )
+
+
+@dataclass(frozen=True)
+class WarmPoint:
+    kind: str  # "small" (InRelease + Packages, req/s) or "large" (5 largest .debs, MB/s)
+    connections: int
+    rps: float
+    mb_per_s: float
+    errors: int
+    p99_ms: float
+    measurement: WrkMeasurement
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    peer: str
+    points: tuple[WarmPoint, ...]
+    upstream_requests: int | None  # origin requests during the warm phase
+
+    def point(self, kind: str, connections: int) -> WarmPoint | None:
+        for p in self.points:
+            if p.kind == kind and p.connections == connections:
+                return p
+        return None
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    target: str
+    value: str
+    passed: bool | None  # None: not measured in this run
+
+
+@dataclass(frozen=True)
+class Problem:
+    peer: str
+    phase: str
+    message: str
+    diagnostics: str
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run; stored with the results."""
+
+    n_debs: int = 200
+    total_mb: float = 160.0
+    seed: int = 1
+    peers: tuple[str, ...] = ("edgedepot", "nginx-cache", "apt-cacher-ng", "nginx-direct")
+    concurrencies: tuple[int, ...] = (1, 10, 50)
+    cold_repeats: int = 3
+    warm: bool = True
+    warm_connections: tuple[int, ...] = (1, 64)
+    warm_seconds: float = 5.0
+    warm_repeats: int = 3
+    large_files: int = 5
+    client_procs: int = 2
+    origin_rate: str = "30m"
+    data_dir: Path = Path("benchmarks/.data")
+    results_dir: Path = Path("benchmarks/results")
+    cache_node_bin: Path = Path(".venv/bin/cache-node")
+    keep_workdir: bool = False
+
+
+@dataclass(frozen=True)
+class Environment:
+    nginx: str
+    apt_cacher_ng: str
+    wrk: str
+    python: str
+    aiohttp: str
+    kernel: str
+    cpus: int
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    key: str
+    debs: int
+    files_per_client: int
+    unique_mb: float
+    largest_debs_mb: tuple[float, ...]
+    origin_rate: str
+
+
+@dataclass(frozen=True)
+class BenchmarkResults:
+    timestamp: str
+    settings: BenchConfig
+    environment: Environment
+    dataset: DatasetSummary
+    peers: tuple[str, ...]
+    cold: tuple[ColdResult, ...]
+    warm: tuple[WarmResult, ...]
+    targets: tuple[TargetCheck, ...]
+    problems: tuple[Problem, ...]
+
+    def cold_result(self, peer: str, concurrency: int) -> ColdResult | None:
+        for c in self.cold:
+            if c.peer == peer and c.concurrency == concurrency:
+                return c
+        return None
+
+    def warm_result(self, peer: str) -> WarmResult | None:
+        for w in self.warm:
+            if w.peer == peer:
+                return w
+        return None
+
+
+@dataclass(frozen=True)
+class TableData:
+    title: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    note: str = ""
+
+
+def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:,.{digits}f}{suffix}"
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or base is None or base == 0:
+        return "-"
+    return f"{value / base:.2f}x"
+
+
+def _verdict(passed: bool | None) -> str:
+    return "n/a" if passed is None else ("PASS" if passed else "FAIL")
+
+
+def cold_table(res: BenchmarkResults, reference_peer: str) -> TableData:
+    rows: list[tuple[str, ...]] = []
+    for conc in sorted({c.concurrency for c in res.cold}):
+        ref = res.cold_result(reference_peer, conc)
+        for peer in res.peers:
+            c = res.cold_result(peer, conc)
+            if c is None:
+                continue
+            rows.append((
+                str(conc), peer, _fmt(c.wall_s), _ratio(c.wall_s, ref.wall_s if ref else None),
+                "-" if c.upstream_requests is None else f"{c.upstream_requests} / {c.unique_files}",
+                _fmt(c.upstream_ratio, 3), str(c.failures), f"{c.loadgen_util:.2f}",
+            ))
+    return TableData(
+        "Cold cache: every client fetches the whole repository from an empty peer",
+        ("Clients", "Peer", "Wall s (median)", f"Wall vs {reference_peer}",
+         "Upstream req / files", "Upstream bytes / unique", "Failures", "Loadgen CPU"),
+        tuple(rows),
+        "Wall: median over repeats. Upstream columns and Loadgen CPU: worst repeat. "
+        "Failures: total over repeats.",
+    )
+
+
+def warm_table(res: BenchmarkResults, small_conns: tuple[int, ...], large_conns: tuple[int, ...],
+               limit_peer: str) -> TableData:
+    limit = res.warm_result(limit_peer)
+    headers: list[str] = ["Peer"]
+    headers += [f"Small req/s c={c}" for c in small_conns]
+    headers += [f"Large MB/s c={c}" for c in large_conns]
+    headers += [f"Large vs {limit_peer} c={c}" for c in large_conns]
+    headers += ["wrk errors", "Upstream req (warm)"]
+    rows: list[tuple[str, ...]] = []
+    for peer in res.peers:
+        w = res.warm_result(peer)
+        if w is None:
+            continue
+        row = [peer]
+        for c in small_conns:
+            p = w.point("small", c)
+            row.append(_fmt(p.rps if p else None, 0))
+        for c in large_conns:
+            p = w.point("large", c)
+            row.append(_fmt(p.mb_per_s if p else None, 0))
+        for c in large_conns:
+            p = w.point("large", c)
+            lp = limit.point("large", c) if limit else None
+            row.append(_ratio(p.mb_per_s if p else None, lp.mb_per_s if lp else None))
+        row.append(str(sum(p.errors for p in w.points)))
+        row.append("-" if w.upstream_requests is None else str(w.upstream_requests))
+        rows.append(tuple(row))
+    return TableData(
+        "Warm cache: wrk against a warm peer (median of repeats)",
+        tuple(headers), tuple(rows),
+        "Small: InRelease + Packages in rotation. Large: the 5 largest .debs in rotation.",
+    )
+
+
+def targets_table(res: BenchmarkResults) -> TableData:
+    return TableData(
+        "Targets",
+        ("Target", "Measured", "Result"),
+        tuple((t.target, t.value, _verdict(t.passed)) for t in res.targets),
+    )
+
+
+def all_tables(res: BenchmarkResults, small_conns: tuple[int, ...], large_conns: tuple[int, ...],
+               reference_peer: str, limit_peer: str) -> list[TableData]:
+    tables = [cold_table(res, reference_peer)]
+    if res.warm:
+        tables.append(warm_table(res, small_conns, large_conns, limit_peer))
+    tables.append(targets_table(res))
+    return tables
+
+
+def print_rich(console: Console, tables: list[TableData]) -> None:
+    for t in tables:
+        table = Table(title=t.title, caption=t.note or None, show_lines=False)
+        for i, h in enumerate(t.headers):
+            table.add_column(h, justify="left" if i < 2 else "right")
+        for row in t.rows:
+            styled = [
+                f"[green]{c}[/]" if c == "PASS" else f"[red]{c}[/]" if c == "FAIL" else c
+                for c in row
+            ]
+            table.add_row(*styled)
+        console.print(table)
+
+
+def markdown(res: BenchmarkResults, tables: list[TableData]) -> str:
+    out: list[str] = [f"## edgedepot cache-node benchmark ({res.timestamp})", ""]
+    out.append("Dataset: " + "; ".join(f"{k} {v}" for k, v in asdict(res.dataset).items()))
+    out.append("")
+    out.append("Environment: " + "; ".join(f"{k} {v}" for k, v in asdict(res.environment).items()))
+    out.append("")
+    for t in tables:
+        out.append(f"### {t.title}")
+        out.append("")
+        out.append("| " + " | ".join(t.headers) + " |")
+        out.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(t.headers))) + "|")
+        for row in t.rows:
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+        if t.note:
+            out.append("")
+            out.append(f"_{t.note}_")
+        out.append("")
+    if res.problems:
+        out.append("### Problems")
+        out.append("")
+        for p in res.problems:
+            out.append(f"- **{p.peer}** ({p.phase}): {p.message}")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_json(res: BenchmarkResults, results_dir: Path) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"cache_node-{res.timestamp}.json"
+    path.write_text(json.dumps(asdict(res), indent=2, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def ratio_is_one(value: float | None) -> bool:
+    return value is not None and abs(value - 1.0) < RATIO_TOLERANCE
