@@ -29,11 +29,24 @@ from benchmarks import report
 from benchmarks.dataset import Dataset, DatasetParams, build_dataset
 from benchmarks.loadgen import run_cold
 from benchmarks.peers import (
-    AptCacherNgPeer, EdgedepotPeer, NginxCachePeer, NginxDirectPeer, Origin, Peer, PeerError,
-    acng_version, nginx_version, parse_rate,
+    AptCacherNgPeer,
+    EdgedepotPeer,
+    NginxCachePeer,
+    NginxDirectPeer,
+    Origin,
+    Peer,
+    PeerError,
+    package_version,
+    parse_rate,
 )
 from benchmarks.report import (
-    BenchConfig, BenchmarkResults, ColdRep, ColdResult, Problem, TargetCheck, WarmPoint,
+    BenchConfig,
+    BenchmarkResults,
+    ColdRep,
+    ColdResult,
+    Problem,
+    TargetCheck,
+    WarmPoint,
     WarmResult,
 )
 from benchmarks.warm import WrkError, measure, wrk_available
@@ -202,19 +215,13 @@ def evaluate_targets(res: BenchmarkResults, cfg: BenchConfig) -> tuple[TargetChe
     return tuple(checks)
 
 
-def _tool_version(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-    except OSError:
-        return "missing"
-    return (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr).strip() else "?"
-
-
 def environment() -> report.Environment:
+    nginx = next((v for v in (package_version(p) for p in ("nginx-light", "nginx-core", "nginx"))
+                  if v not in ("unknown", "not installed")), "unknown")
     return report.Environment(
-        nginx=nginx_version() if shutil.which("nginx") else "missing",
-        apt_cacher_ng=acng_version() if shutil.which("apt-cacher-ng") else "missing",
-        wrk=_tool_version(["wrk", "--version"]) if shutil.which("wrk") else "missing",
+        nginx=nginx,
+        apt_cacher_ng=package_version("apt-cacher-ng"),
+        wrk=package_version("wrk"),
         python=platform.python_version(),
         aiohttp=aiohttp.__version__,
         kernel=platform.release(),
@@ -318,7 +325,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    console = Console()
+    # Wide tables when the output is a file or pipe; a terminal keeps its own width.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     unknown = [p for p in cfg.peers if p not in ALL_PEERS]
     if unknown:
         console.print(f"[red]unknown peers: {', '.join(unknown)} (known: {', '.join(ALL_PEERS)})[/]")

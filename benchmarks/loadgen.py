@@ -87,7 +87,7 @@ async def _fetch_one(
                 tally.fail(f"sha256 mismatch for {url} ({received} bytes)")
             else:
                 tally.ok += 1
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         tally.fail(f"{type(exc).__name__} for {url}: {exc}")
 
 

@@ -156,15 +156,15 @@ def _fresh_dir(path: Path) -> Path:
     return path
 
 
-def nginx_version() -> str:
-    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
-    return (out.stderr or out.stdout).strip().removeprefix("nginx version: ")
-
-
-def acng_version() -> str:
-    out = subprocess.run(["apt-cacher-ng", "--version"], capture_output=True, text=True, check=False)
-    match = re.search(r"\d+\.\d+(\.\d+)?", out.stdout + out.stderr)
-    return match.group(0) if match else "unknown"
+def package_version(package: str) -> str:
+    """The installed Debian package's version (never runs the program itself: running
+    ``apt-cacher-ng --version`` starts a daemon on port 3142)."""
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "not installed"
 
 
 class NginxInstance:

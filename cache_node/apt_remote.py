@@ -329,8 +329,9 @@ class RemoteAptRepo:
                 self.metrics.hits.inc(self.namespace)
                 return BlobAnswer(self.store.blob_path(entry.sha256), blob.size, entry.sha256,
                                   content_type_for(relpath), immutable=True)
-        key = f"sha256:{entry.sha256}" if entry else f"{self._ns_pool}:{relpath}"
-        plan = FetchPlan(key=key, url=self.base_url + relpath, namespace=self.namespace,
+        # Keyed by path, not digest: whether the Packages entry is known yet must not split
+        # concurrent misses for the same file into two upstream fetches.
+        plan = FetchPlan(key=f"{self._ns_pool}:{relpath}", url=self.base_url + relpath, namespace=self.namespace,
                          expected_sha256=entry.sha256 if entry else None,
                          expected_size=entry.size if entry else None,
                          binds=((self._ns_pool, relpath),))

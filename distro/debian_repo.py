@@ -17,13 +17,12 @@ import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from debian.deb822 import Deb822
 from debian.debian_support import Version
 
 _HASH_LENGTHS = {"md5sum": 32, "sha1": 40, "sha256": 64, "sha512": 128}
@@ -203,8 +202,7 @@ def parse_release(data: bytes, source: str) -> ReleaseIndex:
     lines = list(enumerate(text.split("\n"), start=1))
     if not text.strip():
         raise MalformedIndexError(source, None, "empty input")
-    first = next(t for _, t in lines if t.strip())
-    if first.startswith("-----BEGIN PGP"):
+    if any(t.startswith("-----BEGIN PGP SIGNED MESSAGE-----") for _, t in lines):
         lines = _strip_clearsign(lines, source)
     fields = _paragraph(lines, source)
     if not fields:
@@ -377,34 +375,56 @@ def _run(argv: Sequence[str]) -> bytes:
 @dataclass(frozen=True)
 class _Deb:
     path: Path
-    control: Deb822
+    control: tuple[tuple[str, str], ...]  # (name, value with continuation lines verbatim)
     size: int
     md5: str
     sha256: str
 
     def get(self, name: str) -> str:
-        return str(self.control.get(name, ""))
+        return next((v for k, v in self.control if k.lower() == name.lower()), "")
 
     def pool_path(self, component: str) -> str:
-        package, source = self.get("Package"), self.get("Source").split(" ")[0]
-        source = source or package
+        package, source = (
+            self.get("Package"),
+            self.get("Source").split(" ")[0] or self.get("Package"),
+        )
         prefix = source[:4] if source.startswith("lib") else source[:1]
         name = f"{package}_{self.get('Version').split(':', 1)[-1]}_{self.get('Architecture')}.deb"
         return f"pool/{component}/{prefix}/{source}/{name}"
 
 
+# What may appear in pool file names (dpkg-deb enforces this, a crafted .deb might not).
+_SAFE_CONTROL = {
+    "Package": re.compile(r"[a-z0-9][a-z0-9+.-]*"),
+    "Version": re.compile(r"[0-9]+:[A-Za-z0-9.+~:-]+|[A-Za-z0-9.+~-]+"),
+    "Architecture": re.compile(r"[a-z0-9][a-z0-9-]*"),
+    "Source": re.compile(r"([a-z0-9][a-z0-9+.-]*)( \([A-Za-z0-9.+~:-]+\))?"),
+}
+
+
 def _read_deb(path: Path) -> _Deb:
-    control = Deb822(_run(["dpkg-deb", "--info", str(path), "control"]).decode("utf-8"))
-    for name in ("Package", "Version", "Architecture"):
-        if not control.get(name):
-            raise MalformedIndexError(str(path), None, f"control file without {name} field")
+    """Control fields (parsed on '\n' only: python-debian's splitlines() eats U+2028) and hashes."""
+    raw = _run(["dpkg-deb", "--info", str(path), "control"])
+    control: list[tuple[str, str]] = []
+    for num, line in enumerate(_decode(raw, str(path)).rstrip("\n").split("\n"), start=1):
+        match = _FIELD_NAME.fullmatch(line)
+        if line[:1] in (" ", "\t") and control:
+            control[-1] = (control[-1][0], f"{control[-1][1]}\n{line}")
+        elif match is not None and line[0] not in "#-":
+            control.append((match.group(1), match.group(2).strip()))
+        else:
+            raise MalformedIndexError(str(path), num, f"bad control line {line[:60]!r}")
+    deb = _Deb(path, tuple(control), 0, "", "")
+    for name, pattern in _SAFE_CONTROL.items():
+        if not pattern.fullmatch(deb.get(name)) and (deb.get(name) or name != "Source"):
+            raise MalformedIndexError(str(path), None, f"bad or missing {name} field")
     md5, sha, size = hashlib.md5(), hashlib.sha256(), 0
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
             md5.update(chunk)
             sha.update(chunk)
             size += len(chunk)
-    return _Deb(path, control, size, md5.hexdigest(), sha.hexdigest())
+    return replace(deb, size=size, md5=md5.hexdigest(), sha256=sha.hexdigest())
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -417,13 +437,14 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _stanza(deb: _Deb, filename: str) -> str:
     """The Packages stanza: control fields, then Filename/Size/hashes, Description last."""
-    own = ("Filename", "Size", "MD5sum", "SHA256", "Description")
-    para = Deb822({k: v for k, v in deb.control.items() if k not in own})
-    for key, value in zip(own, (filename, str(deb.size), deb.md5, deb.sha256)):
-        para[key] = value
-    if "Description" in deb.control:
-        para["Description"] = deb.control["Description"]
-    return str(para.dump())
+    own = ("filename", "size", "md5sum", "sha256", "description")
+    fields = [(k, v) for k, v in deb.control if k.lower() not in own]
+    fields += [("Filename", filename), ("Size", str(deb.size)), ("MD5sum", deb.md5)]
+    fields += [
+        ("SHA256", deb.sha256),
+        *((k, v) for k, v in deb.control if k.lower() == "description"),
+    ]
+    return "".join(f"{k}: {v}\n" for k, v in fields)
 
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
