@@ -341,10 +341,10 @@ class BlobStore:
                 actual = file_sha256(path)
                 if not is_sha256_hex(name) or actual != name:
                     bad.append(name)
+                    listed.discard(name)
                     if repair:
                         path.unlink(missing_ok=True)
-                        if name in listed:
-                            self._forget(name)
+                        self._forget(name)
                     continue
                 if name not in listed:
                     adopted += 1

