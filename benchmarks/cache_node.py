@@ -45,7 +45,6 @@ from benchmarks.report import (
     ColdRep,
     ColdResult,
     Problem,
-    TargetCheck,
     WarmPoint,
     WarmResult,
 )
@@ -103,7 +102,7 @@ class Runner:
                 if result is None:
                     return  # the peer did not start; recorded as a problem
                 reps.append(result)
-                if result.run.failures and any("run timeout" in s for s in result.run.failure_samples):
+                if any("run timeout" in s for s in result.run.failure_samples):
                     break  # a hung peer would hang the next repeat too
             self.cold.append(report.summarize_cold(
                 name, conc, len(self.ds.files), self.ds.unique_bytes, reps))
@@ -178,43 +177,6 @@ class Runner:
         return WarmResult(peer.name, tuple(points), upstream)
 
 
-def evaluate_targets(res: BenchmarkResults, cfg: BenchConfig) -> tuple[TargetCheck, ...]:
-    ed = [c for c in res.cold if c.peer == "edgedepot"]
-    checks: list[TargetCheck] = []
-    ratios = [c.upstream_ratio for c in ed]
-    checks.append(TargetCheck(
-        "edgedepot upstream bytes / unique bytes = 1.00 at every concurrency",
-        ", ".join(f"c={c.concurrency}: {report._fmt(c.upstream_ratio, 3)}" for c in ed) or "-",
-        all(report.ratio_is_one(r) for r in ratios) if ed else None))
-    checks.append(TargetCheck(
-        "edgedepot zero failures at every concurrency",
-        ", ".join(f"c={c.concurrency}: {c.failures}" for c in ed) or "-",
-        all(c.failures == 0 for c in ed) if ed else None))
-    top = max(cfg.concurrencies) if cfg.concurrencies else 0
-    e50, n50 = res.cold_result("edgedepot", top), res.cold_result(REFERENCE_PEER, top)
-    checks.append(TargetCheck(
-        f"edgedepot cold wall at {top} clients <= nginx proxy_cache_lock's",
-        f"{report._fmt(e50.wall_s if e50 else None)} s vs {report._fmt(n50.wall_s if n50 else None)} s",
-        (e50.wall_s <= n50.wall_s) if e50 and n50 else None))
-    ew, dw, nw = res.warm_result("edgedepot"), res.warm_result(LIMIT_PEER), res.warm_result(REFERENCE_PEER)
-    for conns in cfg.warm_connections:
-        ep = ew.point("large", conns) if ew else None
-        dp = dw.point("large", conns) if dw else None
-        checks.append(TargetCheck(
-            f"edgedepot warm large-file MB/s at c={conns} >= 0.8x nginx direct",
-            f"{report._fmt(ep.mb_per_s if ep else None, 0)} vs {report._fmt(dp.mb_per_s if dp else None, 0)} MB/s"
-            f" ({report._ratio(ep.mb_per_s if ep else None, dp.mb_per_s if dp else None)})",
-            (ep.mb_per_s >= 0.8 * dp.mb_per_s) if ep and dp else None))
-    top_conns = max(cfg.warm_connections) if cfg.warm_connections else 0
-    es = ew.point("small", top_conns) if ew else None
-    ns = nw.point("small", top_conns) if nw else None
-    checks.append(TargetCheck(
-        f"edgedepot warm small-file req/s at c={top_conns} >= nginx proxy_cache's",
-        f"{report._fmt(es.rps if es else None, 0)} vs {report._fmt(ns.rps if ns else None, 0)} req/s",
-        (es.rps >= ns.rps) if es and ns else None))
-    return tuple(checks)
-
-
 def environment() -> report.Environment:
     nginx = next((v for v in (package_version(p) for p in ("nginx-light", "nginx-core", "nginx"))
                   if v not in ("unknown", "not installed")), "unknown")
@@ -275,18 +237,23 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> Benchmark
         key=params.key, debs=len(ds.pool_files), files_per_client=len(ds.files),
         unique_mb=round(ds.unique_bytes / 1e6, 1),
         largest_debs_mb=tuple(round(f.size / 1e6, 1) for f in largest),
-        origin_rate=f"{cfg.origin_rate} ({parse_rate(cfg.origin_rate) / 1e6:.1f} MB/s) per connection",
+        origin_rate=f"{cfg.origin_rate} ({runner.rate / 1e6:.1f} MB/s) per connection",
     )
     res = BenchmarkResults(timestamp, cfg, environment(), summary, tuple(peers),
                            tuple(runner.cold), tuple(runner.warm), (), tuple(runner.problems))
-    return replace(res, targets=evaluate_targets(res, cfg))
+    targets = report.evaluate_targets(
+        res, REFERENCE_PEER, LIMIT_PEER, cfg.concurrencies, cfg.warm_connections)
+    return replace(res, targets=targets)
 
 
 def parse_args(argv: list[str] | None) -> BenchConfig:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.cache_node", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.cache_node", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--debs", type=int, help="number of .deb packages (default 200; quick 30)")
-    p.add_argument("--total-mb", type=float, help="total size of the .debs in MB (default 160; quick 20)")
-    p.add_argument("--quick", action="store_true", help="30 debs / 20 MB, 1 cold repeat, 2 s wrk runs")
+    p.add_argument("--total-mb", type=float,
+                   help="total size of the .debs in MB (default 160; quick 20)")
+    p.add_argument("--quick", action="store_true",
+                   help="30 debs / 20 MB, 1 cold repeat, 2 s wrk runs")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--peers", default=",".join(ALL_PEERS), help="comma-separated subset of peers")
     p.add_argument("--concurrency", default="1,10,50", help="cold client counts")
@@ -329,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=200)
     unknown = [p for p in cfg.peers if p not in ALL_PEERS]
     if unknown:
-        console.print(f"[red]unknown peers: {', '.join(unknown)} (known: {', '.join(ALL_PEERS)})[/]")
+        known = ", ".join(ALL_PEERS)
+        console.print(f"[red]unknown peers: {', '.join(unknown)} (known: {known})[/]")
         return 2
     res = run_benchmark(cfg, console)
     small = cfg.warm_connections

@@ -140,7 +140,9 @@ def scan_repository(root: Path, suite: str = SUITE) -> tuple[RepoFile, ...]:
     return tuple(files)
 
 
-def _write_manifest(base: Path, params: DatasetParams, root: Path, files: tuple[RepoFile, ...]) -> None:
+def _write_manifest(
+    base: Path, params: DatasetParams, root: Path, files: tuple[RepoFile, ...]
+) -> None:
     doc = {
         "version": MANIFEST_VERSION,
         "params": asdict(params),
@@ -152,6 +154,10 @@ def _write_manifest(base: Path, params: DatasetParams, root: Path, files: tuple[
     tmp.replace(base / MANIFEST_NAME)
 
 
+def _kind(text: str) -> FileKind:
+    return "pool" if text == "pool" else "index"
+
+
 def _read_manifest(base: Path, params: DatasetParams) -> Dataset | None:
     path = base / MANIFEST_NAME
     if not path.is_file():
@@ -161,7 +167,7 @@ def _read_manifest(base: Path, params: DatasetParams) -> Dataset | None:
         return None
     root = base / str(doc["root"])
     files = tuple(
-        RepoFile(str(f["path"]), int(f["size"]), str(f["sha256"]), "pool" if f["kind"] == "pool" else "index")
+        RepoFile(str(f["path"]), int(f["size"]), str(f["sha256"]), _kind(str(f["kind"])))
         for f in doc["files"]
     )
     if not all((root / f.path).is_file() for f in files):

@@ -188,7 +188,8 @@ class NginxInstance:
         self.port = free_port()
         conf = self.workdir / "nginx.conf"
         conf.write_text(self._config(), encoding="utf-8")
-        argv = ["nginx", "-p", str(self.workdir), "-c", str(conf), "-e", str(self.workdir / "logs" / "error.log")]
+        error_log = self.workdir / "logs" / "error.log"
+        argv = ["nginx", "-p", str(self.workdir), "-c", str(conf), "-e", str(error_log)]
         self.process = ManagedProcess(self.name, argv, self.workdir)
         self.process.start()
         wait_tcp(self.port, self.process)

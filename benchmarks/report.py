@@ -188,11 +188,11 @@ class TableData:
     note: str = ""
 
 
-def _fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
+def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
     return "-" if value is None else f"{value:,.{digits}f}{suffix}"
 
 
-def _ratio(value: float | None, base: float | None) -> str:
+def ratio_text(value: float | None, base: float | None) -> str:
     if value is None or base is None or base == 0:
         return "-"
     return f"{value / base:.2f}x"
@@ -211,9 +211,9 @@ def cold_table(res: BenchmarkResults, reference_peer: str) -> TableData:
             if c is None:
                 continue
             rows.append((
-                str(conc), peer, _fmt(c.wall_s), _ratio(c.wall_s, ref.wall_s if ref else None),
+                str(conc), peer, fmt(c.wall_s), ratio_text(c.wall_s, ref.wall_s if ref else None),
                 "-" if c.upstream_requests is None else f"{c.upstream_requests} / {c.unique_files}",
-                _fmt(c.upstream_ratio, 3), str(c.failures), f"{c.loadgen_util:.2f}",
+                fmt(c.upstream_ratio, 3), str(c.failures), f"{c.loadgen_util:.2f}",
             ))
     return TableData(
         "Cold cache: every client fetches the whole repository from an empty peer",
@@ -241,14 +241,14 @@ def warm_table(res: BenchmarkResults, small_conns: tuple[int, ...], large_conns:
         row = [peer]
         for c in small_conns:
             p = w.point("small", c)
-            row.append(_fmt(p.rps if p else None, 0))
+            row.append(fmt(p.rps if p else None, 0))
         for c in large_conns:
             p = w.point("large", c)
-            row.append(_fmt(p.mb_per_s if p else None, 0))
+            row.append(fmt(p.mb_per_s if p else None, 0))
         for c in large_conns:
             p = w.point("large", c)
             lp = limit.point("large", c) if limit else None
-            row.append(_ratio(p.mb_per_s if p else None, lp.mb_per_s if lp else None))
+            row.append(ratio_text(p.mb_per_s if p else None, lp.mb_per_s if lp else None))
         row.append(str(sum(p.errors for p in w.points)))
         row.append("-" if w.upstream_requests is None else str(w.upstream_requests))
         rows.append(tuple(row))
@@ -325,3 +325,59 @@ def write_json(res: BenchmarkResults, results_dir: Path) -> Path:
 
 def ratio_is_one(value: float | None) -> bool:
     return value is not None and abs(value - 1.0) < RATIO_TOLERANCE
+
+
+def _pair(a: float | None, b: float | None, digits: int, unit: str) -> str:
+    return f"{fmt(a, digits)} vs {fmt(b, digits)} {unit}"
+
+
+def evaluate_targets(
+    res: BenchmarkResults,
+    reference_peer: str,
+    limit_peer: str,
+    concurrencies: tuple[int, ...],
+    warm_connections: tuple[int, ...],
+) -> tuple[TargetCheck, ...]:
+    """The pass/fail targets for edgedepot; ``None`` where this run did not measure them."""
+    ed = [c for c in res.cold if c.peer == "edgedepot"]
+    checks = [
+        TargetCheck(
+            "edgedepot upstream bytes / unique bytes = 1.00 at every concurrency",
+            ", ".join(f"c={c.concurrency}: {fmt(c.upstream_ratio, 3)}" for c in ed) or "-",
+            all(ratio_is_one(c.upstream_ratio) for c in ed) if ed else None,
+        ),
+        TargetCheck(
+            "edgedepot zero failures at every concurrency",
+            ", ".join(f"c={c.concurrency}: {c.failures}" for c in ed) or "-",
+            all(c.failures == 0 for c in ed) if ed else None,
+        ),
+    ]
+    top = max(concurrencies, default=0)
+    e_top, n_top = res.cold_result("edgedepot", top), res.cold_result(reference_peer, top)
+    e_wall, n_wall = (e_top.wall_s if e_top else None), (n_top.wall_s if n_top else None)
+    checks.append(TargetCheck(
+        f"edgedepot cold wall at {top} clients <= nginx proxy_cache_lock's",
+        _pair(e_wall, n_wall, 2, "s"),
+        None if e_wall is None or n_wall is None else e_wall <= n_wall,
+    ))
+    ew, dw = res.warm_result("edgedepot"), res.warm_result(limit_peer)
+    nw = res.warm_result(reference_peer)
+    for conns in warm_connections:
+        ep = ew.point("large", conns) if ew else None
+        dp = dw.point("large", conns) if dw else None
+        e_mb, d_mb = (ep.mb_per_s if ep else None), (dp.mb_per_s if dp else None)
+        checks.append(TargetCheck(
+            f"edgedepot warm large-file MB/s at c={conns} >= 0.8x nginx direct",
+            f"{_pair(e_mb, d_mb, 0, 'MB/s')} ({ratio_text(e_mb, d_mb)})",
+            None if e_mb is None or d_mb is None else e_mb >= 0.8 * d_mb,
+        ))
+    top_conns = max(warm_connections, default=0)
+    es = ew.point("small", top_conns) if ew else None
+    ns = nw.point("small", top_conns) if nw else None
+    e_rps, n_rps = (es.rps if es else None), (ns.rps if ns else None)
+    checks.append(TargetCheck(
+        f"edgedepot warm small-file req/s at c={top_conns} >= nginx proxy_cache's",
+        f"{_pair(e_rps, n_rps, 0, 'req/s')} ({ratio_text(e_rps, n_rps)})",
+        None if e_rps is None or n_rps is None else e_rps >= n_rps,
+    ))
+    return tuple(checks)

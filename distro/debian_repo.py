@@ -30,6 +30,7 @@ _FIELD_NAME = re.compile(r"([!-9;-~][!-9;-~]*):(.*)")
 _HEX = re.compile(r"[0-9a-fA-F]+")
 _DIGITS = re.compile(r"[0-9]+")
 _ORPHAN = "continuation line outside a field"
+_DECOMPRESS_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
 _ARMOR_HEADER = re.compile(r"[A-Za-z0-9-]+: .*")
 
 
@@ -332,13 +333,7 @@ def decompress_index(name: str, data: bytes) -> bytes:
         return data
     if not data:
         raise MalformedIndexError(name, None, "corrupt compressed data: empty file")
-    errors: tuple[type[Exception], ...] = (
-        OSError,
-        EOFError,
-        ValueError,
-        zlib.error,
-        lzma.LZMAError,
-    )
+    errors: tuple[type[Exception], ...] = _DECOMPRESS_ERRORS
     try:
         if suffix == "lz4":
             lz4_frame = _optional_module("lz4.frame", name)
@@ -393,10 +388,8 @@ class _Deb:
         return next((v for k, v in self.control if k.lower() == name.lower()), "")
 
     def pool_path(self, component: str) -> str:
-        package, source = (
-            self.get("Package"),
-            self.get("Source").split(" ")[0] or self.get("Package"),
-        )
+        package = self.get("Package")
+        source = self.get("Source").split(" ")[0] or package
         prefix = source[:4] if source.startswith("lib") else source[:1]
         name = f"{package}_{self.get('Version').split(':', 1)[-1]}_{self.get('Architecture')}.deb"
         return f"pool/{component}/{prefix}/{source}/{name}"
@@ -412,7 +405,7 @@ _SAFE_CONTROL = {
 
 
 def _read_deb(path: Path) -> _Deb:
-    """Control fields (parsed on '\n' only: python-debian's splitlines() eats U+2028) and hashes."""
+    """Control fields (split on newlines only: Deb822's splitlines() eats U+2028) and hashes."""
     raw = _run(["dpkg-deb", "--info", str(path), "control"])
     control: list[tuple[str, str]] = []
     for num, line in enumerate(_decode(raw, str(path)).rstrip("\n").split("\n"), start=1):
@@ -447,13 +440,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def _stanza(deb: _Deb, filename: str) -> str:
     """The Packages stanza: control fields, then Filename/Size/hashes, Description last."""
     own = ("filename", "size", "md5sum", "sha256", "description")
-    fields = [(k, v) for k, v in deb.control if k.lower() not in own]
-    fields += [("Filename", filename), ("Size", str(deb.size)), ("MD5sum", deb.md5)]
-    fields += [
-        ("SHA256", deb.sha256),
-        *((k, v) for k, v in deb.control if k.lower() == "description"),
-    ]
-    return "".join(f"{k}: {v}\n" for k, v in fields)
+    text = "".join(f"{k}: {v}\n" for k, v in deb.control if k.lower() not in own)
+    text += f"Filename: {filename}\nSize: {deb.size}\nMD5sum: {deb.md5}\nSHA256: {deb.sha256}\n"
+    return text + "".join(f"{k}: {v}\n" for k, v in deb.control if k.lower() == "description")
 
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

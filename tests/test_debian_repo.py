@@ -198,24 +198,24 @@ def test_pool_files_are_hardlinks(repo: BuiltRepository, deb_dir: Path) -> None:
 
 
 def test_rebuild_swaps_and_keeps_previous_by_hash(key: SigningKey, tmp_path: Path) -> None:
-    debs = tmp_path / "debs"
+    debs, out = tmp_path / "debs", tmp_path / "srv" / "repo"
     build_deb(_spec("edge-a", "1.0"), debs, seed=1)
-    out = tmp_path / "srv" / "repo"
     first = build_repository(debs, out)
     assert first.release.architectures == ("amd64",)  # only arch: all packages
     assert not (out / "dists/stable/InRelease").exists()
-    old_packages = first.release.files["main/binary-amd64/Packages"]
-    build_deb(_spec("edge-b", "2.0"), debs, seed=2)
-    second = build_repository(debs, out, suite="edge", codename="edge-1", signing_key=key)
-    assert {p.package for p in second.packages} == {"edge-a", "edge-b"}
-    assert not (out / "dists" / "stable").exists()
+    by_hash = out / "dists/edge/main/binary-amd64/by-hash/SHA256"
+    digests = []
+    for generation, name in enumerate(("edge-b", "edge-c", "edge-d")):
+        build_deb(_spec(name, "2.0"), debs, seed=generation)
+        built = build_repository(debs, out, suite="edge", signing_key=key)
+        assert len(built.packages) == generation + 2
+        digests.append(built.release.files["main/binary-amd64/Packages"].sha256)
+        assert (out / "dists/edge/InRelease").is_file()
+    assert not (out / "dists" / "stable").exists()  # the tree is replaced as a whole
     assert sorted(os.listdir(tmp_path / "srv")) == ["repo"]  # no temp trees left behind
-    third = build_repository(debs, out, suite="edge", signing_key=key)
-    assert third.release.codename == "edge"
     # by-hash files of the previous generation survive one rebuild, then go.
-    prev = second.release.files["main/binary-amd64/Packages"]
-    assert (out / "dists/edge/main/binary-amd64/by-hash/SHA256" / prev.sha256).is_file()
-    assert old_packages.sha256 != prev.sha256
+    assert (by_hash / digests[2]).is_file() and (by_hash / digests[1]).is_file()
+    assert not (by_hash / digests[0]).exists()
 
 
 def test_valid_until_and_fixed_date(tmp_path: Path) -> None:

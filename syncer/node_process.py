@@ -1,0 +1,83 @@
+"""Start and stop `cache-node serve` processes (demo, scheduler tooling, tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+CACHE_NODE = str(Path(sys.executable).parent / "cache-node")
+
+
+class NodeProcess:
+    """A `cache-node serve` subprocess on 127.0.0.1 with a free port; stopped by PID."""
+
+    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
+        self.args = list(args)
+        self.log_path = log_path
+        self.env = env
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 60.0) -> NodeProcess:
+        self._log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [CACHE_NODE, "serve", "--listen", "127.0.0.1:0", *self.args],
+            stdout=subprocess.PIPE, stderr=self._log, text=True,
+            env={**os.environ, **(self.env or {})})
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if line or self.proc.poll() is not None:
+                break
+        if not line.startswith("listening on "):
+            self.stop()
+            raise RuntimeError(f"node did not start: {line!r}; log:\n{self.log_path.read_text()}")
+        self.url = line.split()[-1].strip()
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        self.proc = None
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+        req = urllib.request.Request(self.url + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read(), dict(exc.headers)
+
+    def served(self) -> dict[str, int]:
+        return dict(json.loads(self.get("/admin/served")[1]))
+
+    def metrics(self) -> dict[tuple[str, str], float]:
+        from cache_node.metrics import parse_metrics
+        return parse_metrics(self.get("/metrics")[1].decode())
+
+    def __enter__(self) -> NodeProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
