@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 
@@ -250,7 +250,7 @@ def _fail(fetch: Fetch, exc: FetchFailed) -> None:
         fetch.done.set_exception(exc)
 
 
-def _consume(fut: "asyncio.Future[object]") -> None:
+def _consume(fut: "asyncio.Future[Any]") -> None:
     if not fut.cancelled():
         fut.exception()
 

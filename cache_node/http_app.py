@@ -8,6 +8,7 @@ import logging
 import time
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from cache_node.answers import Answer, BadRequest, BlobAnswer, BytesAnswer, RedirectAnswer, \
     ServiceError, StreamAnswer, safe_relpath
@@ -194,9 +195,10 @@ in-flight fetches: {node.fetches.inflight_count}</p>
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except ServiceError as exc:
         if exc.status >= 500:
             node = request.app[NODE_KEY]

@@ -571,8 +571,8 @@ def _swap_in(new: Path, target: Path) -> None:
         exchanged = renameat2(-100, os.fsencode(new), -100, os.fsencode(target), 2) == 0
     except (OSError, AttributeError):
         exchanged = False
-    if exchanged:
-        shutil.rmtree(new)  # `new` now holds the previous tree
+    if exchanged:  # `new` now holds the previous tree (or symlink)
+        new.unlink() if new.is_symlink() else shutil.rmtree(new)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
     os.rename(target, old / "tree")

@@ -1,27 +1,40 @@
-"""`distro-sync`: the operator's command line (demo now; plan/push/status/sync in later issues)."""
+"""`distro-sync`: the operator's command line.
+
+Each subcommand lives in its own module with `register(subparsers)` that adds its parser and
+sets `func` (called with the parsed arguments, returning the exit code).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+
+SUBCOMMAND_MODULES = (
+    "syncer.cmd_demo",
+    "syncer.cmd_resolve",
+    "syncer.cmd_delta",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distro-sync", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module_name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # subcommand not built yet
+            raise
+        module.register(sub)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="distro-sync")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="self-contained demonstration: origin, cache, 10 apt clients")
-    demo.add_argument("--workdir", type=Path, help="keep the demo's files here (default: temp)")
-    demo.add_argument("--clients", type=int, default=10)
-    demo.add_argument("--packages", type=int, default=40)
-    demo.add_argument("--total-mb", type=float, default=20.0)
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from syncer.demo import run_demo
-        return run_demo(args.workdir, clients=args.clients, n_packages=args.packages,
-                        total_bytes=int(args.total_mb * 1_000_000))
-    return 2
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
 
 
 if __name__ == "__main__":

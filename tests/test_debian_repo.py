@@ -9,7 +9,7 @@ import lzma
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -224,8 +224,9 @@ def test_valid_until_and_fixed_date(tmp_path: Path) -> None:
     build_deb(_spec("edge-a"), tmp_path / "debs", seed=1)
     moment = datetime(2024, 2, 29, 13, 5, 9, tzinfo=UTC)
     built = build_repository(
-        tmp_path / "debs", tmp_path / "r", now=moment, valid_for=timedelta(days=7)
+        tmp_path / "debs", tmp_path / "r", codename="trixie", now=moment, valid_for=timedelta(7)
     )
+    assert (built.release.suite, built.release.codename) == ("stable", "trixie")
     text = (built.root / "dists/stable/Release").read_text()
     assert "Date: Thu, 29 Feb 2024 13:05:09 UTC\n" in text
     assert "Valid-Until: Thu, 07 Mar 2024 13:05:09 UTC\n" in text
@@ -566,12 +567,13 @@ def test_decompress_round_trips() -> None:
 @pytest.mark.parametrize("suffix", [".gz", ".xz", ".bz2", ".zst"])
 def test_decompress_corrupt(suffix: str) -> None:
     raw = _stanza().encode() * 50
-    good = {
+    compressors: dict[str, Callable[[bytes], bytes]] = {
         ".gz": gzip.compress,
         ".xz": lzma.compress,
         ".bz2": bz2.compress,
         ".zst": zstd.compress,
-    }[suffix](raw)
+    }
+    good = compressors[suffix](raw)
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0xFF
     for bad in (good[: len(good) // 2], bytes(flipped), b"not compressed at all", b""):
