@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -33,6 +34,7 @@ from cache_node.upstream import (
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 256 << 10
+DISK_HEADROOM = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,17 @@ class FetchCoordinator:
             self.metrics.inflight.set(len(self._inflight))
             fetch.notify()
 
+    def _ensure_room(self, size: int) -> None:
+        """Refuse up front (507) a download the disk cannot hold, after trying eviction."""
+        free = shutil.disk_usage(self.store.partial_dir).free
+        if free >= size + DISK_HEADROOM:
+            return
+        self.store.evict_to_quota(incoming=size)
+        free = shutil.disk_usage(self.store.partial_dir).free
+        if free < size + DISK_HEADROOM:
+            raise StoreFullError(28, f"store disk is full: {free} bytes free, "
+                                     f"{size} needed")
+
     async def _download(self, fetch: Fetch, partial: PartialWriter,
                         client: UpstreamClient) -> str | None:
         """Stream the upstream body into the partial; resume with Range after a break."""
@@ -205,6 +218,8 @@ class FetchCoordinator:
                             raise UpstreamIntegrityError(
                                 plan.url, f"upstream length {length} differs from the "
                                 f"index's {total}")
+                        if total is not None:
+                            self._ensure_room(total)
                         fetch.head.set_result(FetchHead(total, expected_sha))
                     async for chunk in resp.content.iter_chunked(READ_CHUNK):
                         client.count_bytes(len(chunk))
