@@ -66,7 +66,7 @@ class IndexFileEntry:
 
 @dataclass(frozen=True)
 class ReleaseIndex:
-    """The parsed content of a Release or InRelease file."""
+    """The parsed content of a Release or InRelease file (fields it lacks are empty)."""
 
     suite: str
     codename: str

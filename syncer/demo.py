@@ -22,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from distro.debian_repo import stop_gpg_agent
 from distro.sample_repo import build_sample_apt_repo
 from distro.sample_wheels import build_sample_wheels
 from syncer.apt_site import AptRoot
@@ -103,6 +104,7 @@ def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
     work = Path(tempfile.mkdtemp(prefix="edgedepot-demo-")) if workdir is None else workdir
     work.mkdir(parents=True, exist_ok=True)
     nodes: list[NodeProcess] = []
+    repo = None
     started = time.monotonic()
     try:
         with console.status("building a signed apt repository of real .deb files ..."):
@@ -177,5 +179,10 @@ def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
     finally:
         for node in reversed(nodes):
             node.stop()
+        if repo is not None and repo.signing_key is not None:
+            stop_gpg_agent(repo.signing_key)
+            real_home = repo.signing_key.gnupg_home.resolve()
+            if real_home != repo.signing_key.gnupg_home:
+                shutil.rmtree(real_home, ignore_errors=True)
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from distro.debian_repo import BuiltRepository, build_repository
+from distro.debian_repo import BuiltRepository, SigningKey, build_repository, stop_gpg_agent
 from distro.sample_repo import SampleAptRepo, build_sample_apt_repo
 from distro.sample_wheels import build_sample_wheels
 from tests.support import FakeUpstream, NodeProcess
@@ -19,12 +19,24 @@ def _require(tool: str) -> None:
         pytest.skip(f"{tool} is not installed (make test installs it)")
 
 
+def release_key(key: SigningKey | None) -> None:
+    """Stop the key's gpg-agent and remove its (possibly /tmp-relocated) GnuPG home."""
+    if key is None:
+        return
+    stop_gpg_agent(key)
+    real = key.gnupg_home.resolve()
+    if real.is_dir() and real != key.gnupg_home:
+        shutil.rmtree(real, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def sample_apt(tmp_path_factory: pytest.TempPathFactory) -> SampleAptRepo:
+def sample_apt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleAptRepo]:
     _require("dpkg-deb")
     _require("gpg")
     work = tmp_path_factory.mktemp("sample-apt")
-    return build_sample_apt_repo(work, n_packages=30, total_bytes=6_000_000, seed=7, signed=True)
+    repo = build_sample_apt_repo(work, n_packages=30, total_bytes=6_000_000, seed=7, signed=True)
+    yield repo
+    release_key(repo.signing_key)
 
 
 @pytest.fixture(scope="session")

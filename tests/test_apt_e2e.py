@@ -47,6 +47,8 @@ def test_apt_rejects_repository_signed_by_another_key(
     keyring = export_public_key(other, tmp_path / "other.gpg")
     apt = AptRoot(tmp_path / "apt", keyring)
     apt.set_source(f"{cache.url}/apt/main")
+    from tests.conftest import release_key
+    release_key(other)
     proc = apt.run("update", check=False)
     text = proc.stdout + proc.stderr
     assert "NO_PUBKEY" in text or "not signed" in text or "signature" in text.lower()
