@@ -48,6 +48,9 @@ class SuiteSnapshot:
     last_modified: str | None = None
     failed_at: float | None = None
     by_sha256: dict[str, int] = field(default_factory=dict)  # digest -> size of listed files
+    # Files of the snapshot this one replaced: a client that read the old InRelease just
+    # before the switch still finds its index files by hash.
+    previous_by_sha256: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.by_sha256 = {e.sha256: e.size for e in self.index.files.values()}
@@ -203,6 +206,8 @@ class RemoteAptRepo:
             return old
         new = SuiteSnapshot(suite, files, index, _identity(files), time.monotonic(),
                             last_modified or lm2)
+        if old is not None:
+            new.previous_by_sha256 = old.by_sha256
         await self._carry_over_indexes(new)
         for fname in RELEASE_FILES:
             if fname in files:
@@ -256,7 +261,7 @@ class RemoteAptRepo:
         by_hash = BY_HASH_RE.match(rest)
         if by_hash:
             digest = by_hash.group("digest")
-            size = snap.by_sha256.get(digest)
+            size = snap.by_sha256.get(digest, snap.previous_by_sha256.get(digest))
             if size is None:
                 raise NotFound(f"{self.namespace}: {digest[:12]} is not listed by the current "
                                f"{suite} Release")

@@ -42,11 +42,11 @@ _RANGE = struct.Struct("<QQ")
 _LEN = struct.Struct("<Q")
 
 SINGLE_LIMIT = 96 << 20  # basis + target up to this: one segment against the whole basis
-SEGMENT = 32 << 20
-PREFIX_BUDGET = 64 << 20
-PAD = 256 << 10  # around each basis region a segment's blocks came from
-DIAGONAL = 8 << 20
-LEVEL = 12
+SEGMENT = 16 << 20
+PREFIX_BUDGET = 48 << 20
+PAD = 64 << 10  # around each basis region a segment's blocks came from
+DIAGONAL = 1 << 20
+LEVEL = 9
 MAX_WINDOW_LOG = 31
 
 
@@ -130,7 +130,14 @@ def plan_segments(basis_size: int, target_size: int, sig: Signature | None,
 
 
 def _read_ranges(view: memoryview, ranges: tuple[tuple[int, int], ...]) -> bytes:
-    return b"".join(bytes(view[off:off + length]) for off, length in ranges)
+    if len(ranges) == 1:
+        off, length = ranges[0]
+        return bytes(view[off:off + length])
+    return b"".join(view[off:off + length] for off, length in ranges)
+
+
+def _prefix_dict(view: memoryview, ranges: tuple[tuple[int, int], ...]) -> zstd.ZstdDict:
+    return zstd.ZstdDict(_read_ranges(view, ranges), is_raw=True)
 
 
 def _window_log(total: int) -> int:
@@ -145,12 +152,10 @@ def compress_segment(prefix: bytes, data: bytes, level: int = LEVEL) -> bytes:
         CP.enable_long_distance_matching: 1,
         CP.checksum_flag: 1,
     }
-    if len(prefix) + len(data) > 8 << 20:
-        options[CP.hash_log] = 22
-        options[CP.chain_log] = 22
     if prefix:
-        comp = zstd.ZstdCompressor(options=options,
-                                   zstd_dict=zstd.ZstdDict(prefix, is_raw=True).as_prefix)
+        zdict = zstd.ZstdDict(prefix, is_raw=True)
+        del prefix
+        comp = zstd.ZstdCompressor(options=options, zstd_dict=zdict.as_prefix)
     else:
         comp = zstd.ZstdCompressor(options=options)
     return comp.compress(data, zstd.ZstdCompressor.FLUSH_FRAME)
@@ -258,12 +263,11 @@ def apply_patch(basis: Path, patch: Path, out: Path, *, expected_target: str | N
             try:
                 bview = memoryview(bmm) if bmm is not None else memoryview(b"")
                 for plan, frame in _segments(pf, info):
-                    prefix = _read_ranges(bview, plan.ranges)
                     opts = {zstd.DecompressionParameter.window_log_max: MAX_WINDOW_LOG}
-                    if prefix:
-                        dec = zstd.ZstdDecompressor(
-                            zstd_dict=zstd.ZstdDict(prefix, is_raw=True).as_prefix,
-                            options=opts)
+                    if plan.ranges:
+                        zdict = _prefix_dict(bview, plan.ranges)
+                        dec = zstd.ZstdDecompressor(zstd_dict=zdict.as_prefix, options=opts)
+                        del zdict
                     else:
                         dec = zstd.ZstdDecompressor(options=opts)
                     try:
@@ -276,7 +280,7 @@ def apply_patch(basis: Path, patch: Path, out: Path, *, expected_target: str | N
                                          f"{len(data)} bytes, expected {plan.target_len}")
                     digest.update(data)
                     of.write(data)
-                    del prefix, data, dec
+                    del data, dec
                 del bview
             finally:
                 if bmm is not None:

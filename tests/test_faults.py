@@ -303,6 +303,9 @@ def test_new_inrelease_is_never_served_with_old_packages(
         sample_apt: SampleAptRepo, tmp_path: Path) -> None:
     prime(cache)
     assert cache.get(f"/apt/main/{PACKAGES}")[0] == 200
+    old_index = parse_release(cache.get("/apt/main/dists/stable/InRelease")[1], "old")
+    old_entry = old_index.entry("main/binary-amd64/Packages.xz")
+    assert old_entry is not None
     # Upstream publishes a new version of the repository (one more package, re-signed).
     debs = tmp_path / "debs"
     shutil.copytree(sample_apt.deb_dir, debs)
@@ -323,6 +326,10 @@ def test_new_inrelease_is_never_served_with_old_packages(
         status, body, _ = cache.get(f"/apt/main/dists/stable/{rel}")
         assert status == 200 and hashlib.sha256(body).hexdigest() == entry.sha256
     assert b"edge-newcomer" in cache.get(f"/apt/main/{PACKAGES}")[1]
+    # A client that read the previous InRelease just before the switch still gets its index.
+    status, body, _ = cache.get(
+        f"/apt/main/dists/stable/main/binary-amd64/by-hash/SHA256/{old_entry.sha256}")
+    assert status == 200 and hashlib.sha256(body).hexdigest() == old_entry.sha256
 
 
 def test_client_disconnect_does_not_fail_the_others(
