@@ -42,6 +42,13 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upstream-read-timeout", dest="upstream_read_timeout", type=float)
     p.add_argument("--upstream-connect-timeout", dest="upstream_connect_timeout", type=float)
     p.add_argument("--upstream-backoff", dest="upstream_backoff", type=float)
+    p.add_argument("--images", help="origin: directory of Glance image records and data")
+    p.add_argument("--glance-upstream", dest="glance_upstream",
+                   help="origin: URL of a real Glance API to cache images from")
+    p.add_argument("--glance-auth-ttl", dest="glance_auth_ttl", type=float,
+                   help="seconds a token's image-visibility answer is cached")
+    p.add_argument("--glance-offline-policy", dest="glance_offline_policy",
+                   choices=("public", "none", "cached"))
     p.add_argument("--log-level", dest="log_level")
 
 
@@ -49,7 +56,8 @@ def _config_from_args(args: argparse.Namespace) -> NodeConfig:
     flags = {key: getattr(args, key, None) for key in (
         "role", "listen", "store", "upstream", "quota", "index_ttl", "signing_gnupg_home",
         "signing_key_id", "upstream_retries", "upstream_read_timeout",
-        "upstream_connect_timeout", "upstream_backoff", "log_level")}
+        "upstream_connect_timeout", "upstream_backoff", "log_level", "images",
+        "glance_upstream", "glance_auth_ttl", "glance_offline_policy")}
     return load_config(args.config, dict(os.environ), flags, args.apt, args.pypi)
 
 
@@ -133,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fsck.add_argument("--no-repair", action="store_true", help="report only, remove nothing")
     for key in ("role", "listen", "upstream", "quota", "index_ttl", "signing_gnupg_home",
                 "signing_key_id", "upstream_retries", "upstream_read_timeout",
-                "upstream_connect_timeout", "upstream_backoff", "log_level"):
+                "upstream_connect_timeout", "upstream_backoff", "log_level", "images",
+                "glance_upstream", "glance_auth_ttl", "glance_offline_policy"):
         fsck.set_defaults(**{key: None})
     fsck.set_defaults(apt=[], pypi=[])
     args = parser.parse_args(argv)

@@ -60,6 +60,21 @@ class SigningSettings:
 
 
 @dataclass(frozen=True)
+class GlanceSettings:
+    """Image service: origin backends (a directory of images and/or a real Glance) and the
+    authorization cache every node keeps."""
+
+    images_dir: Path | None = None      # origin: directory of image records + data files
+    upstream_url: str | None = None     # origin: a real Glance API endpoint (token passed through)
+    auth_ttl: float = 30.0              # seconds a token's visibility answer is cached
+    offline_policy: str = "public"      # upstream unreachable: "public" | "none" | "cached"
+
+    @property
+    def enabled_on_origin(self) -> bool:
+        return self.images_dir is not None or self.upstream_url is not None
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     role: Role
     listen_host: str
@@ -73,6 +88,7 @@ class NodeConfig:
     apt: tuple[RepoSource, ...]
     pypi: tuple[RepoSource, ...]
     log_level: str = "info"
+    glance: GlanceSettings = GlanceSettings()
 
     def apt_repo(self, name: str) -> RepoSource | None:
         return next((r for r in self.apt if r.name == name), None)
@@ -96,6 +112,10 @@ _FLAT_KEYS: dict[str, tuple[str | None, str]] = {
     "upstream_backoff": ("upstream_client", "backoff"),
     "signing_gnupg_home": ("signing", "gnupg_home"),
     "signing_key_id": ("signing", "key_id"),
+    "images": ("glance", "images"),
+    "glance_upstream": ("glance", "upstream"),
+    "glance_auth_ttl": ("glance", "auth_ttl"),
+    "glance_offline_policy": ("glance", "offline_policy"),
 }
 FLAT_KEYS: tuple[str, ...] = tuple(_FLAT_KEYS)
 
@@ -210,7 +230,7 @@ def load_config(
 
 def validate(tree: Mapping[str, Any]) -> NodeConfig:
     known = {"role", "listen", "store", "upstream", "quota", "log_level", "index",
-             "upstream_client", "signing", "apt", "pypi"}
+             "upstream_client", "signing", "apt", "pypi", "glance"}
     unknown = set(tree) - known
     if unknown:
         raise ConfigError(f"unknown configuration keys: {sorted(unknown)}")
@@ -233,8 +253,10 @@ def validate(tree: Mapping[str, Any]) -> NodeConfig:
         raise ConfigError("role 'origin' has no upstream; give per-repository URLs instead")
     apt = tuple(_make_repo("apt", n, t) for n, t in sorted(dict(tree.get("apt", {})).items()))
     pypi = tuple(_make_repo("pypi", n, t) for n, t in sorted(dict(tree.get("pypi", {})).items()))
-    if role == "origin" and not apt and not pypi:
-        raise ConfigError("role 'origin' needs at least one --apt NAME=DIR|URL or --pypi NAME=...")
+    glance = _glance_settings(dict(tree.get("glance", {})), role)
+    if role == "origin" and not apt and not pypi and not glance.enabled_on_origin:
+        raise ConfigError("role 'origin' needs at least one --apt NAME=DIR|URL, --pypi NAME=..., "
+                          "--images DIR or --glance-upstream URL")
     for repo in apt + pypi:
         if not repo.is_url and not repo.path.is_dir():
             raise ConfigError(f"{repo.name}: source directory {repo.source} does not exist")
@@ -270,4 +292,33 @@ def validate(tree: Mapping[str, Any]) -> NodeConfig:
         apt=apt,
         pypi=pypi,
         log_level=log_level,
+        glance=glance,
     )
+
+
+def _glance_settings(table: dict[str, Any], role: str) -> GlanceSettings:
+    unknown = set(table) - {"images", "upstream", "auth_ttl", "offline_policy"}
+    if unknown:
+        raise ConfigError(f"glance: unknown keys {sorted(unknown)}")
+    images = str(table.get("images") or "") or None
+    upstream = str(table.get("upstream") or "") or None
+    if (images or upstream) and role != "origin":
+        raise ConfigError("glance.images / glance.upstream are origin settings; a cache serves "
+                          "images from its --upstream node")
+    if images is not None and not Path(images).is_dir():
+        raise ConfigError(f"glance.images: directory {images} does not exist")
+    if upstream is not None:
+        parts = urlsplit(upstream)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"glance.upstream: expected an http(s) URL, got {upstream!r}")
+        upstream = upstream.rstrip("/") + "/"
+    policy = str(table.get("offline_policy", "public"))
+    if policy not in ("public", "none", "cached"):
+        raise ConfigError(f"glance.offline_policy: 'public', 'none' or 'cached', not {policy!r}")
+    try:
+        ttl = float(table.get("auth_ttl", 30.0))
+    except (TypeError, ValueError):
+        raise ConfigError("glance.auth_ttl: expected a number of seconds") from None
+    if ttl < 0:
+        raise ConfigError("glance.auth_ttl: must not be negative")
+    return GlanceSettings(Path(images) if images else None, upstream, ttl, policy)
