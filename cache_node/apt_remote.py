@@ -19,16 +19,28 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from cache_node.answers import Answer, BlobAnswer, BytesAnswer, NotFound, ServiceError, \
-    StreamAnswer, content_type_for
+from cache_node.answers import (
+    Answer,
+    BlobAnswer,
+    BytesAnswer,
+    NotFound,
+    ServiceError,
+    StreamAnswer,
+    content_type_for,
+)
 from cache_node.fetch import FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.metrics import Metrics
 from cache_node.store import BlobStore
 from cache_node.upstream import UpstreamClient, UpstreamError, UpstreamNotFound
-from distro.debian_repo import PoolEntry, ReleaseIndex, decompress_index, parse_packages, \
-    parse_release
-from distro.errors import MalformedIndexError as _PypiMalformed
 from distro.debian_repo import MalformedIndexError as _DebMalformed
+from distro.debian_repo import (
+    PoolEntry,
+    ReleaseIndex,
+    decompress_index,
+    parse_packages,
+    parse_release,
+)
+from distro.errors import MalformedIndexError as _PypiMalformed
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +348,8 @@ class RemoteAptRepo:
                                   content_type_for(relpath), immutable=True)
         # Keyed by path, not digest: whether the Packages entry is known yet must not split
         # concurrent misses for the same file into two upstream fetches.
-        plan = FetchPlan(key=f"{self._ns_pool}:{relpath}", url=self.base_url + relpath, namespace=self.namespace,
+        plan = FetchPlan(key=f"{self._ns_pool}:{relpath}", url=self.base_url + relpath,
+                         namespace=self.namespace,
                          expected_sha256=entry.sha256 if entry else None,
                          expected_size=entry.size if entry else None,
                          binds=((self._ns_pool, relpath),))

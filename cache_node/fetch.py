@@ -14,9 +14,10 @@ import asyncio
 import logging
 import os
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
@@ -69,8 +70,8 @@ class Fetch:
     plan: FetchPlan
     partial_path: Path
     blob_path: Callable[[str], Path]
-    head: "asyncio.Future[FetchHead]"
-    done: "asyncio.Future[BlobRef]"
+    head: asyncio.Future[FetchHead]
+    done: asyncio.Future[BlobRef]
     written: int = 0
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -158,7 +159,7 @@ class FetchCoordinator:
                 self.metrics.verify_failures.inc(plan.namespace)
             log.warning("fetch failed: %s", exc)
             _fail(fetch, FetchFailed(str(exc), exc.http_status))
-        except Exception as exc:  # noqa: BLE001 - a fetch must never hang its readers
+        except Exception as exc:
             partial.discard()
             log.exception("unexpected error fetching %s", plan.url)
             _fail(fetch, FetchFailed(f"internal error: {exc}", 500))
@@ -241,7 +242,7 @@ class FetchCoordinator:
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
                     aiohttp.ClientConnectionError) as exc:
                 error: UpstreamError = UpstreamUnavailable(plan.url, f"body interrupted: {exc}")
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 error = UpstreamTimeout(plan.url, f"body stalled for {settings.read_timeout}s")
             except (UpstreamUnavailable, UpstreamTimeout) as exc:
                 error = exc
@@ -265,7 +266,7 @@ def _fail(fetch: Fetch, exc: FetchFailed) -> None:
         fetch.done.set_exception(exc)
 
 
-def _consume(fut: "asyncio.Future[Any]") -> None:
+def _consume(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
 

@@ -10,8 +10,16 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from cache_node.answers import Answer, BadRequest, BlobAnswer, BytesAnswer, RedirectAnswer, \
-    ServiceError, StreamAnswer, safe_relpath
+from cache_node.answers import (
+    Answer,
+    BadRequest,
+    BlobAnswer,
+    BytesAnswer,
+    RedirectAnswer,
+    ServiceError,
+    StreamAnswer,
+    safe_relpath,
+)
 from cache_node.fetch import FetchFailed, stream_fetch
 from cache_node.node import Node
 from cache_node.upstream import format_repr_digest

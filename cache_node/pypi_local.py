@@ -15,14 +15,19 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from cache_node.answers import Answer, BlobAnswer, BytesAnswer, NotFound, RedirectAnswer, \
-    content_type_for
+from cache_node.answers import (
+    Answer,
+    BlobAnswer,
+    BytesAnswer,
+    NotFound,
+    RedirectAnswer,
+    content_type_for,
+)
 from cache_node.config import RepoSource
 from distro.pypi_index import (
     METADATA_SUFFIX,
     IndexFormat,
     LocalDist,
-    content_type_for as index_content_type,
     normalize_project_name,
     project_page_from_local,
     render_project_html,
@@ -30,6 +35,9 @@ from distro.pypi_index import (
     render_root_html,
     render_root_json,
     scan_distribution_dir,
+)
+from distro.pypi_index import (
+    content_type_for as index_content_type,
 )
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,16 @@ import time
 from dataclasses import dataclass, replace
 from urllib.parse import quote
 
-from cache_node.answers import Answer, BlobAnswer, BytesAnswer, NotFound, RedirectAnswer, \
-    ServiceError, StreamAnswer, content_type_for
+from cache_node.answers import (
+    Answer,
+    BlobAnswer,
+    BytesAnswer,
+    NotFound,
+    RedirectAnswer,
+    ServiceError,
+    StreamAnswer,
+    content_type_for,
+)
 from cache_node.fetch import FetchCoordinator, FetchPlan
 from cache_node.metrics import Metrics
 from cache_node.pypi_local import files_base, render_page

@@ -18,9 +18,9 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class PartialWriter:
                 view = view[n:]
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreFullError(exc.errno, f"store disk full while writing {self.path.name}")
+                raise StoreFullError(
+                    exc.errno, f"store disk full while writing {self.path.name}") from exc
             raise
         self._hash.update(data)
         self.size += len(data)

@@ -11,10 +11,10 @@ import asyncio
 import base64
 import logging
 import random
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import AsyncIterator, Callable, Mapping
 
 import aiohttp
 
@@ -94,7 +94,7 @@ class UpstreamClient:
         self._on_bytes = on_bytes or (lambda n: None)
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> "UpstreamClient":
+    async def __aenter__(self) -> UpstreamClient:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self.settings.connect_timeout,
             sock_connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout)
@@ -141,7 +141,7 @@ class UpstreamClient:
             try:
                 resp = await self.session.request(method, url, headers=headers,
                                                   allow_redirects=True)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 last = UpstreamTimeout(url, f"no answer within {self.settings.connect_timeout}s")
                 log.warning("%s (attempt %d/%d)", last, attempt + 1, attempts)
                 continue
@@ -187,7 +187,7 @@ class UpstreamClient:
                     return UpstreamReply(str(resp.url), resp.status, dict(resp.headers), body)
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
                 last = UpstreamUnavailable(url, f"body interrupted: {exc}")
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 last = UpstreamTimeout(url, f"body stalled for {self.settings.read_timeout}s")
             except (UpstreamIntegrityError, UpstreamUnavailable, UpstreamTimeout) as exc:
                 last = exc

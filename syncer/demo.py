@@ -133,14 +133,14 @@ def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
                     for p in repo.deb_dir.glob("*.deb")}
         t0 = time.monotonic()
         with console.status(f"{clients} sites running apt-get update + install "
-                            f"--download-only {repo.top_package} and pip download at once ..."):
-            with ThreadPoolExecutor(clients + 2) as pool:
-                apt_jobs = [pool.submit(_apt_site, f"site-{i:02d}", work / "sites" / f"s{i:02d}",
-                                        repo.public_keyring, cache.url, repo.top_package,
-                                        expected) for i in range(clients)]
-                pip_jobs = [pool.submit(_pip_site, f"pip-{i}", work / "pip" / f"p{i}" / "dl",
-                                        cache.url, originals) for i in range(2)]
-                results = [j.result() for j in apt_jobs + pip_jobs]
+                            f"--download-only {repo.top_package} and pip download at once ..."), \
+                ThreadPoolExecutor(clients + 2) as pool:
+            apt_jobs = [pool.submit(_apt_site, f"site-{i:02d}", work / "sites" / f"s{i:02d}",
+                                    repo.public_keyring, cache.url, repo.top_package,
+                                    expected) for i in range(clients)]
+            pip_jobs = [pool.submit(_pip_site, f"pip-{i}", work / "pip" / f"p{i}" / "dl",
+                                    cache.url, originals) for i in range(2)]
+            results = [j.result() for j in apt_jobs + pip_jobs]
         wall = time.monotonic() - t0
         table = Table(title="site installs through the regional cache")
         for col in ("site", "files", "bytes", "seconds", "verified"):

@@ -9,15 +9,15 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit
 
 import pytest
 
 from distro.debian_repo import BuiltRepository, PoolEntry, build_repository, parse_release
 from distro.sample_repo import SampleAptRepo, SampleDeb, build_deb
-from tests.support import CACHE_NODE, Fault, FakeUpstream, NodeProcess
+from tests.support import CACHE_NODE, FakeUpstream, Fault, NodeProcess
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cache_node.store import BlobStore, IntegrityError
 
