@@ -15,6 +15,7 @@ from cache_node.answers import (
     BadRequest,
     BlobAnswer,
     BytesAnswer,
+    NotFound,
     RedirectAnswer,
     ServiceError,
     StreamAnswer,
@@ -22,6 +23,7 @@ from cache_node.answers import (
 )
 from cache_node.fetch import FetchFailed, stream_fetch
 from cache_node.node import Node
+from cache_node.plans import PlanError, PlanRunner, parse_plan
 from cache_node.upstream import format_repr_digest
 from distro.pypi_index import choose_format
 
@@ -174,6 +176,46 @@ async def served_paths(request: web.Request) -> web.Response:
     return web.json_response(dict(node.metrics.served_paths))
 
 
+def _plans(request: web.Request) -> PlanRunner:
+    runner = request.app[NODE_KEY].plans
+    if runner is None:
+        raise ServiceError("node is starting", 503)
+    return runner
+
+
+async def put_plan(request: web.Request) -> web.Response:
+    try:
+        document = await request.json()
+    except ValueError:
+        raise BadRequest("the plan must be a JSON document") from None
+    try:
+        spec = parse_plan(document)
+    except PlanError as exc:
+        raise BadRequest(f"invalid plan: {exc}") from None
+    if spec.plan_id != request.match_info["plan_id"]:
+        raise BadRequest("plan_id in the body differs from the URL")
+    return web.json_response(_plans(request).submit(spec).to_json(), status=202)
+
+
+async def get_plan(request: web.Request) -> web.Response:
+    status = _plans(request).status(request.match_info["plan_id"])
+    if status is None:
+        raise NotFound(f"no plan {request.match_info['plan_id']!r}")
+    return web.json_response(status.to_json())
+
+
+async def list_plans(request: web.Request) -> web.Response:
+    runner = _plans(request)
+    statuses = [runner.status(pid) for pid in runner.plan_ids()]
+    return web.json_response([s.to_json() for s in statuses if s is not None])
+
+
+async def delete_plan(request: web.Request) -> web.Response:
+    if not _plans(request).delete(request.match_info["plan_id"]):
+        raise NotFound(f"no plan {request.match_info['plan_id']!r}")
+    return web.json_response({"deleted": request.match_info["plan_id"]})
+
+
 async def status_page(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     node.metrics.render()  # refresh gauges
@@ -187,6 +229,17 @@ async def status_page(request: web.Request) -> web.Response:
         f"<tr><td>{r.kind}</td><td>{html.escape(r.name)}</td><td>{html.escape(r.source)}</td>"
         f"<td>{html.escape(', '.join(r.suites))}</td></tr>" for r in node.summaries())
     quota = f"{stats.quota_bytes:,}" if stats.quota_bytes else "unlimited"
+    runner = node.plans
+    plan_rows = ""
+    if runner is not None:
+        for pid in runner.plan_ids():
+            st = runner.status(pid)
+            if st is None:
+                continue
+            pct = 100.0 * st.bytes_done / st.bytes_total if st.bytes_total else 100.0
+            plan_rows += (f"<tr><td>{html.escape(pid)}</td><td>{st.state}</td>"
+                          f"<td>{st.done}/{st.total}</td><td>{st.failed}</td>"
+                          f"<td>{st.bytes_done:,} / {st.bytes_total:,} ({pct:.0f}%)</td></tr>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>edgedepot node</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 10px;text-align:left}}
 table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
@@ -196,6 +249,8 @@ store: {stats.blob_count:,} blobs, {stats.total_bytes:,} bytes (quota {quota}) &
 in-flight fetches: {node.fetches.inflight_count}</p>
 <h2>Repositories</h2><table><tr><th>kind</th><th>name</th><th>source</th><th>suites</th></tr>
 {repos}</table>
+<h2>Prefetch plans</h2><table><tr><th>plan</th><th>state</th><th>artifacts done</th>
+<th>failed</th><th>bytes</th></tr>{plan_rows}</table>
 <h2>Counters</h2><table>{rows}</table>
 <p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a></p>
 </body></html>"""
@@ -224,6 +279,10 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/served", served_paths)
+    app.router.add_get("/admin/plans", list_plans)
+    app.router.add_put("/admin/plans/{plan_id}", put_plan)
+    app.router.add_get("/admin/plans/{plan_id}", get_plan)
+    app.router.add_delete("/admin/plans/{plan_id}", delete_plan)
     app.router.add_get("/apt/{name}/{path:.+}", apt_handler)
     app.router.add_get("/pypi/{name}/simple/", pypi_root)
     app.router.add_get("/pypi/{name}/simple/{project}/", pypi_project)

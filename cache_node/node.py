@@ -12,7 +12,8 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from cache_node.answers import NotFound
+from cache_node.answers import Answer, NotFound
+from cache_node.plans import PlanArtifact, PlanRunner
 from cache_node.apt_local import LocalAptRepo
 from cache_node.apt_remote import RemoteAptRepo
 from cache_node.config import NodeConfig, RepoSource
@@ -49,6 +50,7 @@ class Node:
         self.started_at = time.time()
         self._exit = AsyncExitStack()
         self._lock = asyncio.Lock()
+        self.plans: PlanRunner | None = None
 
     @property
     def signing_key(self) -> SigningKey | None:
@@ -67,8 +69,12 @@ class Node:
             self.pypi[repo.name] = await self._make_pypi(repo)
         if self.config.role == "cache":
             await self._restore_cache_repos()
+        self.plans = PlanRunner(self.store, self.resolve_artifact)
+        self.plans.resume_all()
 
     async def stop(self) -> None:
+        if self.plans is not None:
+            await self.plans.close()
         await self.fetches.close()
         await self._exit.aclose()
         self.store.close()
@@ -140,6 +146,17 @@ class Node:
                 source = RepoSource(name, f"{self.config.upstream}pypi/{name}/simple/")
                 self.pypi[name] = await self._make_pypi(source)
         return self.pypi[name]
+
+    async def resolve_artifact(self, artifact: PlanArtifact) -> Answer:
+        """Answer a plan artifact exactly as the matching client request would be answered."""
+        if artifact.kind == "apt":
+            repo = await self.apt_repo(artifact.repo)
+            return await repo.answer(artifact.path)
+        if artifact.kind == "pypi":
+            index = await self.pypi_index(artifact.repo)
+            project, _, filename = artifact.path.partition("/")
+            return await index.file(project, filename)
+        raise NotFound(f"artifact kind {artifact.kind!r} is not served by this node")
 
     def summaries(self) -> list[RepoSummary]:
         out = []

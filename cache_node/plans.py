@@ -1,0 +1,320 @@
+"""Prefetch plans: an ordered list of artifacts a node pulls from its upstream, in order.
+
+A plan is pushed by `distro-sync push` (or a parent node) and kept in the node's SQLite
+database with per-artifact progress, so a restarted node resumes where it stopped. Artifacts are
+fetched through the node's own repository cores, so every byte is verified exactly as a client
+request would verify it and a concurrent client miss shares the same upstream fetch. Artifacts
+of an active plan are pinned against eviction; deleting the plan unpins them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from cache_node.answers import Answer, BlobAnswer, BytesAnswer, ServiceError, StreamAnswer
+from cache_node.fetch import FetchFailed
+from cache_node.store import BlobStore, is_sha256_hex
+from cache_node.upstream import UpstreamError
+
+log = logging.getLogger(__name__)
+
+ArtifactKind = Literal["apt", "pypi", "glance"]
+ItemState = Literal["pending", "fetching", "done", "failed"]
+KINDS = ("apt", "pypi", "glance")
+MAX_ATTEMPTS = 4
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS plans (
+    plan_id TEXT PRIMARY KEY, created REAL NOT NULL, concurrency INTEGER NOT NULL,
+    bandwidth INTEGER, state TEXT NOT NULL, started REAL, finished REAL
+);
+CREATE TABLE IF NOT EXISTS plan_items (
+    plan_id TEXT NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL, repo TEXT NOT NULL,
+    path TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, error TEXT, done_at REAL, pinned INTEGER DEFAULT 0,
+    PRIMARY KEY (plan_id, idx)
+);
+"""
+
+
+class PlanError(ValueError):
+    """A plan document that cannot be accepted; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class PlanArtifact:
+    kind: ArtifactKind
+    repo: str
+    path: str  # apt: path under /apt/<repo>/; pypi: <project>/<filename>; glance: image id
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    plan_id: str
+    artifacts: tuple[PlanArtifact, ...]
+    concurrency: int = 4
+    bandwidth: int | None = None  # bytes per second this node may pull for the plan
+
+
+@dataclass(frozen=True)
+class ItemStatus:
+    idx: int
+    kind: str
+    repo: str
+    path: str
+    size: int
+    state: str
+    attempts: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class PlanStatus:
+    plan_id: str
+    state: str  # active | complete | failed
+    total: int
+    done: int
+    failed: int
+    bytes_total: int
+    bytes_done: int
+    rate: float  # bytes/s since the plan started
+    eta_seconds: float | None
+    failures: tuple[ItemStatus, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_plan(document: Any) -> PlanSpec:
+    """Validate a JSON plan document (as pushed over HTTP) into a PlanSpec."""
+    if not isinstance(document, dict):
+        raise PlanError("a plan is a JSON object")
+    plan_id = document.get("plan_id")
+    if not isinstance(plan_id, str) or not plan_id or len(plan_id) > 128 or "/" in plan_id:
+        raise PlanError("plan_id: a non-empty string without '/' (at most 128 characters)")
+    concurrency = document.get("concurrency", 4)
+    if not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
+        raise PlanError("concurrency: an integer from 1 to 64")
+    bandwidth = document.get("bandwidth")
+    if bandwidth is not None and (not isinstance(bandwidth, int) or bandwidth <= 0):
+        raise PlanError("bandwidth: a positive number of bytes per second, or null")
+    raw_items = document.get("artifacts")
+    if not isinstance(raw_items, list):
+        raise PlanError("artifacts: a list")
+    artifacts = []
+    for i, item in enumerate(raw_items):
+        if not isinstance(item, dict):
+            raise PlanError(f"artifacts[{i}]: an object")
+        kind, repo, path = item.get("kind"), item.get("repo"), item.get("path")
+        sha256, size = item.get("sha256"), item.get("size")
+        if kind not in KINDS:
+            raise PlanError(f"artifacts[{i}].kind: one of {', '.join(KINDS)}")
+        if not isinstance(repo, str) or not repo or not isinstance(path, str) or not path:
+            raise PlanError(f"artifacts[{i}]: repo and path are required strings")
+        if ".." in path.split("/") or path.startswith("/"):
+            raise PlanError(f"artifacts[{i}].path: must be relative without '..'")
+        if not isinstance(sha256, str) or not is_sha256_hex(sha256):
+            raise PlanError(f"artifacts[{i}].sha256: 64 lower-case hex digits")
+        if not isinstance(size, int) or size < 0:
+            raise PlanError(f"artifacts[{i}].size: a non-negative integer")
+        artifacts.append(PlanArtifact(kind, repo, path, sha256, size))
+    return PlanSpec(plan_id, tuple(artifacts), concurrency, bandwidth)
+
+
+Resolver = Callable[[PlanArtifact], Awaitable[Answer]]
+
+
+class PlanRunner:
+    """Runs every active plan of one node; state lives in the store's SQLite database."""
+
+    def __init__(self, store: BlobStore, resolve: Resolver) -> None:
+        self.store = store
+        self.resolve = resolve
+        self.db: sqlite3.Connection = store.db
+        self.db.executescript(_SCHEMA)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def resume_all(self) -> None:
+        """Restart plans that were active when the node stopped."""
+        self.db.execute("UPDATE plan_items SET state='pending' WHERE state='fetching'")
+        for (plan_id,) in self.db.execute("SELECT plan_id FROM plans WHERE state='active'"):
+            self._start(str(plan_id))
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def submit(self, spec: PlanSpec) -> PlanStatus:
+        """Accept a plan (idempotent: the same plan_id again only resumes what is missing)."""
+        row = self.db.execute("SELECT plan_id FROM plans WHERE plan_id=?",
+                              (spec.plan_id,)).fetchone()
+        if row is None:
+            self.db.execute("INSERT INTO plans(plan_id, created, concurrency, bandwidth, state) "
+                            "VALUES (?,?,?,?, 'active')",
+                            (spec.plan_id, time.time(), spec.concurrency, spec.bandwidth))
+            self.db.executemany(
+                "INSERT INTO plan_items(plan_id, idx, kind, repo, path, sha256, size, state) "
+                "VALUES (?,?,?,?,?,?,?, 'pending')",
+                [(spec.plan_id, i, a.kind, a.repo, a.path, a.sha256, a.size)
+                 for i, a in enumerate(spec.artifacts)])
+        else:
+            self.db.execute("UPDATE plans SET state='active', concurrency=?, bandwidth=?, "
+                            "finished=NULL WHERE plan_id=?",
+                            (spec.concurrency, spec.bandwidth, spec.plan_id))
+            self.db.execute("UPDATE plan_items SET state='pending', attempts=0, error=NULL "
+                            "WHERE plan_id=? AND state='failed'", (spec.plan_id,))
+        self._start(spec.plan_id)
+        status = self.status(spec.plan_id)
+        assert status is not None
+        return status
+
+    def delete(self, plan_id: str) -> bool:
+        task = self._tasks.pop(plan_id, None)
+        if task is not None:
+            task.cancel()
+        for (sha256,) in self.db.execute(
+                "SELECT sha256 FROM plan_items WHERE plan_id=? AND pinned=1", (plan_id,)).fetchall():
+            self.store.unpin(str(sha256))
+        self.db.execute("DELETE FROM plan_items WHERE plan_id=?", (plan_id,))
+        cur = self.db.execute("DELETE FROM plans WHERE plan_id=?", (plan_id,))
+        return cur.rowcount > 0
+
+    def plan_ids(self) -> list[str]:
+        return [str(r[0]) for r in self.db.execute("SELECT plan_id FROM plans ORDER BY created")]
+
+    def status(self, plan_id: str) -> PlanStatus | None:
+        plan = self.db.execute("SELECT state, started, finished FROM plans WHERE plan_id=?",
+                               (plan_id,)).fetchone()
+        if plan is None:
+            return None
+        rows = self.db.execute(
+            "SELECT idx, kind, repo, path, size, state, attempts, error FROM plan_items "
+            "WHERE plan_id=? ORDER BY idx", (plan_id,)).fetchall()
+        items = [ItemStatus(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), str(r[5]),
+                            int(r[6]), r[7]) for r in rows]
+        done = [i for i in items if i.state == "done"]
+        failed = tuple(i for i in items if i.state == "failed")
+        bytes_total = sum(i.size for i in items)
+        bytes_done = sum(i.size for i in done)
+        started, finished = plan[1], plan[2]
+        elapsed = ((finished or time.time()) - started) if started else 0.0
+        rate = bytes_done / elapsed if elapsed > 0 else 0.0
+        left = bytes_total - bytes_done
+        eta = left / rate if rate > 0 and str(plan[0]) == "active" else None
+        return PlanStatus(plan_id, str(plan[0]), len(items), len(done), len(failed), bytes_total,
+                          bytes_done, rate, eta, failed)
+
+    # -- execution -------------------------------------------------------------------------
+    def _start(self, plan_id: str) -> None:
+        task = self._tasks.get(plan_id)
+        if task is not None and not task.done():
+            return
+        self._tasks[plan_id] = asyncio.create_task(self._run(plan_id), name=f"plan {plan_id}")
+
+    async def _run(self, plan_id: str) -> None:
+        row = self.db.execute("SELECT concurrency, bandwidth FROM plans WHERE plan_id=?",
+                              (plan_id,)).fetchone()
+        concurrency, bandwidth = int(row[0]), row[1]
+        self.db.execute("UPDATE plans SET started=COALESCE(started, ?) WHERE plan_id=?",
+                        (time.time(), plan_id))
+        pending = [
+            (int(r[0]), PlanArtifact(r[1], r[2], r[3], r[4], int(r[5])))
+            for r in self.db.execute(
+                "SELECT idx, kind, repo, path, sha256, size FROM plan_items WHERE plan_id=? "
+                "AND state != 'done' ORDER BY idx", (plan_id,)).fetchall()]
+        queue: asyncio.Queue[tuple[int, PlanArtifact]] = asyncio.Queue()
+        for entry in pending:
+            queue.put_nowait(entry)
+        pacer = _Pacer(bandwidth)
+
+        async def worker() -> None:
+            while not queue.empty():
+                idx, artifact = queue.get_nowait()
+                await self._fetch_item(plan_id, idx, artifact)
+                await pacer.account(artifact.size)
+
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, len(pending))))))
+        failed = self.db.execute("SELECT COUNT(*) FROM plan_items WHERE plan_id=? AND "
+                                 "state='failed'", (plan_id,)).fetchone()[0]
+        state = "failed" if failed else "complete"
+        self.db.execute("UPDATE plans SET state=?, finished=? WHERE plan_id=?",
+                        (state, time.time(), plan_id))
+        log.info("plan %s %s (%d failed)", plan_id, state, failed)
+
+    def _mark(self, plan_id: str, idx: int, state: ItemState, error: str | None = None) -> None:
+        self.db.execute("UPDATE plan_items SET state=?, error=?, attempts=attempts+?, done_at=? "
+                        "WHERE plan_id=? AND idx=?",
+                        (state, error, 1 if state in ("done", "failed") else 0,
+                         time.time() if state == "done" else None, plan_id, idx))
+
+    async def _fetch_item(self, plan_id: str, idx: int, artifact: PlanArtifact) -> None:
+        self._mark(plan_id, idx, "fetching")
+        error = "unknown"
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
+            try:
+                digest = await self._materialize(artifact)
+            except (ServiceError, FetchFailed, UpstreamError, OSError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if getattr(exc, "status", getattr(exc, "http_status", 0)) == 404:
+                    break  # not there upstream: retrying will not help
+                continue
+            if digest != artifact.sha256:
+                error = f"got sha256 {digest}, the plan says {artifact.sha256}"
+                continue
+            pinned = self.db.execute("SELECT pinned FROM plan_items WHERE plan_id=? AND idx=?",
+                                     (plan_id, idx)).fetchone()
+            if pinned is not None and not pinned[0]:
+                self.store.pin(digest)
+                self.db.execute("UPDATE plan_items SET pinned=1 WHERE plan_id=? AND idx=?",
+                                (plan_id, idx))
+            self._mark(plan_id, idx, "done")
+            return
+        log.warning("plan %s: %s/%s failed: %s", plan_id, artifact.repo, artifact.path, error)
+        self._mark(plan_id, idx, "failed", error)
+
+    async def _materialize(self, artifact: PlanArtifact) -> str:
+        # Stored already (another plan, a client, a previous run) answers as a hit.
+        answer = await self.resolve(artifact)
+        if isinstance(answer, StreamAnswer):
+            ref = await answer.fetch.done
+            return ref.digest
+        if isinstance(answer, BlobAnswer) and answer.sha256:
+            return answer.sha256
+        if isinstance(answer, BytesAnswer):
+            return answer.sha256
+        raise ServiceError(f"unexpected answer for {artifact.path}", 500)
+
+
+class _Pacer:
+    """Keeps the average pull rate of one plan under its bandwidth limit."""
+
+    def __init__(self, bandwidth: int | None) -> None:
+        self.bandwidth = bandwidth
+        self.started = time.monotonic()
+        self.bytes = 0
+
+    async def account(self, n: int) -> None:
+        if not self.bandwidth:
+            return
+        self.bytes += n
+        ahead = self.bytes / self.bandwidth - (time.monotonic() - self.started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+def plan_to_json(spec: PlanSpec) -> str:
+    return json.dumps({"plan_id": spec.plan_id, "concurrency": spec.concurrency,
+                       "bandwidth": spec.bandwidth,
+                       "artifacts": [asdict(a) for a in spec.artifacts]})
