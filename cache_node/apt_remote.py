@@ -93,6 +93,7 @@ class RemoteAptRepo:
         self._revalidations: dict[str, asyncio.Task[SuiteSnapshot]] = {}
         self._pool: dict[str, PoolEntry] = {}
         self._learned: set[str] = set()
+        self._bound: dict[tuple[str, str], str] = {}
 
     # -- persistence -----------------------------------------------------------------------
     def load_persisted(self) -> None:
@@ -289,7 +290,9 @@ class RemoteAptRepo:
         if ref is not None:
             self.metrics.hits.inc(self.namespace)
             for namespace, name in plan.binds:
-                self.store.bind(namespace, name, digest)
+                if self._bound.get((namespace, name)) != digest:  # no write per hit
+                    self.store.bind(namespace, name, digest)
+                    self._bound[(namespace, name)] = digest
             return BlobAnswer(self.store.blob_path(digest), ref.size, digest,
                               content_type_for(rest), stale=stale)
         self.metrics.misses.inc(self.namespace)

@@ -67,6 +67,15 @@ async def render_answer(request: web.Request, answer: Answer, namespace: str) ->
     if isinstance(answer, BlobAnswer):
         headers = _common_headers(answer)
         headers["X-Edgedepot-Cache"] = "HIT"
+        if answer.sha256 and request.headers.get("If-None-Match") == headers.get("ETag"):
+            return web.Response(status=304, headers=headers)
+        if answer.sha256 and "Range" not in request.headers and \
+                node.hot_blobs.eligible(answer.size):
+            body = node.hot_blobs.get(answer.sha256, answer.path, answer.size)
+            if body is not None:
+                node.metrics.served_bytes.inc(namespace, answer.size)
+                return web.Response(body=body if request.method != "HEAD" else None,
+                                    headers=headers)
         node.metrics.served_bytes.inc(namespace, answer.size)
         return web.FileResponse(answer.path, headers=headers)
     return await _stream(request, answer, namespace)

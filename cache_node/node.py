@@ -18,6 +18,7 @@ from cache_node.apt_local import LocalAptRepo
 from cache_node.apt_remote import RemoteAptRepo
 from cache_node.config import NodeConfig, RepoSource
 from cache_node.fetch import FetchCoordinator
+from cache_node.hot_blobs import HotBlobs
 from cache_node.metrics import Metrics
 from cache_node.pypi_local import LocalPypiIndex
 from cache_node.pypi_remote import RemotePypiIndex
@@ -51,6 +52,8 @@ class Node:
         self._exit = AsyncExitStack()
         self._lock = asyncio.Lock()
         self.plans: PlanRunner | None = None
+        self.hot_blobs = HotBlobs()
+        self._housekeeping: asyncio.Task[None] | None = None
 
     @property
     def signing_key(self) -> SigningKey | None:
@@ -71,8 +74,16 @@ class Node:
             await self._restore_cache_repos()
         self.plans = PlanRunner(self.store, self.resolve_artifact)
         self.plans.resume_all()
+        self._housekeeping = asyncio.create_task(self._housekeep())
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(10)
+            self.store.flush_access()
 
     async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         if self.plans is not None:
             await self.plans.close()
         await self.fetches.close()

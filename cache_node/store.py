@@ -136,6 +136,7 @@ class BlobStore:
         self._total_bytes = 0
         self._blob_count = 0
         self._busy: dict[str, int] = {}  # digests being streamed right now: not evicted
+        self._touched: dict[str, float] = {}  # LRU access times not yet written to SQLite
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -153,6 +154,7 @@ class BlobStore:
 
     def close(self) -> None:
         if self._db is not None:
+            self.flush_access()
             self._db.close()
             self._db = None
 
@@ -193,7 +195,7 @@ class BlobStore:
         row = self.db.execute("SELECT size FROM blobs WHERE digest=?", (digest,)).fetchone()
         if row is None:
             return None
-        self.db.execute("UPDATE blobs SET last_access=? WHERE digest=?", (time.time(), digest))
+        self._touched[digest] = time.time()
         return BlobRef(digest, int(row[0]))
 
     def commit(self, partial: PartialWriter, expected_sha256: str | None,
@@ -263,7 +265,7 @@ class BlobStore:
         if not self.blob_path(digest).exists():
             self._forget(digest)
             return None
-        self.db.execute("UPDATE blobs SET last_access=? WHERE digest=?", (time.time(), digest))
+        self._touched[digest] = time.time()
         return BlobRef(digest, size)
 
     def names(self, namespace: str) -> Iterator[tuple[str, str]]:
@@ -272,6 +274,13 @@ class BlobStore:
 
     def unbind(self, namespace: str, name: str) -> None:
         self.db.execute("DELETE FROM names WHERE namespace=? AND name=?", (namespace, name))
+
+    def flush_access(self) -> None:
+        """Write batched LRU access times (hits only touch memory on the hot path)."""
+        if self._touched:
+            touched, self._touched = self._touched, {}
+            self.db.executemany("UPDATE blobs SET last_access=? WHERE digest=?",
+                                [(t, d) for d, t in touched.items()])
 
     # -- pins, busy, eviction --------------------------------------------------------------
     def pin(self, digest: str) -> None:
@@ -297,6 +306,7 @@ class BlobStore:
         evicted = 0
         if self._total_bytes + incoming <= self.quota_bytes:
             return 0
+        self.flush_access()
         rows = self.db.execute(
             "SELECT digest, size FROM blobs WHERE pins = 0 ORDER BY last_access ASC").fetchall()
         for digest, size in rows:

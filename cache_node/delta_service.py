@@ -1,0 +1,241 @@
+"""The origin side of the delta engine, without HTTP: signatures, patches and range payloads.
+
+Signatures (per blob and block size) and patches (per target and basis) are computed once, in a
+worker thread, single-flight per key (concurrent requests await the same computation), and kept
+in the store under the namespaces ``delta-signature`` and ``delta-patch``; an evicted one is
+simply computed again. Range payloads are per request: the requested ranges of the blob,
+concatenated and zstd-compressed into a spool file under ``work_dir``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from backports import zstd
+
+from cache_node.store import BlobRef, BlobStore, PartialWriter
+from syncer.delta_patch import make_patch
+from syncer.delta_signature import (
+    MAX_BLOCK,
+    MIN_BLOCK,
+    compute_signature,
+    decode_signature,
+    encode_signature,
+)
+from syncer.delta_wire import decode_ranges
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_NAMESPACE = "delta-signature"
+PATCH_NAMESPACE = "delta-patch"
+RANGES_LEVEL = 3
+_COPY = 1 << 20
+
+T = TypeVar("T")
+
+
+class DeltaServiceError(Exception):
+    """Base: a request the service cannot answer."""
+
+
+class UnknownBlob(DeltaServiceError):
+    """The node has no verified copy of this blob (target or basis)."""
+
+
+class BadRequest(DeltaServiceError):
+    """The request is malformed (bad block size, bad ranges body)."""
+
+
+@dataclass(frozen=True)
+class ServedFile:
+    path: Path
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RangesPayload:
+    """A compressed range payload in a spool file; the caller streams it, then ``release``s it."""
+
+    path: Path
+    compressed_size: int
+    payload_size: int
+    payload_sha256: str
+    ranges: int
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class DeltaService:
+    def __init__(self, store: BlobStore, locate: Callable[[str], Path | None],
+                 work_dir: Path) -> None:
+        self.store = store
+        self.locate = locate
+        self.work_dir = work_dir
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self._inflight: dict[str, asyncio.Future[BlobRef]] = {}
+        self.computed_signatures = 0
+        self.computed_patches = 0
+
+    # -- blobs -----------------------------------------------------------------------------
+    def blob(self, sha256: str) -> ServedFile:
+        path = self.locate(sha256)
+        if path is None or not path.exists():
+            raise UnknownBlob(f"this node has no blob {sha256}")
+        return ServedFile(path, path.stat().st_size, sha256)
+
+    # -- signatures ------------------------------------------------------------------------
+    async def signature(self, sha256: str, block_size: int | None = None) -> ServedFile:
+        """The encoded signature of a blob (computed once, then served from the store)."""
+        if block_size is not None and not MIN_BLOCK <= block_size <= MAX_BLOCK:
+            raise BadRequest(f"block_size must be within {MIN_BLOCK}..{MAX_BLOCK}")
+        target = self.blob(sha256)
+        name = f"{sha256}/{block_size or 'auto'}"
+
+        def compute() -> bytes:
+            sig = compute_signature(target.path, block_size, sha256_hex=sha256)
+            return encode_signature(sig)
+
+        ref = await self._once(SIGNATURE_NAMESPACE, name, compute)
+        return ServedFile(self.store.blob_path(ref.digest), ref.size, ref.digest)
+
+    # -- patches ---------------------------------------------------------------------------
+    async def patch(self, target_sha256: str, basis_sha256: str) -> ServedFile:
+        """A patch from ``basis`` to ``target`` (computed once per pair, kept in the store)."""
+        target = self.blob(target_sha256)
+        basis = self.blob(basis_sha256)
+        name = f"{target_sha256}/{basis_sha256}"
+        sig_ref = self.store.lookup(SIGNATURE_NAMESPACE, f"{target_sha256}/auto")
+
+        def compute() -> Path:
+            sig = None
+            if sig_ref is not None:
+                try:
+                    sig = decode_signature(self.store.read_bytes(sig_ref.digest), target_sha256)
+                except (OSError, ValueError):
+                    sig = None
+            out = self.work_dir / f"patch-{uuid.uuid4().hex}"
+            info = make_patch(basis.path, target.path, out, basis_sha256=basis_sha256,
+                              target_sig=sig)
+            if info.target_sha256 != target_sha256:
+                out.unlink(missing_ok=True)
+                raise UnknownBlob(f"file for {target_sha256} hashed to {info.target_sha256}")
+            return out
+
+        ref = await self._once_file(PATCH_NAMESPACE, name, compute)
+        return ServedFile(self.store.blob_path(ref.digest), ref.size, ref.digest)
+
+    # -- ranges ----------------------------------------------------------------------------
+    async def ranges(self, sha256: str, body: bytes) -> RangesPayload:
+        """Compress the requested ranges of a blob into a spool file (per request)."""
+        target = self.blob(sha256)
+        try:
+            ranges = decode_ranges(body, target.size)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+        return await asyncio.to_thread(self._compress_ranges, target.path, ranges)
+
+    def _compress_ranges(self, path: Path, ranges: tuple[tuple[int, int], ...]
+                         ) -> RangesPayload:
+        spool = self.work_dir / f"ranges-{uuid.uuid4().hex}.zst"
+        digest = hashlib.sha256()
+        comp = zstd.ZstdCompressor(options={
+            zstd.CompressionParameter.compression_level: RANGES_LEVEL,
+            zstd.CompressionParameter.checksum_flag: 1})
+        total = 0
+        written = 0
+        try:
+            with open(path, "rb") as src, open(spool, "xb") as out:
+                for off, length in ranges:
+                    src.seek(off)
+                    left = length
+                    while left:
+                        chunk = src.read(min(left, _COPY))
+                        if not chunk:
+                            raise UnknownBlob(f"blob file {path} is shorter than its ranges")
+                        digest.update(chunk)
+                        left -= len(chunk)
+                        total += len(chunk)
+                        data = comp.compress(chunk)
+                        out.write(data)
+                        written += len(data)
+                data = comp.flush()
+                out.write(data)
+                written += len(data)
+        except BaseException:
+            spool.unlink(missing_ok=True)
+            raise
+        return RangesPayload(spool, written, total, digest.hexdigest(), len(ranges))
+
+    # -- single flight ---------------------------------------------------------------------
+    async def _once(self, namespace: str, name: str, compute: Callable[[], bytes]) -> BlobRef:
+        async def run() -> BlobRef:
+            data = await asyncio.to_thread(compute)
+            return self.store.put_bytes(data)
+
+        return await self._single_flight(namespace, name, run)
+
+    async def _once_file(self, namespace: str, name: str,
+                         compute: Callable[[], Path]) -> BlobRef:
+        async def run() -> BlobRef:
+            def in_thread() -> BlobRef:
+                out = compute()
+                try:
+                    partial: PartialWriter = self.store.new_partial()
+                    with open(out, "rb") as fh:
+                        while chunk := fh.read(_COPY):
+                            partial.write(chunk)
+                    return self.store.commit_file(partial, None)
+                finally:
+                    out.unlink(missing_ok=True)
+
+            ref = await asyncio.to_thread(in_thread)
+            self.store.register(ref)
+            return ref
+
+        return await self._single_flight(namespace, name, run)
+
+    async def _single_flight(self, namespace: str, name: str,
+                             run: Callable[[], Awaitable[BlobRef]]) -> BlobRef:
+        ref = self.store.lookup(namespace, name)
+        if ref is not None:
+            return ref
+        key = f"{namespace}/{name}"
+        fut = self._inflight.get(key)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[key] = fut
+            try:
+                ref = await run()
+                self.store.bind(namespace, name, ref.digest)
+                if namespace == SIGNATURE_NAMESPACE:
+                    self.computed_signatures += 1
+                else:
+                    self.computed_patches += 1
+                log.info("computed %s %s (%d bytes)", namespace, name[:40], ref.size)
+                fut.set_result(ref)
+            except BaseException as exc:
+                fut.set_exception(exc)
+                fut.exception()  # mark retrieved: waiters (if any) re-raise it
+                raise
+            finally:
+                self._inflight.pop(key, None)
+            return ref
+        return await asyncio.shield(fut)
+
+
+def cleanup_work_dir(work_dir: Path) -> None:
+    """Remove spool files left by an earlier run (call at start)."""
+    if work_dir.exists():
+        for stale in work_dir.iterdir():
+            if stale.name.startswith(("ranges-", "patch-")):
+                os.unlink(stale)

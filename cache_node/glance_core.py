@@ -1,0 +1,820 @@
+"""The Glance image service of a node, framework-free: records, listing, data, cache management.
+
+Every node serves the Glance v2 read API under `/glance`. Its backend is one of
+  * `DirectoryBackend`: the origin's own image directory (see `distro.glance_images`);
+  * `HttpGlanceBackend`: a real Glance API (origin, `--glance-upstream URL`) or the next
+    node's `/glance` API (cache role); the caller's `X-Auth-Token` is passed through.
+Authorization stays upstream (`glance_auth.GlanceAuthorizer`). Image data from an HTTP backend
+is fetched once through the node's `FetchCoordinator` into the content-addressed store (keyed
+by sha256) and bound to the image id only after md5 and the record's `os_hash_value` verified;
+clients streaming during that first fetch never receive their last byte before it verified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+from urllib.parse import urlencode
+
+import aiohttp
+
+from cache_node.answers import BadRequest, NotFound, ServiceError
+from cache_node.config import NodeConfig
+from cache_node.fetch import Fetch, FetchCoordinator, FetchFailed, FetchPlan
+from cache_node.glance_auth import (
+    Caller,
+    Forbidden,
+    GlanceAuthorizer,
+    ListScope,
+    Unauthorized,
+    UpstreamOffline,
+)
+from cache_node.metrics import Metrics
+from cache_node.store import BlobRef, BlobStore
+from cache_node.upstream import UpstreamClient, UpstreamNotFound, UpstreamUnavailable
+from distro.glance_images import (
+    DigestMemo,
+    GlanceImage,
+    ImageDirectory,
+    ImageRecordError,
+    load_image_directory,
+)
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "glance"
+NS_DATA = "glance-image"      # image id -> verified image data blob
+NS_RECORD = "glance-record"   # image id -> the image record (JSON) as last confirmed
+CURRENT_VERSION = "2.18"
+SUPPORTED_VERSIONS = tuple(f"2.{n}" for n in range(17, -1, -1))
+LIMIT_DEFAULT = 25
+LIMIT_MAX = 1000
+SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id", "created_at",
+             "updated_at")
+VISIBILITY_FILTERS = ("community", "public", "private", "shared", "all")
+READ_CHUNK = 256 << 10
+HASH_CHUNK = 4 << 20
+
+
+class RangeNotSatisfiable(ServiceError):
+    status = 416
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"requested range not satisfiable (image has {size} bytes)")
+        self.size = size
+
+
+# -- values handed to the routes ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ImageList:
+    images: tuple[GlanceImage, ...]
+    first: str
+    next: str | None
+    offline: bool = False
+
+
+@dataclass(frozen=True)
+class ImageView:
+    image: GlanceImage
+    offline: bool = False
+
+
+@dataclass(frozen=True)
+class LocalImageData:
+    """Verified bytes on local disk (store blob or the origin's own data file)."""
+
+    image: GlanceImage
+    path: Path
+    size: int
+    sha256: str
+    offline: bool = False
+
+
+@dataclass(frozen=True)
+class StreamingImageData:
+    image: GlanceImage
+    fetch: ImageFetch
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # exclusive
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    image_id: str
+    hits: int
+    last_accessed: float
+    last_modified: float
+    size: int
+
+
+@dataclass(frozen=True)
+class CacheState:
+    cached: tuple[CachedImage, ...]
+    queued: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RemoteSource:
+    url: str
+    headers: tuple[tuple[str, str], ...]
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """One `bytes=` range of RFC 9110; None means the whole body. 416 when unsatisfiable."""
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None  # not a single byte range: ignored, as RFC 9110 allows
+    first, sep, last = spec.strip().partition("-")
+    try:
+        if not sep:
+            return None
+        if not first:
+            n = int(last)
+            if n <= 0 or size == 0:
+                raise RangeNotSatisfiable(size)
+            return ByteRange(max(0, size - n), size)
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        return None
+    if start >= size or end <= start:
+        raise RangeNotSatisfiable(size)
+    return ByteRange(start, min(end, size))
+
+
+# -- backends ----------------------------------------------------------------------------------
+
+class DirectoryBackend:
+    """The origin's image directory; tokens from its `tokens.toml` (Glance's visibility rules)."""
+
+    def __init__(self, root: Path, memo_path: Path) -> None:
+        self.root = root
+        self._memo = DigestMemo(memo_path)
+        self._dir = ImageDirectory((), ())
+        self._stamp: tuple[int, ...] = ()
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> ImageDirectory:
+        """Re-read the directory when any file in it changed (records, data, tokens)."""
+        stamp = tuple(sorted(hash((p.name, p.stat().st_mtime_ns, p.stat().st_size))
+                             for p in self.root.iterdir()))
+        if stamp != self._stamp:
+            async with self._lock:
+                if stamp != self._stamp:
+                    try:
+                        self._dir = await asyncio.to_thread(load_image_directory, self.root,
+                                                            self._memo)
+                    except ImageRecordError as exc:
+                        raise ServiceError(f"image directory is invalid: {exc}", 500) from None
+                    self._stamp = stamp
+        return self._dir
+
+    async def _who(self, caller: Caller) -> tuple[str | None, bool]:
+        directory = await self.refresh()
+        if not caller.token:
+            return None, False
+        grant = directory.grant(caller.token)
+        if grant is None:
+            raise Unauthorized("the token is not valid")
+        return grant.project, grant.is_admin
+
+    @staticmethod
+    def _may_see(image: GlanceImage, project: str | None, admin: bool) -> bool:
+        return (admin or image.visibility in ("public", "community")
+                or (project is not None and image.owner == project)
+                or (image.visibility == "shared" and project in image.members))
+
+    async def fetch_image(self, caller: Caller, image_id: str) -> GlanceImage:
+        project, admin = await self._who(caller)
+        entry = self._dir.find(image_id)
+        if entry is None or not self._may_see(entry.image, project, admin):
+            raise NotFound(f"No image found with ID {image_id}")
+        return entry.image
+
+    async def fetch_list(self, caller: Caller, scope: ListScope) -> list[GlanceImage]:
+        project, admin = await self._who(caller)
+        out = []
+        for entry in self._dir.images:
+            image = entry.image
+            if not self._may_see(image, project, admin):
+                continue
+            if scope.visibility in (None, "all"):
+                if (scope.visibility is None and image.visibility == "community"
+                        and image.owner != project and not admin):
+                    continue
+            elif image.visibility != scope.visibility:
+                continue
+            hidden = scope.os_hidden == "true"
+            if image.os_hidden != hidden:
+                continue
+            out.append(image)
+        return out
+
+    async def fetch_is_admin(self, caller: Caller) -> bool:
+        return (await self._who(caller))[1]
+
+    def source(self, caller: Caller, image: GlanceImage) -> LocalSource | RemoteSource:
+        entry = self._dir.find(image.id)
+        if entry is None:
+            raise NotFound(f"No image found with ID {image.id}")
+        return LocalSource(entry.data_path, entry.sha256)
+
+
+class HttpGlanceBackend:
+    """A Glance v2 API over HTTP: a real Glance, or the next node's `/glance/` API."""
+
+    def __init__(self, base_url: str, client: UpstreamClient) -> None:
+        self.base_url = base_url.rstrip("/") + "/"
+        self.client = client
+
+    async def _get_json(self, caller: Caller, path: str) -> Any:
+        url = self.base_url + path.lstrip("/")
+        try:
+            async with self.client.open(url, {**caller.upstream_headers(),
+                                              "Accept": "application/json"}) as resp:
+                body = await resp.read()
+                self.client.count_bytes(len(body))
+                if resp.status == 401:
+                    raise Unauthorized("the upstream refused the token (401)")
+                if resp.status == 403:
+                    raise Forbidden("the upstream refused access (403)")
+                if resp.status == 400:
+                    raise BadRequest(f"upstream: {body[:200].decode(errors='replace')}")
+                if resp.status != 200:
+                    raise UpstreamUnavailable(url, f"answered {resp.status}")
+        except UpstreamNotFound:
+            raise NotFound(f"not found upstream: {path}") from None
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamUnavailable(url, f"body interrupted: {exc}") from None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise ServiceError(f"upstream sent malformed JSON for {path}", 502) from None
+
+    async def fetch_image(self, caller: Caller, image_id: str) -> GlanceImage:
+        doc = await self._get_json(caller, f"v2/images/{image_id}")
+        try:
+            return GlanceImage.from_json(doc)
+        except ImageRecordError as exc:
+            raise ServiceError(f"upstream image record is malformed: {exc}", 502) from None
+
+    async def fetch_list(self, caller: Caller, scope: ListScope) -> list[GlanceImage]:
+        path = "v2/images?" + urlencode([("limit", str(LIMIT_MAX)), *scope.query()])
+        out: list[GlanceImage] = []
+        for _ in range(10_000):
+            doc = await self._get_json(caller, path)
+            if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+                raise ServiceError("upstream image list is malformed", 502)
+            try:
+                out.extend(GlanceImage.from_json(d) for d in doc["images"])
+            except (ImageRecordError, TypeError) as exc:
+                raise ServiceError(f"upstream image list is malformed: {exc}", 502) from None
+            nxt = doc.get("next")
+            if not doc["images"] or not isinstance(nxt, str):
+                break
+            path = nxt.lstrip("/")
+        return out
+
+    async def fetch_is_admin(self, caller: Caller) -> bool:
+        """Only admins may read the cache-management API (Glance's `manage_image_cache`)."""
+        try:
+            await self._get_json(caller, "v2/cache")
+        except (Unauthorized, Forbidden, NotFound):
+            return False
+        return True
+
+    def source(self, caller: Caller, image: GlanceImage) -> LocalSource | RemoteSource:
+        return RemoteSource(f"{self.base_url}v2/images/{image.id}/file",
+                            tuple(caller.upstream_headers().items()))
+
+
+Backend = DirectoryBackend | HttpGlanceBackend
+
+
+class _HeaderClient(UpstreamClient):
+    """The backend's client (same session and metrics) adding the caller's headers."""
+
+    def __init__(self, base: UpstreamClient, headers: Mapping[str, str]) -> None:
+        super().__init__(base.label, base.settings, on_bytes=base.count_bytes)
+        self._base = base
+        self._extra = dict(headers)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self._base.session
+
+    @asynccontextmanager
+    async def open(self, url: str, headers: Mapping[str, str] | None = None,
+                   method: str = "GET", retries: int | None = None,
+                   ) -> AsyncIterator[aiohttp.ClientResponse]:
+        async with self._base.open(url, {**self._extra, **(headers or {})}, method,
+                                   retries) as resp:
+            yield resp
+
+
+# -- the first fetch of an image, verified against its record ---------------------------------
+
+class ImageFetch:
+    """Follows a coordinator fetch, hashing md5 + os_hash_algo as the bytes land on disk.
+
+    `hashed` bytes are safe to stream; `result` resolves once the whole image verified and is
+    bound in the store (or fails: the blob is removed and streams must be aborted).
+    """
+
+    def __init__(self, image: GlanceImage, fetch: Fetch) -> None:
+        self.image = image
+        self.fetch = fetch
+        self.hashed = 0
+        self.result: asyncio.Future[BlobRef] = asyncio.get_running_loop().create_future()
+        self.result.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        self._event = asyncio.Event()
+        self._fd = os.open(fetch.partial_path, os.O_RDONLY)
+
+    @property
+    def verified(self) -> bool:
+        return self.result.done() and not self.result.cancelled() and \
+            self.result.exception() is None
+
+    def _notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait_beyond(self, seen: int) -> None:
+        while self.hashed <= seen and not self.result.done():
+            await self._event.wait()
+
+    async def run(self, on_verified: Callable[[BlobRef], None],
+                  on_failed: Callable[[BlobRef | None, str], None]) -> None:
+        image, fetch = self.image, self.fetch
+        md5 = hashlib.md5()
+        algo = (image.os_hash_algo or "sha512").lower()
+        try:
+            strong = hashlib.new(algo)
+        except ValueError:
+            strong = hashlib.sha512()
+            algo = "unknown"
+        ref: BlobRef | None = None
+        try:
+            while True:
+                done = fetch.done.done()
+                if self.hashed < fetch.written:
+                    n = min(HASH_CHUNK, fetch.written - self.hashed)
+                    self.hashed += await asyncio.to_thread(
+                        _hash_range, self._fd, self.hashed, n, (md5, strong))
+                    self._notify()
+                    continue
+                if done:
+                    break
+                await fetch.wait_beyond(self.hashed)
+            ref = fetch.done.result()  # raises FetchFailed
+            problem = _check(image, ref, md5.hexdigest(), strong.hexdigest(), algo)
+            if problem:
+                on_failed(ref, problem)
+                raise FetchFailed(f"image {image.id} failed verification: {problem}", 502)
+            on_verified(ref)
+            self.result.set_result(ref)
+        except FetchFailed as exc:
+            self.result.set_exception(exc)
+        except Exception as exc:  # noqa: BLE001 - readers must never hang
+            log.exception("verifying image %s", image.id)
+            on_failed(ref, str(exc))
+            self.result.set_exception(FetchFailed(f"internal error: {exc}", 500))
+        finally:
+            os.close(self._fd)
+            self._notify()
+
+
+def _hash_range(fd: int, offset: int, n: int, hashes: Sequence[Any]) -> int:
+    data = os.pread(fd, n, offset)
+    for h in hashes:
+        h.update(data)
+    return len(data)
+
+
+def _check(image: GlanceImage, ref: BlobRef, md5: str, strong: str, algo: str) -> str | None:
+    if image.size is not None and ref.size != image.size:
+        return f"size {ref.size} != record's {image.size}"
+    if not image.checksum and not image.os_hash_value:
+        return "the image record has neither checksum nor os_hash_value"
+    if image.checksum and md5 != image.checksum.lower():
+        return f"md5 {md5} != record's checksum {image.checksum}"
+    if image.os_hash_value:
+        if algo == "unknown":
+            return f"unsupported os_hash_algo {image.os_hash_algo!r}"
+        if strong != image.os_hash_value.lower():
+            return f"{algo} differs from the record's os_hash_value"
+    return None
+
+
+async def stream_image(ifetch: ImageFetch, write: Callable[[bytes], Awaitable[None]],
+                       start: int, end: int) -> int:
+    """Send bytes [start, end) of an image still being fetched; the last one only once the
+    whole image verified. Raises FetchFailed (the caller aborts its response)."""
+    offset = start
+    try:
+        fd = os.open(ifetch.fetch.partial_path, os.O_RDONLY)
+    except FileNotFoundError:
+        ref = await ifetch.result
+        fd = os.open(ifetch.fetch.blob_path(ref.digest), os.O_RDONLY)
+    try:
+        while offset < end:
+            if ifetch.result.done() and not ifetch.verified:
+                ifetch.result.result()  # raises FetchFailed
+            cap = min(end, ifetch.hashed) if ifetch.verified else min(end - 1, ifetch.hashed)
+            if offset < cap:
+                chunk = os.pread(fd, min(READ_CHUNK, cap - offset), offset)
+                if not chunk:
+                    raise FetchFailed("image data vanished while streaming", 500)
+                await write(chunk)
+                offset += len(chunk)
+                continue
+            await ifetch.wait_beyond(ifetch.hashed)
+        return offset
+    finally:
+        os.close(fd)
+
+
+# -- listing semantics -------------------------------------------------------------------------
+
+_SCOPE_KEYS = ("visibility", "os_hidden", "member_status")
+_BOOL_FILTERS = ("protected", "os_hidden")
+
+
+def _sorting(params: list[tuple[str, str]]) -> list[tuple[str, bool]]:
+    keys = [v.strip() for k, v in params if k == "sort_key"]
+    dirs = [v.strip() for k, v in params if k == "sort_dir"]
+    sort = [v for k, v in params if k == "sort"]
+    if sort:
+        if keys or dirs:
+            raise BadRequest("Old and new sorting syntax cannot be combined")
+        for item in sort[-1].strip().split(","):
+            key, _, direction = item.partition(":")
+            keys.append(key.strip())
+            dirs.append(direction.strip() or "desc")
+    for key in keys:
+        if key not in SORT_KEYS:
+            raise BadRequest(f"Invalid sort key: {key}. It must be one of the following: "
+                             f"{', '.join(SORT_KEYS)}.")
+    for direction in dirs:
+        if direction not in ("asc", "desc"):
+            raise BadRequest(f"Invalid sort direction: {direction}")
+    if len(dirs) > 1 and len(dirs) != len(keys):
+        raise BadRequest("Number of sort dirs does not match the number of sort keys")
+    keys = keys or ["created_at"]
+    dirs = dirs or ["desc"]
+    if len(dirs) == 1:
+        dirs = dirs * len(keys)
+    order = [(k, d == "desc") for k, d in zip(keys, dirs, strict=True)]
+    for extra in ("created_at", "id"):  # Glance's database adds these for a stable order
+        if extra not in keys:
+            order.append((extra, True))
+    return order
+
+
+def _sort_images(images: list[GlanceImage], order: list[tuple[str, bool]]) -> list[GlanceImage]:
+    for key, desc in reversed(order):  # stable sorts, least significant key first
+        images.sort(key=_sort_key(key), reverse=desc)
+    return images
+
+
+def _sort_key(key: str) -> Callable[[GlanceImage], tuple[bool, int, str]]:
+    def value(image: GlanceImage) -> tuple[bool, int, str]:
+        v = image.value(key)  # NULLs first when ascending, as in Glance's database
+        if isinstance(v, int) and not isinstance(v, bool):
+            return (True, v, "")
+        return (v is not None, 0, "" if v is None else str(v))
+    return value
+
+
+def _matches(image: GlanceImage, key: str, wanted: str) -> bool:
+    if key in ("size_min", "size_max"):
+        try:
+            bound = int(wanted)
+        except ValueError:
+            raise BadRequest(f"Invalid {key} value: {wanted}") from None
+        if image.size is None:
+            return False
+        return image.size >= bound if key == "size_min" else image.size <= bound
+    actual = image.value(key)
+    if isinstance(actual, bool):
+        return actual == (wanted == "true")
+    text = "" if actual is None else str(actual)
+    if wanted.startswith("in:"):
+        return text in [w.strip().strip('"') for w in wanted[3:].split(",")]
+    if wanted.startswith("eq:"):
+        wanted = wanted[3:]
+    return text == wanted
+
+
+def _validate_filters(params: list[tuple[str, str]]) -> None:
+    for key, value in params:
+        if key == "visibility" and value not in VISIBILITY_FILTERS:
+            raise BadRequest(f"Invalid visibility value: {value}")
+        if key in _BOOL_FILTERS and value not in ("true", "false"):
+            raise BadRequest(f"Invalid value '{value}' for '{key}' filter. "
+                             "Valid values are 'true' or 'false'.")
+        if key == "member_status" and value not in ("pending", "accepted", "rejected", "all"):
+            raise BadRequest(f"Invalid status: {value}")
+        if key == "changes-since":
+            raise BadRequest('The "changes-since" filter is no longer available on v2.')
+
+
+def _page(images: list[GlanceImage], params: list[tuple[str, str]]) -> ImageList:
+    last: dict[str, str] = {}
+    for key, value in params:  # what Glance's dict(request.params) keeps: the last value
+        last[key] = value
+    last.pop("marker", None)
+    query = urlencode(last)
+    first = "/v2/images" + (f"?{query}" if query else "")
+    limit_text = next((v for k, v in reversed(params) if k == "limit"), None)
+    limit = LIMIT_DEFAULT
+    if limit_text is not None:
+        try:
+            limit = int(limit_text)
+        except ValueError:
+            raise BadRequest("limit param must be an integer") from None
+        if limit < 0:
+            raise BadRequest("limit param must be positive")
+    limit = min(limit, LIMIT_MAX)
+    marker = next((v for k, v in reversed(params) if k == "marker"), None)
+    start = 0
+    if marker is not None:
+        index = next((n for n, i in enumerate(images) if i.id == marker), None)
+        if index is None:
+            raise BadRequest(f"marker {marker} could not be found.")
+        start = index + 1
+    page = images[start:start + limit]
+    nxt = None
+    if page and len(page) == limit:
+        nxt = "/v2/images?" + urlencode({**last, "marker": page[-1].id})
+    return ImageList(tuple(page), first, nxt)
+
+
+# -- the service -------------------------------------------------------------------------------
+
+class GlanceService:
+    def __init__(self, backend: Backend, store: BlobStore, fetches: FetchCoordinator,
+                 metrics: Metrics, auth_ttl: float, offline_policy: str) -> None:
+        self.backend = backend
+        self.store = store
+        self.fetches = fetches
+        self.metrics = metrics
+        self.auth = GlanceAuthorizer(backend, auth_ttl, offline_policy)
+        self.hits: Counter[str] = Counter()
+        self._inflight: dict[str, ImageFetch] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._records: dict[str, GlanceImage] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def load(self) -> None:
+        """Restore the records of images whose data this node holds."""
+        for image_id, digest in list(self.store.names(NS_RECORD)):
+            try:
+                doc = json.loads(self.store.read_bytes(digest))
+                self._records[image_id] = GlanceImage.from_json(doc)
+            except (OSError, ValueError, ImageRecordError):
+                log.warning("dropping unreadable cached record of image %s", image_id)
+                self.store.unbind(NS_RECORD, image_id)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- documents ---------------------------------------------------------------------------
+    @staticmethod
+    def versions(base_url: str) -> dict[str, object]:
+        href = base_url.rstrip("/") + "/v2/"
+        return {"versions": [
+            {"id": f"v{v}", "status": "CURRENT" if v == CURRENT_VERSION else "SUPPORTED",
+             "links": [{"rel": "self", "href": href}]} for v in SUPPORTED_VERSIONS]}
+
+    # -- records -----------------------------------------------------------------------------
+    def cached_record(self, image_id: str) -> GlanceImage | None:
+        return self._records.get(image_id)
+
+    def _remember(self, image: GlanceImage) -> None:
+        if self._records.get(image.id) == image:
+            return
+        body = json.dumps(image.to_json(), sort_keys=True).encode()
+        ref = self.store.put_bytes(body)
+        self.store.bind(NS_RECORD, image.id, ref.digest)
+        self._records[image.id] = image
+
+    async def list_images(self, caller: Caller, params: Sequence[tuple[str, str]]) -> ImageList:
+        params = list(params)
+        _validate_filters(params)
+        scope = ListScope(**{k: v for k, v in params if k in _SCOPE_KEYS})
+        order = _sorting(params)
+        decision = await self.auth.listing(caller, scope, list(self._records.values()))
+        reserved = {"limit", "marker", "sort", "sort_key", "sort_dir", *_SCOPE_KEYS}
+        filters = [(k, v) for k, v in params if k not in reserved]
+        images = [i for i in decision.images
+                  if all(v in i.tags if k == "tag" else _matches(i, k, v) for k, v in filters)]
+        page = _page(_sort_images(images, order), params)
+        return ImageList(page.images, page.first, page.next, decision.offline)
+
+    async def show_image(self, caller: Caller, image_id: str) -> ImageView:
+        decision = await self.auth.image(caller, image_id, self.cached_record(image_id))
+        return ImageView(decision.image, decision.offline)
+
+    # -- data --------------------------------------------------------------------------------
+    async def image_data(self, caller: Caller, image_id: str
+                         ) -> LocalImageData | StreamingImageData:
+        decision = await self.auth.image(caller, image_id, self.cached_record(image_id))
+        image = decision.image
+        if image.status != "active":
+            raise ServiceError(f"image {image_id} has no data (status {image.status})", 204)
+        self.metrics.requests.inc(NAMESPACE)
+        source = self.backend.source(caller, image) if not decision.offline else None
+        if isinstance(source, LocalSource):
+            size = image.size if image.size is not None else source.path.stat().st_size
+            self.hits[image_id] += 1
+            return LocalImageData(image, source.path, size, source.sha256)
+        ref = self.store.lookup(NS_DATA, image_id)
+        if ref is not None:
+            self.metrics.hits.inc(NAMESPACE)
+            self.hits[image_id] += 1
+            return LocalImageData(image, self.store.blob_path(ref.digest), ref.size, ref.digest,
+                                  decision.offline)
+        if source is None:
+            raise UpstreamOffline(f"upstream unreachable and image {image_id} is not cached")
+        self.metrics.misses.inc(NAMESPACE)
+        self.hits[image_id] += 1
+        return StreamingImageData(image, self._start(image, source))
+
+    def _start(self, image: GlanceImage, source: RemoteSource) -> ImageFetch:
+        running = self._inflight.get(image.id)
+        if running is not None:
+            self.metrics.coalesced.inc(NAMESPACE)
+            return running
+        backend = self.backend
+        assert isinstance(backend, HttpGlanceBackend)
+        plan = FetchPlan(key=f"glance:{image.id}", url=source.url, namespace=NAMESPACE,
+                         expected_sha256=None, expected_size=image.size, require_digest=False)
+        fetch = self.fetches.start(plan, _HeaderClient(backend.client, dict(source.headers)))
+        ifetch = ImageFetch(image, fetch)
+        self._inflight[image.id] = ifetch
+        self._remember(image)
+
+        def verified(ref: BlobRef) -> None:
+            self.store.bind(NS_DATA, image.id, ref.digest)
+            self._remember(image)
+
+        def failed(ref: BlobRef | None, problem: str) -> None:
+            self.metrics.verify_failures.inc(NAMESPACE)
+            log.error("discarding data of image %s: %s", image.id, problem)
+            if ref is not None and not self._digest_in_use(ref.digest):
+                self.store.remove(ref.digest)
+
+        task = asyncio.create_task(ifetch.run(verified, failed), name=f"verify {image.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+        def finished(_task: asyncio.Task[None]) -> None:
+            self._inflight.pop(image.id, None)
+
+        task.add_done_callback(finished)
+        return ifetch
+
+    def _digest_in_use(self, digest: str) -> bool:
+        row = self.store.db.execute("SELECT COUNT(*) FROM names WHERE digest=?",
+                                    (digest,)).fetchone()
+        return bool(row and row[0])
+
+    # -- cache management (admin) ------------------------------------------------------------
+    async def cache_state(self, caller: Caller) -> CacheState:
+        await self.auth.require_admin(caller)
+        rows = self.store.db.execute(
+            "SELECT n.name, b.size, b.last_access, n.updated FROM names n "
+            "JOIN blobs b ON b.digest = n.digest WHERE n.namespace=? ORDER BY n.name",
+            (NS_DATA,)).fetchall()
+        cached = tuple(CachedImage(str(name), self.hits.get(str(name), 0), float(access),
+                                   float(updated), int(size))
+                       for name, size, access, updated in rows)
+        return CacheState(cached, tuple(sorted(self._inflight)))
+
+    async def cache_queue(self, caller: Caller, image_id: str) -> None:
+        await self.auth.require_admin(caller)
+        decision = await self.auth.image(caller, image_id, self.cached_record(image_id))
+        if decision.image.status != "active":
+            raise BadRequest("Only images with status active can be targeted for queueing")
+        if self.store.lookup(NS_DATA, image_id) is not None or decision.offline:
+            return
+        source = self.backend.source(caller, decision.image)
+        if isinstance(source, RemoteSource):
+            self._start(decision.image, source)
+
+    async def cache_delete(self, caller: Caller, image_id: str) -> None:
+        await self.auth.require_admin(caller)
+        ref = self.store.lookup(NS_DATA, image_id)
+        if ref is None:
+            raise NotFound(f"Image {image_id} not found in cache.")
+        self._drop(image_id, ref)
+
+    def _drop(self, image_id: str, ref: BlobRef) -> None:
+        self.store.unbind(NS_DATA, image_id)
+        if not self._digest_in_use(ref.digest):
+            self.store.remove(ref.digest)
+        self.hits.pop(image_id, None)
+
+    async def cache_clear(self, caller: Caller, target: str) -> dict[str, int]:
+        await self.auth.require_admin(caller)
+        target = target.strip().lower()
+        if target not in ("", "cache", "queue"):
+            raise BadRequest("If provided 'x-image-cache-clear-target' must be 'cache', "
+                             "'queue' or empty string.")
+        result: dict[str, int] = {}
+        if target in ("", "cache"):
+            deleted = 0
+            for image_id, _digest in list(self.store.names(NS_DATA)):
+                ref = self.store.lookup(NS_DATA, image_id)
+                if ref is not None:
+                    self._drop(image_id, ref)
+                    deleted += 1
+            result["cache_deleted"] = deleted
+        if target in ("", "queue"):
+            result["queue_deleted"] = 0  # queued images are already being fetched
+        return result
+
+    async def cache_clean(self, caller: Caller) -> int:
+        """Forget cached records whose data is gone; returns how many."""
+        await self.auth.require_admin(caller)
+        dropped = 0
+        for image_id in list(self._records):
+            if image_id not in self._inflight and self.store.lookup(NS_DATA, image_id) is None:
+                self.store.unbind(NS_RECORD, image_id)
+                self._records.pop(image_id, None)
+                dropped += 1
+        return dropped
+
+    async def cache_prune(self, caller: Caller) -> PruneResult:
+        await self.auth.require_admin(caller)
+        before = self.store.stats()
+        files = self.store.evict_to_quota()
+        after = self.store.stats()
+        return PruneResult(files, max(0, before.total_bytes - after.total_bytes))
+
+
+async def make_glance_service(config: NodeConfig, store: BlobStore, fetches: FetchCoordinator,
+                              metrics: Metrics, exit_stack: contextlib.AsyncExitStack
+                              ) -> GlanceService | None:
+    """The node's image service, or None when it has no image source."""
+    settings = config.glance
+    backend: Backend
+    if config.role == "origin" and settings.images_dir is not None:
+        if settings.upstream_url is not None:
+            log.warning("both --images and --glance-upstream given: serving the directory")
+        backend = DirectoryBackend(settings.images_dir,
+                                   config.store_dir / "glance-origin-digests.json")
+        await backend.refresh()
+    else:
+        if config.role == "origin":
+            base = settings.upstream_url
+        else:
+            base = f"{config.upstream}glance/" if config.upstream else None
+        if base is None:
+            return None
+        client = UpstreamClient(
+            NAMESPACE, config.upstream_client,
+            on_request=lambda: metrics.upstream_requests.inc(NAMESPACE),
+            on_bytes=lambda n: metrics.upstream_bytes.inc(NAMESPACE, n))
+        await exit_stack.enter_async_context(client)
+        backend = HttpGlanceBackend(base, client)
+    service = GlanceService(backend, store, fetches, metrics, settings.auth_ttl,
+                            settings.offline_policy)
+    service.load()
+    exit_stack.push_async_callback(service.close)
+    return service
+
+
+__all__ = ["GlanceService", "make_glance_service", "parse_range", "stream_image"]
