@@ -24,6 +24,7 @@ from cache_node.answers import (
 from cache_node.fetch import FetchFailed, stream_fetch
 from cache_node.node import Node
 from cache_node.plans import PlanError, PlanRunner, parse_plan
+from cache_node.store import is_sha256_hex
 from cache_node.upstream import format_repr_digest
 from distro.pypi_index import choose_format
 
@@ -225,6 +226,20 @@ async def delete_plan(request: web.Request) -> web.Response:
     return web.json_response({"deleted": request.match_info["plan_id"]})
 
 
+async def has_blobs(request: web.Request) -> web.Response:
+    """Which of the given sha256 digests this node holds (never triggers a fetch)."""
+    try:
+        document = await request.json()
+        digests = document["sha256"]
+        if not isinstance(digests, list) or len(digests) > 100_000:
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise BadRequest('expected {"sha256": [hex, ...]}') from None
+    store = request.app[NODE_KEY].store
+    present = [d for d in digests if isinstance(d, str) and is_sha256_hex(d) and store.has(d)]
+    return web.json_response({"present": present})
+
+
 async def status_page(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     node.metrics.render()  # refresh gauges
@@ -289,6 +304,7 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/served", served_paths)
     app.router.add_get("/admin/plans", list_plans)
+    app.router.add_post("/admin/has", has_blobs)
     app.router.add_put("/admin/plans/{plan_id}", put_plan)
     app.router.add_get("/admin/plans/{plan_id}", get_plan)
     app.router.add_delete("/admin/plans/{plan_id}", delete_plan)

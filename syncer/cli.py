@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = (
     "syncer.cmd_demo",
     "syncer.cmd_resolve",
     "syncer.cmd_delta",
+    "syncer.cmd_fleet",
 )
 
 

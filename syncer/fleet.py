@@ -123,6 +123,17 @@ class FleetClient:
         return NodeHealth(node, True, int(doc.get("store_bytes", 0)), int(doc.get("blobs", 0)),
                           stale)
 
+    async def present(self, node: str, digests: list[str]) -> set[str] | None:
+        """The digests the node already stores, or None if it cannot be asked."""
+        try:
+            async with self.session.post(f"{node}/admin/has", json={"sha256": digests}) as resp:
+                if resp.status != 200:
+                    return None
+                doc = await resp.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+        return {str(d) for d in doc.get("present", [])}
+
     async def get_bytes(self, url: str, headers: dict[str, str] | None = None) -> bytes:
         async with self.session.get(url, headers=headers) as resp:
             if resp.status != 200:

@@ -1,0 +1,203 @@
+"""`distro-sync plan | push | status INVENTORY`: plan, pre-warm and watch regional caches."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from syncer.fleet import FleetClient, NodePlanStatus
+from syncer.inventory import Inventory, InventoryError, load_inventory
+from syncer.planner import PlanningError, RegionPlan, plan_regions
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _load(args: argparse.Namespace) -> Inventory:
+    return load_inventory(Path(args.inventory))
+
+
+def _plans(inventory: Inventory, args: argparse.Namespace) -> list[RegionPlan]:
+    with tempfile.TemporaryDirectory(prefix="distro-sync-") as tmp:
+        return plan_regions(inventory, Path(tmp), args.region or None)
+
+
+async def _cached_where(inventory: Inventory, plans: list[RegionPlan]
+                        ) -> dict[str, dict[str, int | None]]:
+    """Per region and node: how many bytes of its plan are already stored (None = down)."""
+    out: dict[str, dict[str, int | None]] = {}
+    async with FleetClient() as fleet:
+        for plan in plans:
+            digests = [a.sha256 for a in plan.spec.artifacts]
+            per_node: dict[str, int | None] = {}
+            for node in inventory.regions[plan.region].nodes:
+                present = await fleet.present(node, digests)
+                per_node[node] = None if present is None else sum(
+                    a.size for a in plan.spec.artifacts if a.sha256 in present)
+            out[plan.region] = per_node
+    return out
+
+
+def cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    inventory = _load(args)
+    plans = _plans(inventory, args)
+    cached = asyncio.run(_cached_where(inventory, plans)) if not args.offline else {}
+    if args.format == "json":
+        doc = [{"region": p.region, "plan_id": p.spec.plan_id, "artifacts": len(p.spec.artifacts),
+                "bytes": p.total_bytes, "cached_bytes": cached.get(p.region, {}),
+                "items": [asdict(a) for a in p.spec.artifacts]} for p in plans]
+        print(json.dumps(doc, indent=2))
+        return 0
+    for plan in plans:
+        table = Table(title=f"region {plan.region}: plan {plan.spec.plan_id}")
+        for col in ("#", "kind", "artifact", "size", "sha256"):
+            table.add_column(col, justify="right" if col in ("#", "size") else "left")
+        shown = plan.spec.artifacts if args.all else plan.spec.artifacts[:args.limit]
+        for i, a in enumerate(shown, 1):
+            table.add_row(str(i), a.kind, f"{a.repo}/{a.path}", _mb(a.size), a.sha256[:16])
+        console.print(table)
+        if len(shown) < len(plan.spec.artifacts):
+            console.print(f"  ... {len(plan.spec.artifacts) - len(shown)} more (--all)")
+        console.print(f"  {len(plan.spec.artifacts)} artifacts ({plan.apt_packages} .deb, "
+                      f"{plan.pip_files} pip files), {_mb(plan.total_bytes)}; sites: "
+                      f"{len(inventory.sites_in(plan.region))}")
+        for node, have in cached.get(plan.region, {}).items():
+            state = "[red]unreachable[/red]" if have is None else \
+                f"{_mb(have)} of {_mb(plan.total_bytes)} already cached"
+            console.print(f"  {node}: {state}")
+    return 0
+
+
+def _status_table(statuses: list[tuple[str, NodePlanStatus]]) -> Table:
+    table = Table(title="prefetch progress")
+    for col in ("region", "node", "plan", "state", "artifacts", "bytes", "rate", "ETA", "failures"):
+        table.add_column(col)
+    for region, st in statuses:
+        color = {"complete": "green", "active": "yellow"}.get(st.state, "red")
+        failures = "; ".join(f"{f.path}: {f.error}" for f in st.failures[:3]) or st.error
+        eta = f"{st.eta_seconds:.0f}s" if st.eta_seconds is not None else "-"
+        table.add_row(region, st.node, st.plan_id, f"[{color}]{st.state}[/{color}]",
+                      f"{st.done}/{st.total}", f"{_mb(st.bytes_done)}/{_mb(st.bytes_total)}",
+                      f"{st.rate / 1e6:.1f} MB/s", eta, failures[:120])
+    return table
+
+
+async def _push(inventory: Inventory, plans: list[RegionPlan], wait: bool, console: Console,
+                timeout: float) -> list[tuple[str, NodePlanStatus]]:
+    async with FleetClient() as fleet:
+        pushed: list[tuple[str, NodePlanStatus]] = []
+        for plan in plans:
+            for node in inventory.regions[plan.region].nodes:
+                pushed.append((plan.region, await fleet.push(node, plan.spec)))
+        if not wait:
+            return pushed
+        deadline = time.monotonic() + timeout
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                            TimeRemainingColumn(), console=console, transient=False,
+                            disable=not console.is_terminal)
+        tasks = {(r, st.node): progress.add_task(f"{r} {st.node}", total=st.bytes_total or 1)
+                 for r, st in pushed}
+        current = pushed
+        with progress:
+            while time.monotonic() < deadline:
+                current = [(r, await fleet.status(st.node, st.plan_id)) for r, st in pushed]
+                for r, st in current:
+                    progress.update(tasks[(r, st.node)], completed=st.bytes_done,
+                                    total=st.bytes_total or 1)
+                if all(st.state not in ("active",) for _, st in current):
+                    break
+                await asyncio.sleep(0.5)
+        return current
+
+
+def cmd_push(args: argparse.Namespace, console: Console) -> int:
+    inventory = _load(args)
+    plans = _plans(inventory, args)
+    final = asyncio.run(_push(inventory, plans, not args.no_wait, console, args.timeout))
+    if args.format == "json":
+        print(json.dumps([{"region": r, **asdict(st)} for r, st in final], indent=2))
+    else:
+        console.print(_status_table(final))
+    ok_states = ("active", "complete") if args.no_wait else ("complete",)
+    return 0 if all(st.state in ok_states for _, st in final) else 1
+
+
+async def _status(inventory: Inventory) -> list[tuple[str, NodePlanStatus]]:
+    out: list[tuple[str, NodePlanStatus]] = []
+    async with FleetClient() as fleet:
+        for name, region in sorted(inventory.regions.items()):
+            for node in region.nodes:
+                try:
+                    async with fleet.session.get(f"{node}/admin/plans") as resp:
+                        docs: list[dict[str, Any]] = await resp.json()
+                except Exception as exc:  # noqa: BLE001 - any failure means "cannot tell"
+                    out.append((name, NodePlanStatus(node, "-", False, "unreachable",
+                                                     error=str(exc) or type(exc).__name__)))
+                    continue
+                if not docs:
+                    out.append((name, NodePlanStatus(node, "-", True, "no plans")))
+                for doc in docs:
+                    out.append((name, NodePlanStatus.from_json(node, doc)))
+    return out
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    inventory = _load(args)
+    while True:
+        statuses = asyncio.run(_status(inventory))
+        if args.format == "json":
+            print(json.dumps([{"region": r, **asdict(st)} for r, st in statuses], indent=2))
+        else:
+            if args.watch and console.is_terminal:
+                console.clear()
+            console.print(_status_table(statuses))
+        if not args.watch:
+            break
+        time.sleep(args.interval)
+    return 0 if all(st.reachable and st.state != "failed" for _, st in statuses) else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console(stderr=args.format == "json")
+    try:
+        handler = {"plan": cmd_plan, "push": cmd_push, "status": cmd_status}[args.command]
+        return handler(args, console)
+    except (InventoryError, PlanningError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+
+
+def register(sub: Any) -> None:
+    for name, help_text in (("plan", "compute each region's ordered prefetch plan"),
+                            ("push", "make each region's nodes pull their plan, in order"),
+                            ("status", "per region and node: progress, failures, reachability")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("inventory", help="fleet inventory (TOML)")
+        p.add_argument("--format", choices=("table", "json"), default="table")
+        if name in ("plan", "push"):
+            p.add_argument("--region", action="append", help="only these regions")
+        if name == "plan":
+            p.add_argument("--offline", action="store_true", help="do not ask nodes what they hold")
+            p.add_argument("--all", action="store_true", help="list every artifact")
+            p.add_argument("--limit", type=int, default=15)
+        if name == "push":
+            p.add_argument("--no-wait", action="store_true", help="return once nodes accepted")
+            p.add_argument("--timeout", type=float, default=3600.0)
+        if name == "status":
+            p.add_argument("--watch", action="store_true")
+            p.add_argument("--interval", type=float, default=2.0)
+        p.set_defaults(func=run)
+
+

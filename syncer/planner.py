@@ -1,0 +1,196 @@
+"""Turn an inventory into one ordered prefetch plan per region.
+
+For each region, the union of its sites' profiles: apt packages resolved exactly as apt would
+(closure in install order) against the origin's current indexes, pip requirements pinned with
+hashes against the origin's PEP 691 index, images by id. The plan id is derived from the
+content, so pushing an unchanged plan again is idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from cache_node.plans import PlanArtifact, PlanSpec
+from distro.debian_repo import parse_release
+from distro.packages_index import IndexSpec, PackageIndex, load_index
+from distro.pip_resolver import PipResolveError, PipTarget, resolve_pip
+from distro.plans import build_deb_plan
+from distro.pypi_index import JSON_CONTENT_TYPE, normalize_project_name, parse_project_page
+from distro.resolver import ResolutionError, ResolveOptions
+from syncer.inventory import Inventory, InventoryError, suggest_package
+
+
+class PlanningError(RuntimeError):
+    """A region's plan cannot be computed; the message says which profile and why."""
+
+
+@dataclass(frozen=True)
+class RegionPlan:
+    region: str
+    spec: PlanSpec
+    apt_packages: int
+    pip_files: int
+    images: int
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(a.size for a in self.spec.artifacts)
+
+
+def _get(url: str, timeout: float = 60.0) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            data: bytes = resp.read()
+            return data
+    except (urllib.error.URLError, OSError) as exc:
+        raise PlanningError(f"cannot fetch {url}: {exc}") from None
+
+
+class AptIndexCache:
+    """Downloads (once per run) and loads the origin's Packages index for a repo/suite/arch."""
+
+    def __init__(self, origin: str, work_dir: Path) -> None:
+        self.origin = origin
+        self.work_dir = work_dir
+        self._loaded: dict[tuple[str, str, str], PackageIndex] = {}
+
+    def index(self, repo: str, suite: str, arch: str) -> PackageIndex:
+        key = (repo, suite, arch)
+        if key in self._loaded:
+            return self._loaded[key]
+        base = f"{self.origin}/apt/{repo}/dists/{suite}/"
+        try:
+            release_bytes = _get(base + "InRelease")
+        except PlanningError:
+            release_bytes = _get(base + "Release")
+        release = parse_release(release_bytes, base + "Release")
+        paths: list[Path] = []
+        for component in release.components or ("main",):
+            for name in ("Packages.xz", "Packages"):
+                entry = release.entry(f"{component}/binary-{arch}/{name}")
+                if entry is None:
+                    continue
+                data = _get(base + entry.path)
+                if hashlib.sha256(data).hexdigest() != entry.sha256:
+                    raise PlanningError(f"{base}{entry.path}: sha256 differs from the Release")
+                if name.endswith(".xz"):
+                    data = lzma.decompress(data)
+                out = self.work_dir / repo / suite / f"{component}_binary-{arch}_Packages"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(data)
+                paths.append(out)
+                break
+        if not paths:
+            raise PlanningError(f"{base}: no Packages index for architecture {arch}")
+        loaded = load_index([IndexSpec(p) for p in paths], native_arch=arch)
+        self._loaded[key] = loaded
+        return loaded
+
+
+def _apt_artifacts(inventory: Inventory, region: str, indexes: AptIndexCache
+                   ) -> list[PlanArtifact]:
+    out: list[PlanArtifact] = []
+    for profile in inventory.profiles_of(region):
+        if profile.apt is None:
+            continue
+        apt = profile.apt
+        index = indexes.index(apt.repo, apt.suite, apt.arch)
+        for name in apt.packages:
+            if not index.has_name(name.split(":")[0].split("=")[0]) and \
+                    not index.providers(name):
+                raise PlanningError(
+                    f"profile {profile.name}: unknown package {name!r} in {apt.repo}/{apt.suite}"
+                    f"{suggest_package(name, sorted(index.names()))}")
+        try:
+            plan, _ = build_deb_plan(index, apt.packages,
+                                     ResolveOptions(install_recommends=apt.recommends))
+        except ResolutionError as exc:
+            raise PlanningError(f"profile {profile.name}: {exc}") from None
+        out.extend(PlanArtifact("apt", apt.repo, e.filename, e.sha256, e.size)
+                   for e in plan.entries)
+    return out
+
+
+def _pip_artifacts(inventory: Inventory, region: str) -> list[PlanArtifact]:
+    out: list[PlanArtifact] = []
+    for profile in inventory.profiles_of(region):
+        if profile.pip is None:
+            continue
+        pip = profile.pip
+        url = f"{inventory.origin}/pypi/{pip.index}/simple/"
+        try:
+            plan = resolve_pip(url, pip.requirements, PipTarget(pip.python_version, pip.platform))
+        except PipResolveError as exc:
+            raise PlanningError(f"profile {profile.name}: {exc}") from None
+        for pin in plan.pins:
+            project = normalize_project_name(pin.name)
+            out.append(PlanArtifact("pypi", pip.index, f"{project}/{pin.filename}", pin.sha256,
+                                    pin.size or 0))
+            metadata = _metadata_of(url, project, pin.filename)
+            if metadata is not None:  # pip reads it first (PEP 658): pre-warm it too
+                out.append(PlanArtifact("pypi", pip.index,
+                                        f"{project}/{pin.filename}.metadata", *metadata))
+    return out
+
+
+def _metadata_of(index_url: str, project: str, filename: str) -> tuple[str, int] | None:
+    """(sha256, size) of a file's PEP 658 metadata as the index announces it, if any."""
+    page_url = f"{index_url}{project}/"
+    req = urllib.request.Request(page_url, headers={"Accept": JSON_CONTENT_TYPE})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            page = parse_project_page(resp.read(), resp.headers.get("Content-Type", ""),
+                                      page_url=page_url, source=page_url)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise PlanningError(f"cannot read {page_url}: {exc}") from None
+    for dist in page.files:
+        if dist.filename == filename and dist.metadata_sha256 and dist.metadata_url:
+            data = _get(dist.metadata_url)
+            if hashlib.sha256(data).hexdigest() != dist.metadata_sha256:
+                raise PlanningError(f"{dist.metadata_url}: sha256 differs from the index")
+            return dist.metadata_sha256, len(data)
+    return None
+
+
+def _dedupe(artifacts: list[PlanArtifact]) -> tuple[PlanArtifact, ...]:
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for a in artifacts:
+        key = (a.kind, a.repo, a.path)
+        if key not in seen:
+            seen.add(key)
+            out.append(a)
+    return tuple(out)
+
+
+def plan_regions(inventory: Inventory, work_dir: Path, regions: list[str] | None = None
+                 ) -> list[RegionPlan]:
+    indexes = AptIndexCache(inventory.origin, work_dir)
+    plans = []
+    for name, region in sorted(inventory.regions.items()):
+        if regions and name not in regions:
+            continue
+        if not inventory.sites_in(name):
+            continue
+        apt = _apt_artifacts(inventory, name, indexes)
+        pip = _pip_artifacts(inventory, name)
+        images = [p for prof in inventory.profiles_of(name) for p in prof.images]
+        if images:
+            raise PlanningError(f"region {name}: image prefetch is not supported by this "
+                                "version of distro-sync yet (profiles name images)")
+        artifacts = _dedupe(apt + pip)
+        digest = hashlib.sha256(json.dumps(
+            [(a.kind, a.repo, a.path, a.sha256) for a in artifacts]).encode()).hexdigest()
+        spec = PlanSpec(f"{name}-{digest[:12]}", artifacts, region.concurrency, region.bandwidth)
+        plans.append(RegionPlan(name, spec, len(apt), len(pip), len(images)))
+    if regions:
+        unknown = set(regions) - set(inventory.regions)
+        if unknown:
+            raise InventoryError(f"unknown regions {sorted(unknown)}")
+    return plans
