@@ -1,0 +1,124 @@
+"""Plans: a resolved, ordered closure as the list of artifacts to pre-warm, with digests.
+
+A :class:`DebPlan` is what ``distro-sync resolve`` prints: for each package in install order its
+name, version, architecture, pool filename, size and sha256. Index arguments may mix Packages
+files and the Release/InRelease files that give their pin priorities.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from distro.install_order import install_order
+from distro.packages_index import IndexSpec, PackageIndex, release_priority
+from distro.resolver import Resolution, ResolveOptions, resolve
+
+__all__ = [
+    "DebPlan",
+    "PlanEntry",
+    "build_deb_plan",
+    "index_specs",
+    "render_table",
+]
+
+_RELEASE_NAMES = ("InRelease", "Release")
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One .deb of a plan."""
+
+    name: str
+    version: str
+    arch: str
+    filename: str
+    size: int
+    sha256: str
+    cycle: int | None
+
+
+@dataclass(frozen=True)
+class DebPlan:
+    """The ordered closure for some targets."""
+
+    targets: tuple[str, ...]
+    install_recommends: bool
+    native_arch: str
+    entries: tuple[PlanEntry, ...]
+    cycles: tuple[tuple[str, ...], ...]
+
+    @property
+    def total_size(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "targets": list(self.targets), "install_recommends": self.install_recommends,
+            "arch": self.native_arch, "count": len(self.entries), "total_size": self.total_size,
+            "packages": [asdict(e) for e in self.entries],
+            "cycles": [list(c) for c in self.cycles]}, indent=2)
+
+
+def _release_for(packages: Path, releases: Sequence[Path]) -> Path | None:
+    """The Release file of a Packages file: same apt-lists prefix or same dists/<suite>/."""
+    name = packages.name
+    m = re.match(r"(.*_dists_[^_]+)_", name)
+    for rel in releases:
+        if m and rel.name in (f"{m.group(1)}_{r}" for r in _RELEASE_NAMES):
+            return rel
+        if not m and rel.parent in packages.parents and rel.name in _RELEASE_NAMES:
+            return rel
+    if m:
+        for r in _RELEASE_NAMES:
+            sibling = packages.with_name(f"{m.group(1)}_{r}")
+            if sibling.is_file():
+                return sibling
+    return None
+
+
+def index_specs(paths: Sequence[Path]) -> list[IndexSpec]:
+    """IndexSpecs for Packages files, pin priorities taken from matching (In)Release files."""
+    releases = [p for p in paths if p.name.endswith(_RELEASE_NAMES)]
+    specs: list[IndexSpec] = []
+    for path in paths:
+        if path in releases:
+            continue
+        rel = _release_for(path, releases)
+        priority = 500
+        if rel is not None:
+            priority = release_priority(rel.read_text(encoding="utf-8", errors="replace"))
+        specs.append(IndexSpec(path, priority))
+    return specs
+
+
+def build_deb_plan(index: PackageIndex, targets: Sequence[str],
+                   options: ResolveOptions | None = None) -> tuple[DebPlan, Resolution]:
+    """Resolve ``targets`` as apt would and order the closure into a plan."""
+    opts = options or ResolveOptions()
+    resolution = resolve(index, targets, opts)
+    order = install_order(resolution.packages, index.native_arch)
+    cycle_of = {name: i for i, c in enumerate(order.cycles) for name in c}
+    entries = tuple(
+        PlanEntry(p.name, p.version, p.arch, p.filename, p.size, p.sha256, cycle_of.get(p.name))
+        for p in order.packages)
+    plan = DebPlan(resolution.targets, opts.install_recommends, index.native_arch, entries,
+                   order.cycles)
+    return plan, resolution
+
+
+def render_table(plan: DebPlan) -> str:
+    """A plain-text table of the plan (one line per package, in install order)."""
+    rows = [("#", "package", "version", "arch", "size", "sha256", "filename")]
+    for i, e in enumerate(plan.entries, 1):
+        mark = f"{i}" if e.cycle is None else f"{i}@{e.cycle}"
+        rows.append((mark, e.name, e.version, e.arch, str(e.size), e.sha256[:16], e.filename))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1]
+             for r in rows]
+    lines.append(f"{len(plan.entries)} packages, {plan.total_size} bytes"
+                 + (f", {len(plan.cycles)} dependency cycle(s) (#@n)" if plan.cycles else ""))
+    return "\n".join(lines)
