@@ -42,6 +42,7 @@ class LocalAptRepo:
         self.is_mirror_tree = (source.path / "dists").is_dir()
         self.root = source.path if self.is_mirror_tree else build_root / source.name
         self._digests: dict[str, str] = {}
+        self._by_digest: dict[str, str] = {}
         self._hash_cache: dict[_FileKey, str] = {}
         self._deb_fingerprint: tuple[tuple[str, int, int], ...] | None = None
         self._last_scan = 0.0
@@ -74,6 +75,7 @@ class LocalAptRepo:
         for pkg in built.packages:
             digests[pkg.filename] = pkg.sha256
         self.built, self._digests, self._deb_fingerprint = built, digests, fingerprint
+        self._by_digest = {sha: rel for rel, sha in digests.items()}
         log.info("%s: built repository of %d packages in %.1fs%s", self.name,
                  len(built.packages), time.monotonic() - started,
                  " (signed)" if self.signing_key else " (unsigned)")
@@ -86,6 +88,14 @@ class LocalAptRepo:
                 return
             await asyncio.to_thread(self._rebuild)
             self._last_scan = time.monotonic()
+
+    def path_for_digest(self, digest: str) -> Path | None:
+        """A file of this repository whose content has `digest` (known without hashing)."""
+        rel = self._by_digest.get(digest)
+        if rel is None:
+            return None
+        path = self.root / rel
+        return path if path.is_file() else None
 
     async def answer(self, relpath: str) -> Answer:
         if relpath.startswith("dists/") and relpath.rsplit("/", 1)[-1] in (

@@ -14,10 +14,15 @@ sha256 of the `Packages` entry (or the upstream tier's `Repr-Digest`) before the
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
 import logging
+import lzma
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cache_node.answers import (
     Answer,
@@ -30,9 +35,10 @@ from cache_node.answers import (
 )
 from cache_node.fetch import FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.metrics import Metrics
-from cache_node.store import BlobStore
+from cache_node.store import BlobStore, IntegrityError
 from cache_node.upstream import UpstreamClient, UpstreamError, UpstreamNotFound
 from distro.debian_repo import MalformedIndexError as _DebMalformed
+from syncer.delta_client import DeltaClient, DeltaError
 from distro.debian_repo import (
     PoolEntry,
     ReleaseIndex,
@@ -48,6 +54,13 @@ RELEASE_FILES = ("InRelease", "Release", "Release.gpg")
 BY_HASH_RE = re.compile(r"^(?:(?P<dir>.+)/)?by-hash/SHA256/(?P<digest>[0-9a-f]{64})$")
 MalformedIndex = (_DebMalformed, _PypiMalformed)
 RETRY_FAILED_REVALIDATION_AFTER = 15.0
+# How compressed indexes are rebuilt from the uncompressed one (the settings of
+# distro.debian_repo.build_repository, and of most archive tools); accepted only when the result
+# hashes to what the signed Release lists.
+_RECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "xz": lambda raw: lzma.compress(raw, preset=6),
+    "gz": lambda raw: gzip.compress(raw, 9, mtime=0),
+}
 
 
 @dataclass
@@ -64,12 +77,14 @@ class SuiteSnapshot:
     # before the switch still finds its index files by hash.
     previous_by_sha256: dict[str, int] = field(default_factory=dict)
 
+    rel_by_sha256: dict[str, str] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
         self.by_sha256 = {e.sha256: e.size for e in self.index.files.values()}
+        self.rel_by_sha256 = {e.sha256: rel for rel, e in self.index.files.items()}
 
 
 def _identity(files: dict[str, bytes]) -> str:
-    import hashlib
     return hashlib.sha256(files.get("InRelease", b"") + b"\0" + files.get("Release", b"")).hexdigest()
 
 
@@ -77,8 +92,11 @@ class RemoteAptRepo:
     """One apt repository mirrored from `base_url` (a Debian mirror, an origin or a cache)."""
 
     def __init__(self, name: str, base_url: str, store: BlobStore, fetches: FetchCoordinator,
-                 client: UpstreamClient, metrics: Metrics, index_ttl: float) -> None:
+                 client: UpstreamClient, metrics: Metrics, index_ttl: float,
+                 delta_url: str | None = None, work_dir: Path | None = None) -> None:
         self.name = name
+        self.delta_url = delta_url  # the upstream node's /delta/v1/ (None: not an edgedepot node)
+        self.work_dir = work_dir
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.store = store
         self.fetches = fetches
@@ -138,7 +156,6 @@ class RemoteAptRepo:
         data = snap.files.get(fname)
         if data is None:
             raise NotFound(f"{self.namespace}: {suite} has no {fname} upstream")
-        import hashlib
         return BytesAnswer(data, content_type_for(fname), hashlib.sha256(data).hexdigest(),
                            stale=stale, last_modified=snap.last_modified)
 
@@ -238,12 +255,13 @@ class RemoteAptRepo:
         prefix = f"{new.suite}/"
         used = [name[len(prefix):] for name, _ in self.store.names(self._ns_index)
                 if name.startswith(prefix)]
+        old = self._snapshots.get(new.suite)
         for rel in used:
             entry = new.index.entry(rel)
             if entry is None:
                 self.store.unbind(self._ns_index, prefix + rel)
                 continue
-            if not self.store.has(entry.sha256):
+            if not self.store.has(entry.sha256) and not await self._index_by_delta(new, old, rel):
                 fetch = self.fetches.start(self._index_plan(new, rel), self.client)
                 await fetch.done
             if "Packages" in rel.rsplit("/", 1)[-1]:
@@ -253,6 +271,80 @@ class RemoteAptRepo:
             entry = new.index.entry(rel)
             if entry is not None:
                 self.store.bind(self._ns_index, prefix + rel, entry.sha256)
+
+    # -- index updates by delta ------------------------------------------------------------
+    async def _index_by_delta(self, new: SuiteSnapshot, old: SuiteSnapshot | None,
+                              rel: str) -> bool:
+        """Get `rel` of the new snapshot through a delta of its uncompressed index against the
+        previous snapshot's, then rebuild the compressed form locally; True when stored."""
+        if self.delta_url is None or self.work_dir is None or old is None:
+            return False
+        directory, _, name = rel.rpartition("/")
+        stem, dot, suffix = name.partition(".")
+        plain_rel = f"{directory}/{stem}" if directory else stem
+        new_plain, old_plain = new.index.entry(plain_rel), old.index.entry(plain_rel)
+        target = new.index.entry(rel)
+        if new_plain is None or old_plain is None or target is None or \
+                (dot and suffix not in _RECOMPRESS):
+            return False
+        try:
+            if not self.store.has(new_plain.sha256):
+                basis = await self._plain_basis(old, plain_rel)
+                if basis is None:
+                    return False
+                await self._delta_fetch(new_plain.sha256, new_plain.size, basis,
+                                        old_plain.sha256, target.size)
+            if rel == plain_rel:
+                return True
+            raw = await asyncio.to_thread(self.store.read_bytes, new_plain.sha256)
+            rebuilt = await asyncio.to_thread(_RECOMPRESS[suffix], raw)
+            if hashlib.sha256(rebuilt).hexdigest() != target.sha256:
+                log.info("%s: rebuilt %s differs from upstream's; fetching it whole",
+                         self.namespace, rel)
+                return False
+            self.store.put_bytes(rebuilt, target.sha256)
+            return True
+        except (DeltaError, OSError, IntegrityError) as exc:
+            log.warning("%s: delta update of %s failed (%s); fetching it whole",
+                        self.namespace, rel, exc)
+            return False
+
+    async def _plain_basis(self, old: SuiteSnapshot, plain_rel: str) -> Path | None:
+        """The previous snapshot's uncompressed index: stored, or rebuilt from a stored
+        compressed sibling and verified against the previous Release."""
+        entry = old.index.entry(plain_rel)
+        assert entry is not None
+        if self.store.has(entry.sha256):
+            return self.store.blob_path(entry.sha256)
+        for suffix in _RECOMPRESS:
+            sibling = old.index.entry(f"{plain_rel}.{suffix}")
+            if sibling is None or not self.store.has(sibling.sha256):
+                continue
+            data = await asyncio.to_thread(self.store.read_bytes, sibling.sha256)
+            try:
+                raw = await asyncio.to_thread(decompress_index, f"x.{suffix}", data)
+            except MalformedIndex:
+                continue
+            if hashlib.sha256(raw).hexdigest() == entry.sha256:
+                return self.store.blob_path(self.store.put_bytes(raw, entry.sha256).digest)
+        return None
+
+    async def _delta_fetch(self, sha256: str, size: int, basis: Path, basis_sha256: str,
+                           whole_size: int) -> None:
+        assert self.delta_url is not None and self.work_dir is not None
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        out = self.work_dir / f"{sha256}.delta-out"
+        async with DeltaClient() as client:
+            result = await client.fetch(f"{self.delta_url}blobs/{sha256}", basis=basis, out=out,
+                                        basis_sha256=basis_sha256)
+        self.metrics.upstream_requests.inc(self.namespace, result.requests)
+        self.metrics.upstream_bytes.inc(self.namespace, result.bytes_received)
+        self.metrics.delta_fetches.inc(self.namespace)
+        self.metrics.delta_saved_bytes.inc(self.namespace,
+                                           max(0, whole_size - result.wire_bytes))
+        await asyncio.to_thread(self.store.adopt_file, out, sha256)
+        log.info("%s: index %s by %s delta: %d bytes moved instead of %d", self.namespace,
+                 sha256[:12], result.method, result.wire_bytes, whole_size)
 
     # -- index files -----------------------------------------------------------------------
     def _index_plan(self, snap: SuiteSnapshot, rel: str) -> FetchPlan:
@@ -278,8 +370,13 @@ class RemoteAptRepo:
             if size is None:
                 raise NotFound(f"{self.namespace}: {digest[:12]} is not listed by the current "
                                f"{suite} Release")
+            # Remember which listed file apt asked for by hash: it is "used" and is carried
+            # over (prefetched) before the next snapshot of this suite is switched to.
+            rel = snap.rel_by_sha256.get(digest)
+            binds = ((self._ns_index, f"{suite}/{rel}"),) if rel is not None else ()
             plan = FetchPlan(key=f"sha256:{digest}", url=f"{self.base_url}dists/{suite}/{rest}",
-                             namespace=self.namespace, expected_sha256=digest, expected_size=size)
+                             namespace=self.namespace, expected_sha256=digest, expected_size=size,
+                             binds=binds)
         else:
             entry = snap.index.entry(rest)
             if entry is None:

@@ -21,6 +21,7 @@ from cache_node.answers import (
     StreamAnswer,
     safe_relpath,
 )
+from cache_node.delta_routes import add_delta_routes
 from cache_node.fetch import FetchFailed, stream_fetch
 from cache_node.node import Node
 from cache_node.plans import PlanError, PlanRunner, parse_plan
@@ -51,7 +52,6 @@ def _common_headers(answer: BlobAnswer | BytesAnswer) -> dict[str, str]:
 async def render_answer(request: web.Request, answer: Answer, namespace: str) -> web.StreamResponse:
     node = request.app[NODE_KEY]
     node.metrics.requests.inc(namespace)
-    node.metrics.count_served_path(request.path)
     if isinstance(answer, RedirectAnswer):
         raise web.HTTPMovedPermanently(answer.location)
     if isinstance(answer, BytesAnswer):
@@ -283,6 +283,8 @@ in-flight fetches: {node.fetches.inflight_count}</p>
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith(("/apt/", "/pypi/", "/delta/", "/glance/")):
+        request.app[NODE_KEY].metrics.count_served_path(request.path)
     try:
         response: web.StreamResponse = await handler(request)
         return response
@@ -313,6 +315,7 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/pypi/{name}/simple/{project}/", pypi_project)
     app.router.add_get("/pypi/{name}/simple/{project}", pypi_project)
     app.router.add_get("/pypi/{name}/files/{project}/{filename}", pypi_file)
+    add_delta_routes(app, lambda request: request.app[NODE_KEY].delta)
     return app
 
 

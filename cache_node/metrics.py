@@ -55,6 +55,11 @@ class Metrics:
             "edgedepot_verify_failures_total", "Upstream bytes rejected by verification")
         self.index_errors = LabelledCounter(
             "edgedepot_index_errors_total", "Malformed upstream indexes rejected")
+        self.delta_fetches = LabelledCounter(
+            "edgedepot_delta_fetches_total", "Artifacts fetched as a delta against a basis")
+        self.delta_saved_bytes = LabelledCounter(
+            "edgedepot_delta_saved_bytes_total", "Bytes a whole fetch would have moved, minus "
+            "what the delta moved")
         self.errors = LabelledCounter("edgedepot_error_responses_total", "Answers with status >= 500")
         self.inflight = Gauge("edgedepot_inflight_fetches", "Upstream fetches in progress")
         self.store_bytes = Gauge("edgedepot_store_bytes", "Bytes of verified blobs in the store")
@@ -72,7 +77,7 @@ class Metrics:
     def counters(self) -> list[LabelledCounter]:
         return [self.requests, self.hits, self.misses, self.coalesced, self.upstream_requests,
                 self.upstream_bytes, self.served_bytes, self.stale_serves, self.verify_failures,
-                self.index_errors, self.errors]
+                self.index_errors, self.delta_fetches, self.delta_saved_bytes, self.errors]
 
     def gauges(self) -> list[Gauge]:
         return [self.inflight, self.store_bytes, self.store_blobs]

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from dataclasses import dataclass
 
 from cache_node.answers import Answer, NotFound
@@ -17,6 +18,7 @@ from cache_node.plans import PlanArtifact, PlanRunner
 from cache_node.apt_local import LocalAptRepo
 from cache_node.apt_remote import RemoteAptRepo
 from cache_node.config import NodeConfig, RepoSource
+from cache_node.delta_service import DeltaService
 from cache_node.fetch import FetchCoordinator
 from cache_node.hot_blobs import HotBlobs
 from cache_node.metrics import Metrics
@@ -53,6 +55,7 @@ class Node:
         self._lock = asyncio.Lock()
         self.plans: PlanRunner | None = None
         self.hot_blobs = HotBlobs()
+        self.delta = DeltaService(self.store, self.locate_blob, config.store_dir / "delta-work")
         self._housekeeping: asyncio.Task[None] | None = None
 
     @property
@@ -105,9 +108,12 @@ class Node:
 
     async def _make_apt(self, repo: RepoSource) -> AptRepo:
         if repo.is_url:
+            # Only an edgedepot upstream (the cache role's origin or parent) has delta endpoints.
+            delta_url = f"{self.config.upstream}delta/v1/" if self.config.upstream else None
             remote = RemoteAptRepo(repo.name, repo.source, self.store, self.fetches,
                                    await self._client(f"apt/{repo.name}"), self.metrics,
-                                   self.config.index_ttl)
+                                   self.config.index_ttl, delta_url,
+                                   self.config.store_dir / "delta-work" / f"apt-{repo.name}")
             remote.load_persisted()
             return remote
         local = LocalAptRepo(repo, self.config.store_dir / "built", self.signing_key)
@@ -157,6 +163,23 @@ class Node:
                 source = RepoSource(name, f"{self.config.upstream}pypi/{name}/simple/")
                 self.pypi[name] = await self._make_pypi(source)
         return self.pypi[name]
+
+    def locate_blob(self, digest: str) -> Path | None:
+        """A verified file with this sha256 that the node can serve: a store blob or a file of
+        the origin's own repositories (for the delta endpoints)."""
+        if self.store.has(digest):
+            return self.store.blob_path(digest)
+        for repo in self.apt.values():
+            if isinstance(repo, LocalAptRepo):
+                path = repo.path_for_digest(digest)
+                if path is not None:
+                    return path
+        for index in self.pypi.values():
+            if isinstance(index, LocalPypiIndex):
+                path = index.path_for_digest(digest)
+                if path is not None:
+                    return path
+        return None
 
     async def resolve_artifact(self, artifact: PlanArtifact) -> Answer:
         """Answer a plan artifact exactly as the matching client request would be answered."""

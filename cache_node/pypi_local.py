@@ -90,6 +90,13 @@ class LocalPypiIndex:
             if time.monotonic() - self._last_scan >= RESCAN_INTERVAL:
                 await asyncio.to_thread(self.prepare)
 
+    def path_for_digest(self, digest: str) -> Path | None:
+        for dists in self._projects.values():
+            for dist in dists:
+                if dist.sha256 == digest and dist.path.is_file():
+                    return dist.path
+        return None
+
     def projects(self) -> list[str]:
         return sorted(self._projects)
 

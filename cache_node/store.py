@@ -237,6 +237,22 @@ class BlobStore:
         partial.write(data)
         return self.commit(partial, expected_sha256, len(data))
 
+    def adopt_file(self, path: Path, expected_sha256: str) -> BlobRef:
+        """Move a finished file (e.g. a delta result) into the store after re-verifying it."""
+        actual = file_sha256(path)
+        if actual != expected_sha256:
+            path.unlink(missing_ok=True)
+            raise IntegrityError(f"sha256 mismatch: expected {expected_sha256}, got {actual}")
+        size = path.stat().st_size
+        target = self.blob_path(actual)
+        target.parent.mkdir(exist_ok=True)
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(path, target)
+        _fsync_dir(target.parent)
+        self._insert_blob(actual, size)
+        return BlobRef(actual, size)
+
     def read_bytes(self, digest: str) -> bytes:
         return self.blob_path(digest).read_bytes()
 

@@ -73,7 +73,8 @@ class _Table:
         cand = weaks[pre]
         pos = np.searchsorted(self.sorted_weak, cand)
         pos[pos >= self.sorted_weak.size] = 0
-        return pre[self.sorted_weak[pos] == cand]
+        found: npt.NDArray[np.intp] = pre[self.sorted_weak[pos] == cand]
+        return found
 
 
 def match_basis(sig: Signature, basis: Path,
@@ -85,87 +86,148 @@ def match_basis(sig: Signature, basis: Path,
     L = sig.block_size
     if n_unique == 0 or size < L:
         return MatchResult(source, size)
-    table = _Table(sig)
-    strong = sig.strong
-    slen = sig.strong_len
-    last_offset = size - L  # the last offset where a whole block starts
     with open(basis, "rb") as fh:
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        view = memoryview(mm)
         try:
-            pos = 0  # next offset allowed to start a match
-            phase = 0
-            for w0 in range(0, last_offset + 1, WINDOW):
-                w1 = min(w0 + WINDOW, last_offset + 1)  # offsets [w0, w1)
-                start = max(w0, pos)
-                if start >= w1:
-                    continue
-
-                def verify(k: int, w: int) -> bool:
-                    uids = table.by_weak.get(w)
-                    if not uids:
-                        return False
-                    digest = xxhash.xxh3_128_digest(view[k:k + L])[:slen]
-                    hit = False
-                    for uid in uids:
-                        if strong[uid] == digest:
-                            hit = True
-                            if source[uid] < 0:
-                                source[uid] = k
-                    return hit
-
-                # 1. phase check on aligned offsets
-                a0 = start + ((phase - start) % L)
-                matched: list[int] = []
-                if a0 < w1:
-                    count = (w1 - 1 - a0) // L + 1
-                    rows = np.frombuffer(mm, dtype=np.uint8, count=count * L, offset=a0)
-                    weaks = block_weak(rows.reshape(count, L))
-                    for i in table.hits(weaks).tolist():
-                        k = a0 + i * L
-                        if verify(k, int(weaks[i])):
-                            matched.append(k)
-                # 2. rolling search over the gaps between aligned matches
-                gaps: list[tuple[int, int]] = []
-                cursor = start
-                for k in matched:
-                    if k > cursor:
-                        gaps.append((cursor, k))
-                    cursor = max(cursor, k + L)
-                if cursor < w1:
-                    gaps.append((cursor, w1))
-                last_match = matched[-1] if matched else -1
-                for g0, g1 in gaps:
-                    g0 = max(g0, pos)
-                    if g0 >= g1:
-                        continue
-                    data = np.frombuffer(mm, dtype=np.uint8, count=g1 + L - 1 - g0, offset=g0)
-                    weaks = rolling_weak(data, L)
-                    cand = table.hits(weaks)
-                    if cand.size == 0:
-                        continue
-                    idx = 0
-                    n_cand = cand.size
-                    while idx < n_cand:
-                        rel = int(cand[idx])
-                        k = g0 + rel
-                        if verify(k, int(weaks[rel])):
-                            last_match = k
-                            pos = k + L
-                            idx = int(np.searchsorted(cand, rel + L, side="left"))
-                        else:
-                            idx += 1
-                if matched and matched[-1] + L > pos:
-                    pos = matched[-1] + L
-                if last_match >= 0:
-                    phase = last_match % L
-                    pos = max(pos, last_match + L)
-                if progress is not None:
-                    progress(w1 - w0)
+            _Scan(sig, _Table(sig), mm, source, progress).run()
         finally:
-            del view
             _close_quietly(mm)
     return MatchResult(source, size)
+
+
+class _Scan:
+    """The greedy scan: after a match, the following basis blocks are checked against the
+    following target blocks (one strong hash each: the sequence rule); where that breaks, the
+    aligned blocks are checked against all signature blocks (weak + strong, vectorised, which
+    keeps zero runs and repeated blocks fast), and where that breaks, the rolling search runs."""
+
+    def __init__(self, sig: Signature, table: _Table, mm: mmap.mmap, source: I64,
+                 progress: Callable[[int], None] | None) -> None:
+        self.sig = sig
+        self.table = table
+        self.mm = mm
+        self.source = source
+        self.progress = progress
+        self.L = sig.block_size
+        self.n_offsets = len(mm) - self.L + 1  # offsets where a whole block starts
+        self.block_map: list[int] = sig.block_map.tolist()
+        first = np.full(len(sig.strong), -1, dtype=np.int64)
+        bm = sig.block_map
+        if bm.size:
+            order = np.flatnonzero(np.r_[True, bm[1:] > np.maximum.accumulate(bm)[:-1]])
+            first[bm[order]] = order
+        self.first_block: list[int] = first.tolist()
+        self.next_block = -1  # target block expected at the next basis offset, or -1
+
+    def verify(self, k: int, weak: int) -> int:
+        """The unique block at offset k (recorded as found there), or -1."""
+        uids = self.table.by_weak.get(weak)
+        if not uids:
+            return -1
+        digest = xxhash.xxh3_128_digest(self.mm[k:k + self.L])[:self.sig.strong_len]
+        hit = -1
+        for uid in uids:
+            if self.sig.strong[uid] == digest:
+                hit = uid
+                if self.source[uid] < 0:
+                    self.source[uid] = k
+        return hit
+
+    def _found(self, uid: int) -> None:
+        self.next_block = self.first_block[uid] + 1
+
+    def sequence_run(self, pos: int) -> int:
+        """Blocks from ``pos`` that are the target's next blocks in order (strong hash only)."""
+        j = self.next_block
+        if j < 0:
+            return 0
+        L = self.L
+        slen = self.sig.strong_len
+        strong = self.sig.strong
+        bm = self.block_map
+        n_blocks = len(bm)
+        mm = self.mm
+        source = self.source
+        run = 0
+        k = pos
+        while j < n_blocks and k < self.n_offsets:
+            uid = bm[j]
+            if xxhash.xxh3_128_digest(mm[k:k + L])[:slen] != strong[uid]:
+                break
+            if source[uid] < 0:
+                source[uid] = k
+            j += 1
+            k += L
+            run += 1
+        self.next_block = j if j < n_blocks else -1
+        return run
+
+    def aligned_run(self, pos: int, batch: int) -> int:
+        """How many consecutive blocks starting at ``pos`` are signature blocks."""
+        L = self.L
+        count = min(batch, (self.n_offsets - 1 - pos) // L + 1)
+        if count <= 0:
+            return 0
+        rows = np.frombuffer(self.mm, dtype=np.uint8, count=count * L, offset=pos)
+        weaks = block_weak(rows.reshape(count, L)).tolist()
+        del rows
+        run = 0
+        while run < count:
+            uid = self.verify(pos + run * L, weaks[run])
+            if uid < 0:
+                break
+            self._found(uid)
+            run += 1
+        return run
+
+    def roll(self, pos: int, end: int) -> int:
+        """First offset in [pos, end) where a block matches (recorded), or -1."""
+        data = np.frombuffer(self.mm, dtype=np.uint8, count=end + self.L - 1 - pos, offset=pos)
+        weaks = rolling_weak(data, self.L)
+        cand = self.table.hits(weaks).tolist()
+        found = -1
+        for rel in cand:
+            uid = self.verify(pos + rel, int(weaks[rel]))
+            if uid >= 0:
+                self._found(uid)
+                found = pos + rel
+                break
+        del data, weaks
+        return found
+
+    def run(self) -> None:
+        L = self.L
+        pos = 0
+        phase = 0
+        batch = 16
+        chunk = 4 * L
+        dropped = 0
+        while pos < self.n_offsets:
+            if (pos - phase) % L == 0:
+                run = self.sequence_run(pos)
+                if run:
+                    pos += run * L
+                    continue
+                run = self.aligned_run(pos, batch)
+                if run:
+                    pos += run * L
+                    batch = min(batch * 2, 256)
+                    continue
+            batch = 16
+            end = min(pos + chunk, self.n_offsets)
+            found = self.roll(pos, end)
+            if found >= 0:
+                phase = found % L
+                pos = found + L
+                chunk = 4 * L
+            else:
+                pos = end
+                chunk = min(chunk * 2, WINDOW)
+            if pos - dropped >= 8 * WINDOW:  # drop mapped pages behind us from RSS
+                drop_pages(self.mm, 0, pos - WINDOW)
+                if self.progress is not None:
+                    self.progress(pos - dropped)
+                dropped = pos
 
 
 def plan_blocks(sig: Signature, match: MatchResult) -> BlockPlan:
@@ -223,6 +285,7 @@ def assemble(sig: Signature, match: MatchResult, plan: BlockPlan, basis: Path,
                 pview = memoryview(pm) if pm is not None else memoryview(b"")
                 bview = memoryview(bmm) if bmm is not None else memoryview(b"")
                 buf = bytearray()
+                written = 0
                 for uid in bm:
                     src = src_list[uid]
                     if src >= 0:
@@ -234,6 +297,10 @@ def assemble(sig: Signature, match: MatchResult, plan: BlockPlan, basis: Path,
                         digest.update(buf)
                         of.write(buf)
                         buf.clear()
+                        written += 1
+                        if written % 16 == 0:  # every 64 MiB: drop mapped pages from RSS
+                            drop_pages(bmm, 0, bsize)
+                            drop_pages(pm, 0, plan.payload_size)
                 if sig.tail_size:
                     buf += pview[plan.payload_size - sig.tail_size:plan.payload_size]
                 digest.update(buf)
@@ -242,9 +309,9 @@ def assemble(sig: Signature, match: MatchResult, plan: BlockPlan, basis: Path,
                 del pview, bview
             finally:
                 if bmm is not None:
-                    bmm.close()
+                    _close_quietly(bmm)
                 if pm is not None:
-                    pm.close()
+                    _close_quietly(pm)
         finally:
             bf.close()
     return digest.hexdigest()
@@ -256,3 +323,14 @@ def _close_quietly(mm: mmap.mmap) -> None:
         mm.close()
     except BufferError:
         pass
+
+
+def drop_pages(mm: mmap.mmap | None, start: int, end: int) -> None:
+    """Tell the kernel this process no longer needs these mapped pages (they stay cached)."""
+    if mm is None or end <= start:
+        return
+    page = mmap.PAGESIZE
+    start -= start % page
+    end = min(end, len(mm))
+    if end > start:
+        mm.madvise(mmap.MADV_DONTNEED, start, end - start)

@@ -31,7 +31,7 @@ from typing import BinaryIO
 import numpy as np
 from backports import zstd
 
-from syncer.delta_match import match_basis
+from syncer.delta_match import drop_pages, match_basis
 from syncer.delta_signature import Signature, compute_signature
 
 MAGIC = b"EDPAT"
@@ -46,8 +46,10 @@ SEGMENT = 16 << 20
 PREFIX_BUDGET = 48 << 20
 PAD = 64 << 10  # around each basis region a segment's blocks came from
 DIAGONAL = 1 << 20
-LEVEL = 9
+LEVEL = 5  # segmented pairs: as small as level 9 here, twice as fast
+SMALL_LEVEL = 12  # one-segment pairs (indexes): the text between matches matters more
 MAX_WINDOW_LOG = 31
+MIN_PREFIX = 8  # zstd refuses shorter raw dictionaries
 
 
 class PatchError(ValueError):
@@ -87,7 +89,7 @@ def plan_segments(basis_size: int, target_size: int, sig: Signature | None,
     if target_size == 0:
         return []
     if basis_size + target_size <= SINGLE_LIMIT:
-        whole = ((0, basis_size),) if basis_size else ()
+        whole = ((0, basis_size),) if basis_size >= MIN_PREFIX else ()
         return [SegmentPlan(0, target_size, whole)]
     plans: list[SegmentPlan] = []
     L = sig.block_size if sig is not None else 4096
@@ -125,6 +127,8 @@ def plan_segments(basis_size: int, target_size: int, sig: Signature | None,
             chosen.append((a, a + take))
             budget -= take
         ranges = tuple((a, b - a) for a, b in _merge(chosen))
+        if sum(length for _, length in ranges) < MIN_PREFIX:
+            ranges = ()
         plans.append(SegmentPlan(t0, t1 - t0, ranges))
     return plans
 
@@ -146,13 +150,13 @@ def _window_log(total: int) -> int:
 
 def compress_segment(prefix: bytes, data: bytes, level: int = LEVEL) -> bytes:
     CP = zstd.CompressionParameter
-    options: dict[zstd.CompressionParameter, int] = {
+    options: dict[int, int] = {
         CP.compression_level: level,
         CP.window_log: _window_log(len(prefix) + len(data)),
         CP.enable_long_distance_matching: 1,
         CP.checksum_flag: 1,
     }
-    if prefix:
+    if len(prefix) >= MIN_PREFIX:
         zdict = zstd.ZstdDict(prefix, is_raw=True)
         del prefix
         comp = zstd.ZstdCompressor(options=options, zstd_dict=zdict.as_prefix)
@@ -162,7 +166,7 @@ def compress_segment(prefix: bytes, data: bytes, level: int = LEVEL) -> bytes:
 
 
 def make_patch(basis: Path, target: Path, out: Path, *, basis_sha256: str | None = None,
-               target_sig: Signature | None = None, level: int = LEVEL) -> PatchInfo:
+               target_sig: Signature | None = None, level: int | None = None) -> PatchInfo:
     """Write a patch that turns ``basis`` into ``target`` to ``out`` (a new file)."""
     basis_size = basis.stat().st_size
     target_size = target.stat().st_size
@@ -172,6 +176,8 @@ def make_patch(basis: Path, target: Path, out: Path, *, basis_sha256: str | None
         sig = target_sig if target_sig is not None else compute_signature(target)
         source = match_basis(sig, basis).source
     plans = plan_segments(basis_size, target_size, sig, source)
+    if level is None:
+        level = SMALL_LEVEL if len(plans) <= 1 else LEVEL
     bsha = basis_sha256 or _file_sha256(basis)
     tsha = hashlib.sha256()
     with open(basis, "rb") as bf, open(target, "rb") as tf, open(out, "xb") as of:
@@ -190,10 +196,11 @@ def make_patch(basis: Path, target: Path, out: Path, *, basis_sha256: str | None
                 of.write(_LEN.pack(len(frame)))
                 of.write(frame)
                 del data, frame
+                drop_pages(bmm, 0, basis_size)
             del bview
         finally:
             if bmm is not None:
-                bmm.close()
+                _close_quietly(bmm)
         digest = tsha.hexdigest()
         of.seek(0)
         of.write(_HEADER.pack(MAGIC, VERSION, bytes.fromhex(digest), target_size,
@@ -263,8 +270,9 @@ def apply_patch(basis: Path, patch: Path, out: Path, *, expected_target: str | N
             try:
                 bview = memoryview(bmm) if bmm is not None else memoryview(b"")
                 for plan, frame in _segments(pf, info):
-                    opts = {zstd.DecompressionParameter.window_log_max: MAX_WINDOW_LOG}
-                    if plan.ranges:
+                    opts: dict[int, int] = {
+                        zstd.DecompressionParameter.window_log_max: MAX_WINDOW_LOG}
+                    if sum(length for _, length in plan.ranges) >= MIN_PREFIX:
                         zdict = _prefix_dict(bview, plan.ranges)
                         dec = zstd.ZstdDecompressor(zstd_dict=zdict.as_prefix, options=opts)
                         del zdict
@@ -281,10 +289,11 @@ def apply_patch(basis: Path, patch: Path, out: Path, *, expected_target: str | N
                     digest.update(data)
                     of.write(data)
                     del data, dec
+                    drop_pages(bmm, 0, basis_size)
                 del bview
             finally:
                 if bmm is not None:
-                    bmm.close()
+                    _close_quietly(bmm)
             if digest.hexdigest() != info.target_sha256:
                 raise PatchError("patched result does not match the target sha256")
     except BaseException:
@@ -299,3 +308,10 @@ def _file_sha256(path: Path) -> str:
         while chunk := fh.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _close_quietly(mm: mmap.mmap) -> None:
+    try:
+        mm.close()
+    except BufferError:  # a traceback still holds a view; the map goes with it
+        pass
