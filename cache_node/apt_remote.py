@@ -63,6 +63,20 @@ _RECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
 }
 
 
+@dataclass(frozen=True)
+class RefreshReport:
+    """What one forced revalidation of an index did."""
+
+    kind: str
+    repo: str
+    name: str  # suite or project
+    changed: bool
+    stale: bool
+    bytes_moved: int
+    full_bytes: int  # what fetching the changed files whole would have moved
+    error: str = ""
+
+
 @dataclass
 class SuiteSnapshot:
     suite: str
@@ -137,6 +151,29 @@ class RemoteAptRepo:
 
     def snapshots(self) -> dict[str, SuiteSnapshot]:
         return dict(self._snapshots)
+
+    async def refresh(self) -> list[RefreshReport]:
+        """Revalidate every known suite now (ignoring the TTL) and report what moved."""
+        reports = []
+        for suite, snap in sorted(self._snapshots.items()):
+            before = self.metrics.upstream_bytes.get(self.namespace)
+            snap.validated_at, snap.failed_at = float("-inf"), None
+            error = ""
+            try:
+                new, stale = await self.current(suite)
+            except ServiceError as exc:
+                new, stale, error = snap, True, str(exc)
+            moved = self.metrics.upstream_bytes.get(self.namespace) - before
+            changed = new.identity != snap.identity
+            full = sum(len(v) for v in new.files.values())
+            if changed:
+                prefix = f"{suite}/"
+                used = [n[len(prefix):] for n, _ in self.store.names(self._ns_index)
+                        if n.startswith(prefix)]
+                full += sum(e.size for rel in used if (e := new.index.entry(rel)) is not None)
+            reports.append(RefreshReport("apt", self.name, suite, changed, stale, moved, full,
+                                         error))
+        return reports
 
     # -- dispatch --------------------------------------------------------------------------
     async def answer(self, relpath: str) -> Answer:

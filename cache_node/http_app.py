@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -23,7 +24,9 @@ from cache_node.answers import (
 )
 from cache_node.delta_routes import add_delta_routes
 from cache_node.fetch import FetchFailed, stream_fetch
+from cache_node.apt_remote import RemoteAptRepo
 from cache_node.node import Node
+from cache_node.pypi_remote import RemotePypiIndex
 from cache_node.plans import PlanError, PlanRunner, parse_plan
 from cache_node.store import is_sha256_hex
 from cache_node.upstream import format_repr_digest
@@ -226,6 +229,16 @@ async def delete_plan(request: web.Request) -> web.Response:
     return web.json_response({"deleted": request.match_info["plan_id"]})
 
 
+async def refresh_indexes(request: web.Request) -> web.Response:
+    """Revalidate every index this node mirrors now; report bytes moved per index."""
+    node = request.app[NODE_KEY]
+    reports = []
+    for repo in list(node.apt.values()) + list(node.pypi.values()):
+        if isinstance(repo, (RemoteAptRepo, RemotePypiIndex)):
+            reports.extend(await repo.refresh())
+    return web.json_response([dataclasses.asdict(r) for r in reports])
+
+
 async def has_blobs(request: web.Request) -> web.Response:
     """Which of the given sha256 digests this node holds (never triggers a fetch)."""
     try:
@@ -307,6 +320,7 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/admin/served", served_paths)
     app.router.add_get("/admin/plans", list_plans)
     app.router.add_post("/admin/has", has_blobs)
+    app.router.add_post("/admin/refresh", refresh_indexes)
     app.router.add_put("/admin/plans/{plan_id}", put_plan)
     app.router.add_get("/admin/plans/{plan_id}", get_plan)
     app.router.add_delete("/admin/plans/{plan_id}", delete_plan)

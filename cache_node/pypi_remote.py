@@ -25,6 +25,7 @@ from cache_node.answers import (
     StreamAnswer,
     content_type_for,
 )
+from cache_node.apt_remote import RefreshReport
 from cache_node.fetch import FetchCoordinator, FetchPlan
 from cache_node.metrics import Metrics
 from cache_node.pypi_local import files_base, render_page
@@ -92,6 +93,24 @@ class RemotePypiIndex:
                     self._pages[project] = _Cached(page, (), float("-inf"))
             except (OSError, MalformedIndexError) as exc:
                 log.error("%s: stored page %s unusable: %s", self.namespace, project, exc)
+
+    async def refresh(self) -> list[RefreshReport]:
+        """Revalidate every cached project page now and report what moved."""
+        reports = []
+        for key, cached in sorted(self._pages.items()):
+            before_page = cached.page
+            before = self.metrics.upstream_bytes.get(self.namespace)
+            cached.validated_at, cached.failed_at = float("-inf"), None
+            error = ""
+            try:
+                new, stale = await self._cached(key)
+            except ServiceError as exc:
+                new, stale, error = cached, True, str(exc)
+            moved = self.metrics.upstream_bytes.get(self.namespace) - before
+            name = "(project list)" if key == ROOT_KEY else key
+            reports.append(RefreshReport("pypi", self.name, name, new.page != before_page,
+                                         stale, moved, moved, error))
+        return reports
 
     # -- pages -----------------------------------------------------------------------------
     async def _cached(self, key: str) -> tuple[_Cached, bool]:

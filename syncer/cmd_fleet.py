@@ -169,10 +169,50 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     return 0 if all(st.reachable and st.state != "failed" for _, st in statuses) else 1
 
 
+async def _sync(inventory: Inventory) -> list[dict[str, Any]]:
+    """Refresh every region's parent first, then its children (which read from the parent)."""
+    rows: list[dict[str, Any]] = []
+    async with FleetClient(timeout=600.0) as fleet:
+        for name, region in sorted(inventory.regions.items()):
+            for node in region.nodes:
+                try:
+                    async with fleet.session.post(f"{node}/admin/refresh") as resp:
+                        reports: list[dict[str, Any]] = await resp.json()
+                except Exception as exc:  # noqa: BLE001 - any failure means "not synced"
+                    rows.append({"region": name, "node": node, "kind": "-", "repo": "-",
+                                 "name": "-", "changed": False, "stale": True, "bytes_moved": 0,
+                                 "full_bytes": 0, "error": f"unreachable: {exc}"})
+                    continue
+                rows.extend({"region": name, "node": node, **r} for r in reports)
+    return rows
+
+
+def cmd_sync(args: argparse.Namespace, console: Console) -> int:
+    rows = asyncio.run(_sync(_load(args)))
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        table = Table(title="index sync (delta where a basis exists)")
+        for col in ("region", "node", "index", "changed", "moved", "full copy", "saved", "note"):
+            table.add_column(col)
+        for r in rows:
+            saved = 1 - r["bytes_moved"] / r["full_bytes"] if r["full_bytes"] else 0.0
+            note = r["error"] or ("stale: upstream unusable" if r["stale"] else "")
+            table.add_row(r["region"], r["node"], f"{r['kind']}/{r['repo']}/{r['name']}",
+                          "yes" if r["changed"] else "no", _mb(r["bytes_moved"]),
+                          _mb(r["full_bytes"]), f"{saved:.0%}", note[:80])
+        console.print(table)
+        moved = sum(r["bytes_moved"] for r in rows)
+        full = sum(r["full_bytes"] for r in rows)
+        console.print(f"total: {_mb(moved)} moved, a full copy would have moved {_mb(full)}")
+    return 0 if all(not r["error"] and not r["stale"] for r in rows) else 1
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console(stderr=args.format == "json")
     try:
-        handler = {"plan": cmd_plan, "push": cmd_push, "status": cmd_status}[args.command]
+        handler = {"plan": cmd_plan, "push": cmd_push, "status": cmd_status,
+                   "sync": cmd_sync}[args.command]
         return handler(args, console)
     except (InventoryError, PlanningError) as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -182,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     for name, help_text in (("plan", "compute each region's ordered prefetch plan"),
                             ("push", "make each region's nodes pull their plan, in order"),
-                            ("status", "per region and node: progress, failures, reachability")):
+                            ("status", "per region and node: progress, failures, reachability"),
+                            ("sync", "bring every region's indexes up to date (by delta)")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("inventory", help="fleet inventory (TOML)")
         p.add_argument("--format", choices=("table", "json"), default="table")

@@ -126,6 +126,19 @@ def test_plan_push_then_sites_install_once_per_region(
     assert all(s["state"] == "complete" for s in json.loads(status.stdout))
 
 
+def test_sync_refreshes_indexes_by_delta(
+        origin: NodeProcess, fleet: dict[str, NodeProcess], sample_apt: SampleAptRepo,
+        tmp_path: Path) -> None:
+    inventory = write_inventory(tmp_path / "fleet.toml", origin, fleet, sample_apt.top_package)
+    for node in fleet.values():  # the sites' first apt-get update
+        assert node.get("/apt/main/dists/stable/InRelease")[0] == 200
+        assert node.get("/apt/main/dists/stable/main/binary-amd64/Packages.xz")[0] == 200
+    proc = distro_sync("sync", str(inventory), "--format", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(proc.stdout)
+    assert len(rows) == 4 and all(r["kind"] == "apt" and not r["changed"] for r in rows)
+
+
 def test_status_reports_a_down_node(origin: NodeProcess, fleet: dict[str, NodeProcess],
                                     sample_apt: SampleAptRepo, tmp_path: Path) -> None:
     inventory = write_inventory(tmp_path / "fleet.toml", origin, fleet, sample_apt.top_package)
