@@ -463,17 +463,14 @@ def test_packages_not_utf8_or_binary() -> None:
     assert info.value.line == 13
 
 
-def test_parse_packages_is_fast() -> None:
-    """A Debian-main-sized index (63k stanzas, ~50 MB) parses in well under a few seconds."""
-    import time
-
+def test_parse_packages_handles_archive_sized_index() -> None:
+    """A Debian-main-sized index (63k stanzas, ~50 MB) parses completely (speed is measured in
+    benchmarks, not asserted here)."""
     filler = "".join(f" {'x' * 70}\n" for _ in range(6))
     body = "".join(_stanza(f"pkg{i}") + filler + "\n" for i in range(63_000)).encode()
     assert len(body) > 40_000_000
-    start = time.perf_counter()
     entries = parse_packages(body, "big")
     assert len(entries) == 63_000 and entries[-1].package == "pkg62999"
-    assert time.perf_counter() - start < 6.0  # ~1.3 s on a busy 2-core box
 
 
 _names = st.from_regex(r"[a-z0-9][a-z0-9+.-]{0,20}", fullmatch=True)

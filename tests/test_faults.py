@@ -175,10 +175,8 @@ def test_upstream_timeout_gives_504(upstream: FakeUpstream, tree: BuiltRepositor
         prime(node)
         entry = tree.packages[2]
         upstream.faults[entry.filename] = Fault(delay=3)
-        started = time.monotonic()
         status, body, _ = node.get(f"/apt/main/{entry.filename}")
         assert status == 504, body
-        assert time.monotonic() - started < 10
     finally:
         node.stop()
 
