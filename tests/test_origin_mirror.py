@@ -151,3 +151,26 @@ def test_full_disk_gives_clear_error_and_keeps_what_is_stored(
         assert fsck.returncode == 0, fsck.stdout
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_origin_serves_an_existing_mirror_tree_as_is(
+        sample_tree: BuiltRepository, sample_apt: SampleAptRepo, tmp_path: Path) -> None:
+    origin = NodeProcess(["--role", "origin", "--store", str(tmp_path / "o"),
+                          "--apt", f"tree={sample_tree.root}"], tmp_path / "o.log").start()
+    cache = NodeProcess(["--role", "cache", "--store", str(tmp_path / "c"),
+                         "--upstream", origin.url], tmp_path / "c.log").start()
+    try:
+        status, body, headers = origin.get("/apt/tree/dists/stable/InRelease")
+        assert status == 200
+        assert body == (sample_tree.root / "dists/stable/InRelease").read_bytes()
+        assert "Repr-Digest" in headers
+        apt = AptRoot(tmp_path / "apt", sample_apt.public_keyring)
+        apt.set_source(f"{cache.url}/apt/tree")
+        apt.run("update")
+        apt.run("install", "-y", "--download-only", sample_apt.top_package)
+        by_sha = {p.sha256 for p in sample_tree.packages}
+        assert all(sha256_file(d) in by_sha for d in apt.archives())
+        assert not (tmp_path / "o" / "built" / "tree").exists(), "served as is, not rebuilt"
+    finally:
+        cache.stop()
+        origin.stop()
