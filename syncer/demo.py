@@ -1,13 +1,16 @@
 """`distro-sync demo`: the self-contained demonstration.
 
-Builds a signed apt repository of real `.deb` files and a few wheels, starts an origin and a
-regional cache (real `cache-node` processes on loopback), runs concurrent real `apt-get` site
-installs (download only, private roots) and real `pip download`s through the cache, and prints
-what crossed the "WAN" (origin to cache) against the unique bytes the sites needed.
+Builds a signed apt repository of real `.deb` files and a few wheels, starts an origin and two
+regions (a parent cache that talks to the origin and a child cache behind it, each a real
+`cache-node` process on loopback), writes a fleet inventory, plans and pushes each region's
+prefetch plan (progress bars), runs parallel real `apt-get` and `pip download` site installs,
+publishes a package update and syncs the regions' indexes by delta, and prints what crossed the
+"WAN" (origin to regions) against what the sites downloaded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -23,15 +26,21 @@ from rich.console import Console
 from rich.table import Table
 
 from distro.debian_repo import stop_gpg_agent
-from distro.sample_repo import build_sample_apt_repo
+from distro.sample_repo import SampleAptRepo, SampleDeb, build_deb, build_sample_apt_repo
 from distro.sample_wheels import build_sample_wheels
 from syncer.apt_site import AptRoot
+from syncer.cmd_fleet import _push, _sync
+from syncer.inventory import load_inventory
 from syncer.node_process import NodeProcess
+from syncer.planner import plan_regions
+
+REGIONS = ("north", "south")
 
 
 @dataclass(frozen=True)
 class SiteResult:
     site: str
+    region: str
     files: int
     bytes: int
     seconds: float
@@ -39,7 +48,7 @@ class SiteResult:
     error: str = ""
 
 
-def _pip_env(tmp: Path) -> dict[str, str]:
+def _pip_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("PIP_") and k.lower() not in
            {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}}
@@ -48,49 +57,79 @@ def _pip_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _apt_site(name: str, root: Path, keyring: Path | None, cache_url: str, target: str,
-              expected: dict[str, str]) -> SiteResult:
+def _apt_site(name: str, region: str, root: Path, keyring: Path | None, node_url: str,
+              target: str, expected: set[str]) -> SiteResult:
     started = time.monotonic()
     site = AptRoot(root, keyring)
-    site.set_source(f"{cache_url}/apt/main")
+    site.set_source(f"{node_url}/apt/main")
     try:
         site.run("update")
         site.run("install", "-y", "--download-only", target)
     except AssertionError as exc:
-        return SiteResult(name, 0, 0, time.monotonic() - started, False, str(exc)[-300:])
+        return SiteResult(name, region, 0, 0, time.monotonic() - started, False, str(exc)[-300:])
     debs = site.archives()
-    verified = all(hashlib.sha256(d.read_bytes()).hexdigest() in expected.values() for d in debs)
-    return SiteResult(name, len(debs), sum(d.stat().st_size for d in debs),
+    verified = all(hashlib.sha256(d.read_bytes()).hexdigest() in expected for d in debs)
+    return SiteResult(name, region, len(debs), sum(d.stat().st_size for d in debs),
                       time.monotonic() - started, verified)
 
 
-def _pip_site(name: str, out: Path, cache_url: str, originals: dict[str, str]) -> SiteResult:
+def _pip_site(name: str, region: str, out: Path, node_url: str,
+              originals: dict[str, str]) -> SiteResult:
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--only-binary", ":all:", "--index-url",
-         f"{cache_url}/pypi/wheels/simple/", "-d", str(out), "edge-agent"],
-        capture_output=True, text=True, env=_pip_env(out.parent), timeout=300, check=False)
+         f"{node_url}/pypi/wheels/simple/", "-d", str(out), "edge-agent"],
+        capture_output=True, text=True, env=_pip_env(), timeout=300, check=False)
     if proc.returncode != 0:
-        return SiteResult(name, 0, 0, time.monotonic() - started, False, proc.stderr[-300:])
+        return SiteResult(name, region, 0, 0, time.monotonic() - started, False, proc.stderr[-300:])
     files = list(out.iterdir())
     verified = all(hashlib.sha256(f.read_bytes()).hexdigest() == originals.get(f.name)
                    for f in files)
-    return SiteResult(name, len(files), sum(f.stat().st_size for f in files),
+    return SiteResult(name, region, len(files), sum(f.stat().st_size for f in files),
                       time.monotonic() - started, verified)
-
-
-def _unique_bytes(cache: NodeProcess) -> int:
-    """Sum of the sizes of the distinct paths the cache served (asked again, warm)."""
-    total = 0
-    for path in cache.served():
-        status, body, _ = cache.get(path)
-        if status == 200:
-            total += len(body)
-    return total
 
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.2f} MB"
+
+
+def _metric_sum(node: NodeProcess, name: str) -> float:
+    return sum(v for (k, _), v in node.metrics().items() if k == name)
+
+
+def _write_inventory(path: Path, origin: NodeProcess, nodes: dict[str, NodeProcess],
+                     top: str, sites_per_region: int) -> Path:
+    lines = [f'origin = "{origin.url}"', ""]
+    for region in REGIONS:
+        lines += [f"[regions.{region}]", f'parent = "{nodes[region + "-parent"].url}"',
+                  f'children = ["{nodes[region + "-child"].url}"]', "concurrency = 4", ""]
+    lines += ["[profiles.compute-node]",
+              f'apt = {{ repo = "main", suite = "stable", packages = ["{top}"] }}',
+              'pip = { index = "wheels", requirements = ["edge-agent"] }', ""]
+    for region in REGIONS:
+        for i in range(sites_per_region):
+            lines += [f"[sites.{region}-{i:02d}]", f'region = "{region}"',
+                      'profile = "compute-node"', ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _run_sites(work: Path, repo: SampleAptRepo, nodes: dict[str, NodeProcess],
+               clients: int, expected: set[str], originals: dict[str, str]) -> list[SiteResult]:
+    per_region = max(1, clients // len(REGIONS))
+    with ThreadPoolExecutor(min(16, clients + 4)) as pool:
+        jobs = []
+        for region in REGIONS:
+            for i in range(per_region):
+                node = nodes[f"{region}-{'child' if i % 2 else 'parent'}"]
+                jobs.append(pool.submit(_apt_site, f"{region}-{i:02d}", region,
+                                        work / "sites" / f"{region}{i:02d}",
+                                        repo.public_keyring, node.url, repo.top_package,
+                                        expected))
+            jobs.append(pool.submit(_pip_site, f"{region}-pip", region,
+                                    work / "pip" / region / "dl", nodes[f"{region}-child"].url,
+                                    originals))
+        return [j.result() for j in jobs]
 
 
 def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
@@ -103,82 +142,120 @@ def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
     own_tmp = workdir is None
     work = Path(tempfile.mkdtemp(prefix="edgedepot-demo-")) if workdir is None else workdir
     work.mkdir(parents=True, exist_ok=True)
-    nodes: list[NodeProcess] = []
-    repo = None
+    nodes: dict[str, NodeProcess] = {}
+    origin: NodeProcess | None = None
+    repo: SampleAptRepo | None = None
     started = time.monotonic()
     try:
-        with console.status("building a signed apt repository of real .deb files ..."):
+        with console.status("building a signed apt repository of real .deb files and wheels"):
             repo = build_sample_apt_repo(work / "repo", n_packages=n_packages,
                                          total_bytes=total_bytes, seed=1, signed=True)
             wheels = work / "wheels"
             wheels.mkdir(exist_ok=True)
             build_sample_wheels(wheels)
-        deb_bytes = sum(p.stat().st_size for p in repo.deb_dir.glob("*.deb"))
-        console.print(f"repository: {len(repo.specs)} packages, {_mb(deb_bytes)}; "
-                      f"{len(list(wheels.glob('*.whl')))} wheels")
         assert repo.signing_key is not None
+        deb_bytes = sum(p.stat().st_size for p in repo.deb_dir.glob("*.deb"))
+        console.print(f"[bold]1. origin content[/bold]: {len(repo.specs)} packages "
+                      f"({_mb(deb_bytes)}), {len(list(wheels.glob('*.whl')))} wheels")
         origin = NodeProcess(
             ["--role", "origin", "--store", str(work / "origin"),
              "--apt", f"main={repo.deb_dir}", "--pypi", f"wheels={wheels}",
              "--gnupg-home", str(repo.signing_key.gnupg_home),
              "--signing-key", repo.signing_key.key_id], work / "origin.log").start()
-        nodes.append(origin)
-        cache = NodeProcess(["--role", "cache", "--store", str(work / "cache"),
-                             "--upstream", origin.url], work / "cache.log").start()
-        nodes.append(cache)
-        console.print(f"origin {origin.url}   regional cache {cache.url}")
-        originals = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-                     for p in wheels.iterdir()}
-        expected = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-                    for p in repo.deb_dir.glob("*.deb")}
-        t0 = time.monotonic()
-        with console.status(f"{clients} sites running apt-get update + install "
-                            f"--download-only {repo.top_package} and pip download at once ..."), \
-                ThreadPoolExecutor(clients + 2) as pool:
-            apt_jobs = [pool.submit(_apt_site, f"site-{i:02d}", work / "sites" / f"s{i:02d}",
-                                    repo.public_keyring, cache.url, repo.top_package,
-                                    expected) for i in range(clients)]
-            pip_jobs = [pool.submit(_pip_site, f"pip-{i}", work / "pip" / f"p{i}" / "dl",
-                                    cache.url, originals) for i in range(2)]
-            results = [j.result() for j in apt_jobs + pip_jobs]
-        wall = time.monotonic() - t0
-        table = Table(title="site installs through the regional cache")
-        for col in ("site", "files", "bytes", "seconds", "verified"):
-            table.add_column(col, justify="right" if col != "site" else "left")
+        for region in REGIONS:
+            parent = NodeProcess(["--role", "cache", "--store", str(work / f"{region}-parent"),
+                                  "--upstream", origin.url, "--index-ttl", "1"],
+                                 work / f"{region}-parent.log").start()
+            nodes[f"{region}-parent"] = parent
+            nodes[f"{region}-child"] = NodeProcess(
+                ["--role", "cache", "--store", str(work / f"{region}-child"),
+                 "--upstream", parent.url, "--index-ttl", "1"],
+                work / f"{region}-child.log").start()
+        console.print(f"[bold]2. fleet[/bold]: origin {origin.url}; " + "; ".join(
+            f"{r}: parent {nodes[r + '-parent'].url} -> child {nodes[r + '-child'].url}"
+            for r in REGIONS))
+        inventory_path = _write_inventory(work / "fleet.toml", origin, nodes, repo.top_package,
+                                          max(1, clients // len(REGIONS)))
+        inventory = load_inventory(inventory_path)
+        plans = plan_regions(inventory, work / "plan-indexes")
+        for plan in plans:
+            console.print(f"[bold]3. plan[/bold] {plan.region}: {len(plan.spec.artifacts)} "
+                          f"artifacts in install order ({plan.apt_packages} .deb, "
+                          f"{plan.pip_files} pip files), {_mb(plan.total_bytes)}")
+        t_push = time.monotonic()
+        console.print("[bold]4. push[/bold]: each region's parent and child pull the plan")
+        pushed = asyncio.run(_push(inventory, plans, True, console, 600))
+        push_seconds = time.monotonic() - t_push
+        if not all(st.state == "complete" for _, st in pushed):
+            console.print("[red]push did not complete on every node[/red]")
+        wan_after_push = _metric_sum(nodes["north-parent"], "edgedepot_upstream_bytes_total") + \
+            _metric_sum(nodes["south-parent"], "edgedepot_upstream_bytes_total")
+        expected = {hashlib.sha256(p.read_bytes()).hexdigest() for p in repo.deb_dir.glob("*.deb")}
+        originals = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in wheels.iterdir()}
+        t_sites = time.monotonic()
+        with console.status(f"5. {clients} apt-get sites and {len(REGIONS)} pip sites "
+                            "installing at once"):
+            results = _run_sites(work, repo, nodes, clients, expected, originals)
+        sites_seconds = time.monotonic() - t_sites
+        table = Table(title="5. site installs (download only, verified against the indexes)")
+        for col in ("site", "region", "files", "bytes", "seconds", "verified"):
+            table.add_column(col, justify="left" if col in ("site", "region") else "right")
         for r in results:
-            table.add_row(r.site, str(r.files), _mb(r.bytes), f"{r.seconds:.1f}",
+            table.add_row(r.site, r.region, str(r.files), _mb(r.bytes), f"{r.seconds:.1f}",
                           "[green]yes[/green]" if r.verified else f"[red]NO[/red] {r.error}")
         console.print(table)
-        metrics = cache.metrics()
-        wan = sum(v for (k, _), v in metrics.items() if k == "edgedepot_upstream_bytes_total")
-        wan_requests = sum(v for (k, _), v in metrics.items()
-                           if k == "edgedepot_upstream_requests_total")
-        lan = sum(v for (k, _), v in metrics.items() if k == "edgedepot_served_bytes_total")
-        served = origin.served()
-        unique_paths = [p for p in served if "/pool/" in p or "/files/" in p or "by-hash" in p]
-        repeated = {p: n for p, n in served.items() if n > 1 and p in unique_paths}
-        unique = _unique_bytes(cache)
-        summary = Table(title="what crossed the WAN (origin -> regional cache)")
+        served_before_update = origin.served()
+        # 6. The origin publishes an update; the regions sync their indexes by delta.
+        build_deb(SampleDeb("edge-security-fix", "1.0", "all", (), (), (), (), 50_000,
+                            "urgent fix"), repo.deb_dir, seed=99)
+        time.sleep(2.5)  # origin rescan interval and the caches' index TTL
+        sync_rows = asyncio.run(_sync(inventory))
+        moved = sum(int(r["bytes_moved"]) for r in sync_rows)
+        full = sum(int(r["full_bytes"]) for r in sync_rows)
+        console.print(f"[bold]6. index update[/bold]: 1 package published; {len(sync_rows)} "
+                      f"indexes synced, {_mb(moved)} moved where whole files would have moved "
+                      f"{_mb(full)}")
+        artifact_paths = [p for p in served_before_update if "/pool/" in p or
+                          ("/files/" in p and not p.endswith(".metadata"))]
+        repeated = {p: n for p, n in served_before_update.items()
+                    if p in artifact_paths and n > len(REGIONS)}
+        wan = sum(_metric_sum(nodes[f"{r}-parent"], "edgedepot_upstream_bytes_total")
+                  for r in REGIONS)
+        lan = sum(_metric_sum(n, "edgedepot_served_bytes_total") for n in nodes.values())
+        site_bytes = sum(r.bytes for r in results)
+        apt_sizes = [r.bytes for r in results if not r.site.endswith("pip") and r.files]
+        pip_sizes = [r.bytes for r in results if r.site.endswith("pip") and r.files]
+        unique = max(apt_sizes, default=0) + max(pip_sizes, default=0)
+        summary = Table(title="summary: what crossed the WAN (origin -> regions)")
         summary.add_column("measure")
         summary.add_column("value", justify="right")
-        summary.add_row("sites (apt + pip)", f"{clients} + 2")
-        summary.add_row("bytes the sites downloaded (LAN)", _mb(lan))
-        summary.add_row("unique bytes (distinct files the sites asked for)", _mb(unique))
-        summary.add_row("bytes that crossed the WAN", _mb(wan))
-        summary.add_row("WAN requests", f"{wan_requests:.0f}")
-        summary.add_row("artifacts fetched from origin more than once", str(len(repeated)))
-        summary.add_row("WAN bytes / unique bytes", f"{wan / unique:.3f}" if unique else "-")
-        summary.add_row("WAN bytes / LAN bytes", f"{wan / lan:.3f}" if lan else "-")
-        summary.add_row("wall time of all site installs", f"{wall:.1f} s")
+        summary.add_row("regions x nodes", f"{len(REGIONS)} x 2 (parent + child)")
+        summary.add_row("sites", f"{len(results)} ({clients} apt-get, {len(REGIONS)} pip)")
+        summary.add_row("unique artifact bytes per region (debs + wheels)", _mb(unique))
+        summary.add_row("WAN bytes after the push (both regions)", _mb(wan_after_push))
+        summary.add_row("WAN bytes / (unique x regions) after the push",
+                        f"{wan_after_push / (unique * len(REGIONS)):.3f}" if unique else "-")
+        summary.add_row("bytes the sites downloaded", _mb(site_bytes))
+        summary.add_row("bytes served on the LAN by the regional nodes", _mb(lan))
+        summary.add_row("WAN bytes in all (incl. indexes and the update)", _mb(wan))
+        summary.add_row("artifacts fetched from the origin more than once per region",
+                        str(len(repeated)))
+        summary.add_row("index update: moved / whole", f"{_mb(moved)} / {_mb(full)}")
+        summary.add_row("push time / site install time", f"{push_seconds:.1f} s / "
+                        f"{sites_seconds:.1f} s")
         console.print(summary)
-        ok = all(r.verified for r in results) and not repeated
+        ok = all(r.verified for r in results) and not repeated and \
+            all(st.state == "complete" for _, st in pushed)
         console.print("[green]every site got verified files; each artifact crossed the WAN "
-                      "once[/green]" if ok else "[red]demo found a problem (see above)[/red]")
+                      "once per region[/green]" if ok else "[red]the demo found a problem "
+                      "(see above)[/red]")
         console.print(f"total demo time {time.monotonic() - started:.1f} s")
         return 0 if ok else 1
     finally:
-        for node in reversed(nodes):
+        for node in reversed(list(nodes.values())):
             node.stop()
+        if origin is not None:
+            origin.stop()
         if repo is not None and repo.signing_key is not None:
             stop_gpg_agent(repo.signing_key)
             real_home = repo.signing_key.gnupg_home.resolve()
