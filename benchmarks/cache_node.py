@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,7 @@ from benchmarks.report import (
     WarmPoint,
     WarmResult,
 )
-from benchmarks.warm import WrkError, measure, wrk_available
+from benchmarks.warm import WrkError, WrkMeasurement, WrkRun, run_wrk, wrk_available
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 ALL_PEERS = ("edgedepot", "nginx-cache", "apt-cacher-ng", "nginx-direct")
@@ -91,90 +92,137 @@ class Runner:
         if diag:
             self.console.print(diag, markup=False, highlight=False)
 
-    def run_peer(self, name: str) -> None:
-        peer = self.make_peer(name)
-        last_conc = self.cfg.concurrencies[-1] if self.cfg.concurrencies else None
-        for conc in self.cfg.concurrencies:
-            reps: list[ColdRep] = []
-            for rep in range(self.cfg.cold_repeats):
-                warm_now = self.cfg.warm and conc == last_conc and rep == self.cfg.cold_repeats - 1
-                result = self.cold_once(peer, conc, rep, warm_now)
-                if result is None:
-                    return  # the peer did not start; recorded as a problem
-                reps.append(result)
-                if any("run timeout" in s for s in result.run.failure_samples):
-                    break  # a hung peer would hang the next repeat too
-            self.cold.append(report.summarize_cold(
-                name, conc, len(self.ds.files), self.ds.unique_bytes, reps))
-        if not self.cfg.concurrencies and self.cfg.warm:
-            self.warm_only(peer)
+    def run(self, names: list[str]) -> None:
+        """Cold runs, then warm runs, interleaving the peers so that the (noisy) machine's
+        background load falls on all of them alike rather than on whichever ran last."""
+        peers = [self.make_peer(n) for n in names]
+        dead: set[str] = set()
+        hung: set[tuple[str, int]] = set()
+        reps: dict[tuple[str, int], list[ColdRep]] = {}
+        warm_set: list[tuple[Peer, Origin]] = []
+        try:
+            last = self.cfg.concurrencies[-1] if self.cfg.concurrencies else None
+            for conc in self.cfg.concurrencies:
+                for rep in range(self.cfg.cold_repeats):
+                    keep = self.cfg.warm and conc == last and rep == self.cfg.cold_repeats - 1
+                    for peer in _rotate(peers, rep):
+                        if peer.name in dead or (peer.name, conc) in hung:
+                            continue
+                        origin = self.new_origin(peer)
+                        result = self.cold_once(peer, origin, conc, rep, keep)
+                        if result is None:
+                            dead.add(peer.name)
+                            continue
+                        reps.setdefault((peer.name, conc), []).append(result)
+                        if keep:
+                            warm_set.append((peer, origin))
+                        if any("run timeout" in m for m in result.run.failure_samples):
+                            hung.add((peer.name, conc))  # the next repeat would hang too
+            for conc in self.cfg.concurrencies:
+                for peer in peers:
+                    if (peer.name, conc) in reps:
+                        self.cold.append(report.summarize_cold(
+                            peer.name, conc, len(self.ds.files), self.ds.unique_bytes,
+                            reps[(peer.name, conc)]))
+            if self.cfg.warm and not self.cfg.concurrencies:
+                warm_set = [x for x in (self.prepare_warm(p) for p in peers) if x is not None]
+            if warm_set:
+                self.measure_warm(warm_set)
+        finally:
+            for peer, origin in warm_set:
+                peer.stop()
+                origin.stop()
 
-    def cold_once(self, peer: Peer, conc: int, rep: int, then_warm: bool) -> ColdRep | None:
-        origin = Origin(self.workroot / f"origin-{peer.name}", self.ds.root, self.rate)
+    def new_origin(self, peer: Peer) -> Origin:
+        return Origin(self.workroot / f"origin-{peer.name}", self.ds.root, self.rate)
+
+    def start_pair(self, peer: Peer, origin: Origin) -> bool:
         try:
             if peer.needs_origin:
                 origin.start()
-            try:
-                peer.start(origin.url if peer.needs_origin else "")
-            except PeerError as exc:
-                self.problem(peer, "start", str(exc))
-                return None
+            peer.start(origin.url if peer.needs_origin else "")
+        except PeerError as exc:
+            self.problem(peer, "start", str(exc))
+            peer.stop()
+            origin.stop()
+            return False
+        return True
+
+    def cold_once(
+        self, peer: Peer, origin: Origin, conc: int, rep: int, keep: bool
+    ) -> ColdRep | None:
+        """One cold run from an empty peer; the peer is left running when ``keep``."""
+        if not self.start_pair(peer, origin):
+            return None
+        finished = False
+        try:
             run = run_cold(peer.base_url, self.ds.files, conc, procs=self.cfg.client_procs,
                            timeout_s=self.cold_timeout(conc))
             upstream = origin.stats() if peer.needs_origin else None
             line = (f"cold {peer.name:14} c={conc:<3} rep {rep + 1}: {run.wall_s:7.2f}s "
-                    f"failures={run.failures}")
+                    f"failures={run.failures} cpu busy {run.machine_busy * 100:3.0f}%")
             if upstream is not None:
                 line += (f" upstream={upstream.requests} req "
                          f"{upstream.body_bytes / self.ds.unique_bytes:.3f}x unique bytes")
             self.console.print(line, highlight=False)
             if run.failures:
+                kinds = ", ".join(f"{n} {k}" for k, n in run.failure_kinds)
                 self.problem(peer, f"cold c={conc} rep {rep + 1}",
-                             f"{run.failures} failed requests; first: "
-                             + " | ".join(run.failure_samples[:4]))
-            if then_warm:
-                self.warm.append(self.measure_warm(peer, origin if peer.needs_origin else None))
+                             f"{run.failures} failed requests ({kinds}); e.g. "
+                             + " | ".join(run.failure_samples[:2]))
+            finished = True
             return ColdRep(run, upstream)
         finally:
-            peer.stop()
-            origin.stop()
+            if not (keep and finished):
+                peer.stop()
+                origin.stop()
 
-    def warm_only(self, peer: Peer) -> None:
-        origin = Origin(self.workroot / f"origin-{peer.name}", self.ds.root, self.rate)
-        try:
-            if peer.needs_origin:
-                origin.start()
-            peer.start(origin.url if peer.needs_origin else "")
-            run_cold(peer.base_url, self.ds.files, 1, procs=1, timeout_s=self.cold_timeout(1))
-            self.warm.append(self.measure_warm(peer, origin if peer.needs_origin else None))
-        except PeerError as exc:
-            self.problem(peer, "start", str(exc))
-        finally:
-            peer.stop()
-            origin.stop()
+    def prepare_warm(self, peer: Peer) -> tuple[Peer, Origin] | None:
+        origin = self.new_origin(peer)
+        if not self.start_pair(peer, origin):
+            return None
+        run_cold(peer.base_url, self.ds.files, 1, procs=1, timeout_s=self.cold_timeout(1))
+        return peer, origin
 
-    def measure_warm(self, peer: Peer, origin: Origin | None) -> WarmResult:
-        offset = origin.log_offset() if origin else 0
+    def measure_warm(self, warm_set: list[tuple[Peer, Origin]]) -> None:
+        offsets = {peer.name: origin.log_offset() for peer, origin in warm_set}
         small = tuple(f.path for f in self.ds.small_index_files())
         large = tuple(f.path for f in self.ds.largest_pool_files(self.cfg.large_files))
-        points: list[WarmPoint] = []
+        points: dict[str, list[WarmPoint]] = {peer.name: [] for peer, _ in warm_set}
         for kind, paths in (("small", small), ("large", large)):
             for conns in self.cfg.warm_connections:
-                try:
-                    m = measure(peer.base_url, paths, conns, self.cfg.warm_seconds,
-                                self.cfg.warm_repeats)
-                except (WrkError, subprocess.TimeoutExpired) as exc:
-                    self.problem(peer, f"warm {kind} c={conns}", str(exc))
-                    continue
-                points.append(WarmPoint(kind, conns, m.rps, m.mb_per_s, m.errors, m.p99_ms, m))
-                self.console.print(
-                    f"warm {peer.name:14} {kind:5} c={conns:<3}: {m.rps:10.0f} req/s "
-                    f"{m.mb_per_s:8.0f} MB/s errors={m.errors}", highlight=False)
-                if m.errors:
-                    self.problem(peer, f"warm {kind} c={conns}",
-                                 f"wrk counted {m.errors} errors (socket errors or non-2xx/3xx)")
-        upstream = origin.stats(offset).requests if origin else None
-        return WarmResult(peer.name, tuple(points), upstream)
+                runs: dict[str, list[WrkRun]] = {peer.name: [] for peer, _ in warm_set}
+                for rep in range(self.cfg.warm_repeats):
+                    for peer in _rotate([p for p, _ in warm_set], rep):
+                        try:
+                            runs[peer.name].append(
+                                run_wrk(peer.base_url, paths, conns, self.cfg.warm_seconds))
+                        except (WrkError, subprocess.TimeoutExpired) as exc:
+                            self.problem(peer, f"warm {kind} c={conns}", str(exc))
+                for peer, _ in warm_set:
+                    if not runs[peer.name]:
+                        continue
+                    m = WrkMeasurement(conns, paths, tuple(runs[peer.name]))
+                    points[peer.name].append(
+                        WarmPoint(kind, conns, m.rps, m.mb_per_s, m.errors, m.p99_ms, m))
+                    self.console.print(
+                        f"warm {peer.name:14} {kind:5} c={conns:<3}: {m.rps:10.0f} ok req/s "
+                        f"{m.mb_per_s:8.0f} MB/s errors={m.errors}", highlight=False)
+                    if m.errors:
+                        self.problem(peer, f"warm {kind} c={conns}",
+                                     f"wrk counted {m.errors} errors (socket errors or "
+                                     "non-2xx/3xx responses)")
+        for peer, origin in warm_set:
+            upstream = origin.stats(offsets[peer.name]).requests if peer.needs_origin else None
+            self.warm.append(WarmResult(peer.name, tuple(points[peer.name]), upstream))
+
+
+def _rotate(peers: list[Peer], by: int) -> list[Peer]:
+    """The peers in a different order per repeat, so none is always measured first."""
+    if not peers:
+        return []
+    k = by % len(peers)
+    return peers[k:] + peers[:k]
 
 
 def environment() -> report.Environment:
@@ -225,8 +273,7 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> Benchmark
     runner = Runner(cfg, ds, console, workroot)
     runner.problems.extend(problems)
     try:
-        for name in peers:
-            runner.run_peer(name)
+        runner.run(peers)
     finally:
         if cfg.keep_workdir:
             console.print(f"work directory kept: {workroot}")
@@ -292,6 +339,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every server this run started is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     # Wide tables when the output is a file or pipe; a terminal keeps its own width.
     console = Console() if sys.stdout.isatty() else Console(width=200)
     unknown = [p for p in cfg.peers if p not in ALL_PEERS]

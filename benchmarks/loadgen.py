@@ -31,11 +31,21 @@ class _Tally:
     bytes_received: int = 0
     failures: int = 0
     samples: list[str] = field(default_factory=list)
+    kinds: dict[str, int] = field(default_factory=dict)
 
-    def fail(self, message: str) -> None:
-        self.failures += 1
+    def fail(self, kind: str, message: str, count: int = 1) -> None:
+        self.failures += count
+        self.kinds[kind] = self.kinds.get(kind, 0) + count
         if len(self.samples) < MAX_SAMPLES:
             self.samples.append(message)
+
+
+def merge_kinds(parts: list[tuple[tuple[str, int], ...]]) -> tuple[tuple[str, int], ...]:
+    merged: dict[str, int] = {}
+    for part in parts:
+        for kind, count in part:
+            merged[kind] = merged.get(kind, 0) + count
+    return tuple(sorted(merged.items()))
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,7 @@ class WorkerReport:
     bytes_received: int
     failures: int
     samples: tuple[str, ...]
+    failure_kinds: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
@@ -62,9 +73,25 @@ class ColdRun:
     failures: int
     bytes_received: int
     failure_samples: tuple[str, ...]
+    failure_kinds: tuple[tuple[str, int], ...]  # (kind, count), e.g. ("truncated", 3)
     loadgen_procs: int
     loadgen_cpu_s: float
     loadgen_max_util: float  # highest CPU time / wall time of one load-generator process
+    machine_busy: float  # fraction of all CPUs busy (anyone's work) during the run
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def machine_busy_since(before: tuple[int, int]) -> float:
+    busy, total = _cpu_times()
+    return (busy - before[0]) / max(1, total - before[1])
 
 
 async def _fetch_one(
@@ -80,15 +107,16 @@ async def _fetch_one(
                 received += len(chunk)
             tally.bytes_received += received
             if resp.status != 200:
-                tally.fail(f"HTTP {resp.status} for {url} ({received} bytes)")
+                tally.fail(f"http {resp.status}", f"HTTP {resp.status} for {url} ({received} bytes)")
             elif received != expected.size:
-                tally.fail(f"truncated/oversized {url}: {received} of {expected.size} bytes")
+                tally.fail("wrong size", f"wrong size {url}: {received} of {expected.size} bytes")
             elif digest.hexdigest() != expected.sha256:
-                tally.fail(f"sha256 mismatch for {url} ({received} bytes)")
+                tally.fail("sha256 mismatch", f"sha256 mismatch for {url} ({received} bytes)")
             else:
                 tally.ok += 1
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        tally.fail(f"{type(exc).__name__} for {url}: {exc}")
+        kind = "truncated" if isinstance(exc, aiohttp.ClientPayloadError) else type(exc).__name__
+        tally.fail(kind, f"{type(exc).__name__} for {url}: {exc}")
 
 
 async def _client(
@@ -137,12 +165,12 @@ async def _run_clients(
             for slot, done in enumerate(progress):
                 missing = len(files) - done
                 if missing > 0:
-                    tally.failures += missing
-                    if len(tally.samples) < MAX_SAMPLES:
-                        tally.samples.append(
-                            f"client {slot}: run timeout after {timeout_s:.0f}s, stuck at "
-                            f"{files[done].path} ({missing} files not fetched)"
-                        )
+                    tally.fail(
+                        "run timeout",
+                        f"client {slot}: run timeout after {timeout_s:.0f}s, stuck at "
+                        f"{files[done].path} ({missing} files not fetched)",
+                        missing,
+                    )
         end = time.monotonic()
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
     finally:
@@ -151,7 +179,7 @@ async def _run_clients(
     cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
     return WorkerReport(
         n_clients, start, end, cpu, tally.requests, tally.ok, tally.bytes_received,
-        tally.failures, tuple(tally.samples),
+        tally.failures, tuple(tally.samples), tuple(sorted(tally.kinds.items())),
     )
 
 
@@ -192,6 +220,7 @@ def run_cold(
         )
         for share in shares
     ]
+    cpu_before = _cpu_times()
     for w in workers:
         w.start()
     reports: list[WorkerReport] = []
@@ -217,7 +246,9 @@ def run_cold(
         failures=sum(r.failures for r in reports),
         bytes_received=sum(r.bytes_received for r in reports),
         failure_samples=tuple(samples[:MAX_SAMPLES]),
+        failure_kinds=merge_kinds([r.failure_kinds for r in reports]),
         loadgen_procs=procs,
         loadgen_cpu_s=sum(r.cpu_s for r in reports),
         loadgen_max_util=max(r.cpu_s / max(r.end - r.start, 1e-9) for r in reports),
+        machine_busy=machine_busy_since(cpu_before),
     )

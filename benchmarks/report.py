@@ -14,7 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.loadgen import ColdRun
+from benchmarks.loadgen import ColdRun, merge_kinds
 from benchmarks.peers import UpstreamStats
 from benchmarks.warm import WrkMeasurement
 
@@ -42,7 +42,9 @@ class ColdResult:
     upstream_bytes: int | None  # worst (max) over repeats
     upstream_ratio: float | None  # upstream_bytes / unique_bytes
     loadgen_util: float  # max CPU/wall of one load-generator process over repeats
+    machine_busy: float  # median fraction of all CPUs busy during the runs
     failure_samples: tuple[str, ...]
+    failure_kinds: tuple[tuple[str, int], ...]  # over all repeats
     reps: tuple[ColdRep, ...]
 
 
@@ -67,7 +69,9 @@ def summarize_cold(
         upstream_bytes=up_bytes,
         upstream_ratio=None if up_bytes is None else up_bytes / unique_bytes,
         loadgen_util=max(r.run.loadgen_max_util for r in reps),
+        machine_busy=statistics.median(r.run.machine_busy for r in reps),
         failure_samples=tuple(samples[:8]),
+        failure_kinds=merge_kinds([r.run.failure_kinds for r in reps]),
         reps=tuple(reps),
     )
 
@@ -186,6 +190,7 @@ class TableData:
     headers: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     note: str = ""
+    left: int = 2  # leading text columns (left-aligned); the rest are numbers
 
 
 def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
@@ -202,6 +207,13 @@ def _verdict(passed: bool | None) -> str:
     return "n/a" if passed is None else ("PASS" if passed else "FAIL")
 
 
+def failures_text(c: ColdResult) -> str:
+    if not c.failures:
+        return "0"
+    kinds = ", ".join(f"{count} {kind}" for kind, count in c.failure_kinds)
+    return f"{c.failures} ({kinds})"
+
+
 def cold_table(res: BenchmarkResults, reference_peer: str) -> TableData:
     rows: list[tuple[str, ...]] = []
     for conc in sorted({c.concurrency for c in res.cold}):
@@ -213,15 +225,17 @@ def cold_table(res: BenchmarkResults, reference_peer: str) -> TableData:
             rows.append((
                 str(conc), peer, fmt(c.wall_s), ratio_text(c.wall_s, ref.wall_s if ref else None),
                 "-" if c.upstream_requests is None else f"{c.upstream_requests} / {c.unique_files}",
-                fmt(c.upstream_ratio, 3), str(c.failures), f"{c.loadgen_util:.2f}",
+                fmt(c.upstream_ratio, 3), failures_text(c), f"{c.loadgen_util:.2f}",
+                f"{c.machine_busy * 100:.0f}%",
             ))
     return TableData(
         "Cold cache: every client fetches the whole repository from an empty peer",
         ("Clients", "Peer", "Wall s (median)", f"Wall vs {reference_peer}",
-         "Upstream req / files", "Upstream bytes / unique", "Failures", "Loadgen CPU"),
+         "Upstream req / files", "Upstream bytes / unique", "Failures", "Loadgen CPU",
+         "Machine CPU busy"),
         tuple(rows),
-        "Wall: median over repeats. Upstream columns and Loadgen CPU: worst repeat. "
-        "Failures: total over repeats.",
+        "Wall and machine CPU busy: median over repeats. Upstream columns and Loadgen CPU: "
+        "worst repeat. Failures: total over repeats.",
     )
 
 
@@ -255,7 +269,9 @@ def warm_table(res: BenchmarkResults, small_conns: tuple[int, ...], large_conns:
     return TableData(
         "Warm cache: wrk against a warm peer (median of repeats)",
         tuple(headers), tuple(rows),
-        "Small: InRelease + Packages in rotation. Large: the 5 largest .debs in rotation.",
+        "Small: InRelease + Packages in rotation (successful responses/s). "
+        "Large: the 5 largest .debs in rotation.",
+        left=1,
     )
 
 
@@ -280,7 +296,7 @@ def print_rich(console: Console, tables: list[TableData]) -> None:
     for t in tables:
         table = Table(title=t.title, caption=t.note or None, show_lines=False)
         for i, h in enumerate(t.headers):
-            table.add_column(h, justify="left" if i < 2 else "right")
+            table.add_column(h, justify="left" if i < t.left else "right")
         for row in t.rows:
             styled = [
                 f"[green]{c}[/]" if c == "PASS" else f"[red]{c}[/]" if c == "FAIL" else c
@@ -300,7 +316,8 @@ def markdown(res: BenchmarkResults, tables: list[TableData]) -> str:
         out.append(f"### {t.title}")
         out.append("")
         out.append("| " + " | ".join(t.headers) + " |")
-        out.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(t.headers))) + "|")
+        aligns = ("---" if i < t.left else "---:" for i in range(len(t.headers)))
+        out.append("|" + "|".join(aligns) + "|")
         for row in t.rows:
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
         if t.note:
@@ -311,7 +328,8 @@ def markdown(res: BenchmarkResults, tables: list[TableData]) -> str:
         out.append("### Problems")
         out.append("")
         for p in res.problems:
-            out.append(f"- **{p.peer}** ({p.phase}): {p.message}")
+            message = p.message if len(p.message) <= 300 else p.message[:297] + "..."
+            out.append(f"- **{p.peer}** ({p.phase}): {message}")
         out.append("")
     return "\n".join(out)
 

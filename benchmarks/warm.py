@@ -45,13 +45,20 @@ class WrkRun:
     requests: int
     bytes_total: int
     duration_s: float
-    errors: int  # connect/read/write/timeout errors plus non-2xx/3xx statuses
+    socket_errors: int  # connect/read/write/timeout errors
+    status_errors: int  # responses with a status other than 2xx/3xx
     p50_ms: float
     p99_ms: float
 
     @property
+    def errors(self) -> int:
+        return self.socket_errors + self.status_errors
+
+    @property
     def rps(self) -> float:
-        return self.requests / self.duration_s if self.duration_s > 0 else 0.0
+        """Successful (2xx/3xx) responses per second."""
+        ok = self.requests - self.status_errors
+        return ok / self.duration_s if self.duration_s > 0 else 0.0
 
     @property
     def mb_per_s(self) -> float:
@@ -116,12 +123,13 @@ def run_wrk(
     for line in out.stdout.splitlines():
         if line.startswith(MARKER):
             doc = json.loads(line[len(MARKER):])
-            errors = sum(int(doc[k]) for k in ("connect", "read", "write", "status", "timeout"))
+            socket_errors = sum(int(doc[k]) for k in ("connect", "read", "write", "timeout"))
             return WrkRun(
                 requests=int(doc["requests"]),
                 bytes_total=int(doc["bytes"]),
                 duration_s=int(doc["duration_us"]) / 1e6,
-                errors=errors,
+                socket_errors=socket_errors,
+                status_errors=int(doc["status"]),
                 p50_ms=int(doc["p50_us"]) / 1e3,
                 p99_ms=int(doc["p99_us"]) / 1e3,
             )
