@@ -18,6 +18,7 @@ import os
 import sqlite3
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1 << 20
+KNOWN_BLOBS_CACHE = 200_000
 
 
 class IntegrityError(Exception):
@@ -131,12 +133,16 @@ class BlobStore:
         self.root = root
         self.quota_bytes = quota_bytes
         self.blob_dir = root / "blobs" / "sha256"
+        self._blob_prefix = f"{self.blob_dir}/"
         self.partial_dir = root / "partial"
         self._db: sqlite3.Connection | None = None
         self._total_bytes = 0
         self._blob_count = 0
         self._busy: dict[str, int] = {}  # digests being streamed right now: not evicted
         self._touched: dict[str, float] = {}  # LRU access times not yet written to SQLite
+        # Recently confirmed blobs: digest -> size, so a hit costs no SQLite query.
+        self._known: OrderedDict[str, int] = OrderedDict()
+        self._name_cache: dict[tuple[str, str], str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -181,7 +187,12 @@ class BlobStore:
     def blob_path(self, digest: str) -> Path:
         if not is_sha256_hex(digest):
             raise ValueError(f"not a sha256 hex digest: {digest!r}")
-        return self.blob_dir / digest[:2] / digest
+        return Path(f"{self._blob_prefix}{digest[:2]}/{digest}")
+
+    def _remember(self, digest: str, size: int) -> None:
+        self._known[digest] = size
+        if len(self._known) > KNOWN_BLOBS_CACHE:
+            self._known.popitem(last=False)
 
     def new_partial(self) -> PartialWriter:
         return PartialWriter(self.partial_dir / f"{uuid.uuid4().hex}.part")
@@ -192,11 +203,15 @@ class BlobStore:
         return row is not None and self.blob_path(digest).exists()
 
     def get(self, digest: str) -> BlobRef | None:
-        row = self.db.execute("SELECT size FROM blobs WHERE digest=?", (digest,)).fetchone()
-        if row is None:
-            return None
+        size = self._known.get(digest)
+        if size is None:
+            row = self.db.execute("SELECT size FROM blobs WHERE digest=?", (digest,)).fetchone()
+            if row is None:
+                return None
+            size = int(row[0])
+            self._remember(digest, size)
         self._touched[digest] = time.time()
-        return BlobRef(digest, int(row[0]))
+        return BlobRef(digest, size)
 
     def commit(self, partial: PartialWriter, expected_sha256: str | None,
                expected_size: int | None = None) -> BlobRef:
@@ -267,11 +282,17 @@ class BlobStore:
 
     # -- names -----------------------------------------------------------------------------
     def bind(self, namespace: str, name: str, digest: str) -> None:
+        self._name_cache.pop((namespace, name), None)
         self.db.execute(
             "INSERT OR REPLACE INTO names(namespace, name, digest, updated) VALUES (?,?,?,?)",
             (namespace, name, digest, time.time()))
 
     def lookup(self, namespace: str, name: str) -> BlobRef | None:
+        digest = self._name_cache.get((namespace, name))
+        if digest is not None and digest in self._known and os.path.exists(
+                f"{self._blob_prefix}{digest[:2]}/{digest}"):
+            self._touched[digest] = time.time()
+            return BlobRef(digest, self._known[digest])
         row = self.db.execute(
             "SELECT n.digest, b.size FROM names n JOIN blobs b ON b.digest = n.digest "
             "WHERE n.namespace=? AND n.name=?", (namespace, name)).fetchone()
@@ -282,6 +303,10 @@ class BlobStore:
             self._forget(digest)
             return None
         self._touched[digest] = time.time()
+        self._remember(digest, size)
+        if len(self._name_cache) > KNOWN_BLOBS_CACHE:
+            self._name_cache.clear()
+        self._name_cache[(namespace, name)] = digest
         return BlobRef(digest, size)
 
     def names(self, namespace: str) -> Iterator[tuple[str, str]]:
@@ -289,6 +314,7 @@ class BlobStore:
             "SELECT name, digest FROM names WHERE namespace=? ORDER BY name", (namespace,))
 
     def unbind(self, namespace: str, name: str) -> None:
+        self._name_cache.pop((namespace, name), None)
         self.db.execute("DELETE FROM names WHERE namespace=? AND name=?", (namespace, name))
 
     def flush_access(self) -> None:
@@ -340,6 +366,8 @@ class BlobStore:
         self._forget(digest)
 
     def _forget(self, digest: str) -> None:
+        self._known.pop(digest, None)
+        self._name_cache.clear()
         row = self.db.execute("SELECT size FROM blobs WHERE digest=?", (digest,)).fetchone()
         self.db.execute("DELETE FROM blobs WHERE digest=?", (digest,))
         self.db.execute("DELETE FROM names WHERE digest=?", (digest,))
