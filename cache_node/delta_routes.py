@@ -25,6 +25,7 @@ from syncer.delta_wire import (
 )
 
 MAX_RANGES_BODY = 64 << 20
+_CHUNK = 1 << 18
 
 ServiceFor = Callable[[web.Request], DeltaService]
 
@@ -103,13 +104,18 @@ def add_delta_routes(app: web.Application, service_for_request: ServiceFor) -> N
         except BadRequest as exc:
             return _error(400, "bad_ranges", str(exc))
         try:
-            response = web.FileResponse(payload.path, headers={
+            response = web.StreamResponse(headers={
                 "Content-Type": ZSTD_TYPE,
                 PAYLOAD_SHA256_HEADER: payload.payload_sha256,
                 PAYLOAD_LENGTH_HEADER: str(payload.payload_size),
                 "Cache-Control": "no-store",
             })
+            response.content_length = payload.compressed_size
             await response.prepare(request)
+            with open(payload.path, "rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    await response.write(chunk)
+            await response.write_eof()
             return response
         finally:
             payload.release()

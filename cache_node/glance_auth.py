@@ -215,9 +215,8 @@ class GlanceAuthorizer:
         allowed: dict[str, GlanceImage] = {}
         wanted = scope.visibility
         for image in cached:
-            if image.visibility == "public" and wanted in (None, "public", "all"):
-                allowed[image.id] = image
-            elif image.visibility == "community" and wanted in ("community", "all"):
+            listable = {"public": (None, "public", "all"), "community": ("community", "all")}
+            if wanted in listable.get(image.visibility, ()):
                 allowed[image.id] = image
         if self.offline_policy == "cached":
             cached_ids = {i.id for i in cached}

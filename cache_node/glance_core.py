@@ -19,11 +19,11 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -43,11 +43,16 @@ from cache_node.metrics import Metrics
 from cache_node.store import BlobRef, BlobStore
 from cache_node.upstream import UpstreamClient, UpstreamNotFound, UpstreamUnavailable
 from distro.glance_images import (
+    LIST_LIMIT_MAX,
     DigestMemo,
     GlanceImage,
     ImageDirectory,
+    ImageQueryError,
     ImageRecordError,
+    list_page,
     load_image_directory,
+    scope_params,
+    validate_list_params,
 )
 
 log = logging.getLogger(__name__)
@@ -56,14 +61,10 @@ NAMESPACE = "glance"
 NS_DATA = "glance-image"      # image id -> verified image data blob
 NS_RECORD = "glance-record"   # image id -> the image record (JSON) as last confirmed
 CURRENT_VERSION = "2.18"
-SUPPORTED_VERSIONS = tuple(f"2.{n}" for n in range(17, -1, -1))
-LIMIT_DEFAULT = 25
-LIMIT_MAX = 1000
-SORT_KEYS = ("name", "status", "container_format", "disk_format", "size", "id", "created_at",
-             "updated_at")
-VISIBILITY_FILTERS = ("community", "public", "private", "shared", "all")
+SUPPORTED_VERSIONS = tuple(f"2.{n}" for n in range(18, -1, -1))  # newest first
 READ_CHUNK = 256 << 10
 HASH_CHUNK = 4 << 20
+MIN_BATCH = 1 << 20
 
 
 class RangeNotSatisfiable(ServiceError):
@@ -126,6 +127,12 @@ class CachedImage:
 class CacheState:
     cached: tuple[CachedImage, ...]
     queued: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ClearResult:
+    cache_deleted: int | None  # None: not asked to clear the cache
+    queue_deleted: int | None
 
 
 @dataclass(frozen=True)
@@ -288,7 +295,7 @@ class HttpGlanceBackend:
             raise ServiceError(f"upstream image record is malformed: {exc}", 502) from None
 
     async def fetch_list(self, caller: Caller, scope: ListScope) -> list[GlanceImage]:
-        path = "v2/images?" + urlencode([("limit", str(LIMIT_MAX)), *scope.query()])
+        path = "v2/images?" + urlencode([("limit", str(LIST_LIMIT_MAX)), *scope.query()])
         out: list[GlanceImage] = []
         for _ in range(10_000):
             doc = await self._get_json(caller, path)
@@ -344,10 +351,12 @@ class _HeaderClient(UpstreamClient):
 # -- the first fetch of an image, verified against its record ---------------------------------
 
 class ImageFetch:
-    """Follows a coordinator fetch, hashing md5 + os_hash_algo as the bytes land on disk.
+    """Follows a coordinator fetch, hashing md5 and os_hash_algo (in two threads, in parallel)
+    as the bytes land on disk.
 
-    `hashed` bytes are safe to stream; `result` resolves once the whole image verified and is
-    bound in the store (or fails: the blob is removed and streams must be aborted).
+    Clients stream the written bytes as they arrive, all but the last one; `result` resolves
+    once the whole image verified and is bound in the store, or fails: the blob is removed
+    and the streams are aborted.
     """
 
     def __init__(self, image: GlanceImage, fetch: Fetch) -> None:
@@ -369,7 +378,12 @@ class ImageFetch:
         self._event = asyncio.Event()
 
     async def wait_beyond(self, seen: int) -> None:
-        while self.hashed <= seen and not self.result.done():
+        """Until more than `seen` bytes were written, or the verification ended."""
+        if self.fetch.written > seen or self.result.done():
+            return
+        if not self.fetch.done.done():
+            await self.fetch.wait_beyond(seen)
+        else:
             await self._event.wait()
 
     async def run(self, on_verified: Callable[[BlobRef], None],
@@ -386,11 +400,17 @@ class ImageFetch:
         try:
             while True:
                 done = fetch.done.done()
+                if not done and fetch.written - self.hashed < MIN_BATCH:
+                    await fetch.wait_beyond(self.hashed + MIN_BATCH - 1)  # batch small reads
+                    continue
                 if self.hashed < fetch.written:
                     n = min(HASH_CHUNK, fetch.written - self.hashed)
-                    self.hashed += await asyncio.to_thread(
-                        _hash_range, self._fd, self.hashed, n, (md5, strong))
-                    self._notify()
+                    data = os.pread(self._fd, n, self.hashed)
+                    if not data:
+                        raise FetchFailed("partial image file shrank", 500)
+                    await asyncio.gather(asyncio.to_thread(md5.update, data),
+                                         asyncio.to_thread(strong.update, data))
+                    self.hashed += len(data)
                     continue
                 if done:
                     break
@@ -404,20 +424,13 @@ class ImageFetch:
             self.result.set_result(ref)
         except FetchFailed as exc:
             self.result.set_exception(exc)
-        except Exception as exc:  # noqa: BLE001 - readers must never hang
+        except Exception as exc:
             log.exception("verifying image %s", image.id)
             on_failed(ref, str(exc))
             self.result.set_exception(FetchFailed(f"internal error: {exc}", 500))
         finally:
             os.close(self._fd)
             self._notify()
-
-
-def _hash_range(fd: int, offset: int, n: int, hashes: Sequence[Any]) -> int:
-    data = os.pread(fd, n, offset)
-    for h in hashes:
-        h.update(data)
-    return len(data)
 
 
 def _check(image: GlanceImage, ref: BlobRef, md5: str, strong: str, algo: str) -> str | None:
@@ -449,7 +462,8 @@ async def stream_image(ifetch: ImageFetch, write: Callable[[bytes], Awaitable[No
         while offset < end:
             if ifetch.result.done() and not ifetch.verified:
                 ifetch.result.result()  # raises FetchFailed
-            cap = min(end, ifetch.hashed) if ifetch.verified else min(end - 1, ifetch.hashed)
+            written = ifetch.fetch.written
+            cap = min(end, written) if ifetch.verified else min(end - 1, written)
             if offset < cap:
                 chunk = os.pread(fd, min(READ_CHUNK, cap - offset), offset)
                 if not chunk:
@@ -457,126 +471,12 @@ async def stream_image(ifetch: ImageFetch, write: Callable[[bytes], Awaitable[No
                 await write(chunk)
                 offset += len(chunk)
                 continue
-            await ifetch.wait_beyond(ifetch.hashed)
+            # Caught up with the download: wait for a batch rather than a trickle.
+            # (offset == written here unless all bytes are in and only the verification is due)
+            await ifetch.wait_beyond(written if written >= end else min(offset + READ_CHUNK, end) - 1)
         return offset
     finally:
         os.close(fd)
-
-
-# -- listing semantics -------------------------------------------------------------------------
-
-_SCOPE_KEYS = ("visibility", "os_hidden", "member_status")
-_BOOL_FILTERS = ("protected", "os_hidden")
-
-
-def _sorting(params: list[tuple[str, str]]) -> list[tuple[str, bool]]:
-    keys = [v.strip() for k, v in params if k == "sort_key"]
-    dirs = [v.strip() for k, v in params if k == "sort_dir"]
-    sort = [v for k, v in params if k == "sort"]
-    if sort:
-        if keys or dirs:
-            raise BadRequest("Old and new sorting syntax cannot be combined")
-        for item in sort[-1].strip().split(","):
-            key, _, direction = item.partition(":")
-            keys.append(key.strip())
-            dirs.append(direction.strip() or "desc")
-    for key in keys:
-        if key not in SORT_KEYS:
-            raise BadRequest(f"Invalid sort key: {key}. It must be one of the following: "
-                             f"{', '.join(SORT_KEYS)}.")
-    for direction in dirs:
-        if direction not in ("asc", "desc"):
-            raise BadRequest(f"Invalid sort direction: {direction}")
-    if len(dirs) > 1 and len(dirs) != len(keys):
-        raise BadRequest("Number of sort dirs does not match the number of sort keys")
-    keys = keys or ["created_at"]
-    dirs = dirs or ["desc"]
-    if len(dirs) == 1:
-        dirs = dirs * len(keys)
-    order = [(k, d == "desc") for k, d in zip(keys, dirs, strict=True)]
-    for extra in ("created_at", "id"):  # Glance's database adds these for a stable order
-        if extra not in keys:
-            order.append((extra, True))
-    return order
-
-
-def _sort_images(images: list[GlanceImage], order: list[tuple[str, bool]]) -> list[GlanceImage]:
-    for key, desc in reversed(order):  # stable sorts, least significant key first
-        images.sort(key=_sort_key(key), reverse=desc)
-    return images
-
-
-def _sort_key(key: str) -> Callable[[GlanceImage], tuple[bool, int, str]]:
-    def value(image: GlanceImage) -> tuple[bool, int, str]:
-        v = image.value(key)  # NULLs first when ascending, as in Glance's database
-        if isinstance(v, int) and not isinstance(v, bool):
-            return (True, v, "")
-        return (v is not None, 0, "" if v is None else str(v))
-    return value
-
-
-def _matches(image: GlanceImage, key: str, wanted: str) -> bool:
-    if key in ("size_min", "size_max"):
-        try:
-            bound = int(wanted)
-        except ValueError:
-            raise BadRequest(f"Invalid {key} value: {wanted}") from None
-        if image.size is None:
-            return False
-        return image.size >= bound if key == "size_min" else image.size <= bound
-    actual = image.value(key)
-    if isinstance(actual, bool):
-        return actual == (wanted == "true")
-    text = "" if actual is None else str(actual)
-    if wanted.startswith("in:"):
-        return text in [w.strip().strip('"') for w in wanted[3:].split(",")]
-    if wanted.startswith("eq:"):
-        wanted = wanted[3:]
-    return text == wanted
-
-
-def _validate_filters(params: list[tuple[str, str]]) -> None:
-    for key, value in params:
-        if key == "visibility" and value not in VISIBILITY_FILTERS:
-            raise BadRequest(f"Invalid visibility value: {value}")
-        if key in _BOOL_FILTERS and value not in ("true", "false"):
-            raise BadRequest(f"Invalid value '{value}' for '{key}' filter. "
-                             "Valid values are 'true' or 'false'.")
-        if key == "member_status" and value not in ("pending", "accepted", "rejected", "all"):
-            raise BadRequest(f"Invalid status: {value}")
-        if key == "changes-since":
-            raise BadRequest('The "changes-since" filter is no longer available on v2.')
-
-
-def _page(images: list[GlanceImage], params: list[tuple[str, str]]) -> ImageList:
-    last: dict[str, str] = {}
-    for key, value in params:  # what Glance's dict(request.params) keeps: the last value
-        last[key] = value
-    last.pop("marker", None)
-    query = urlencode(last)
-    first = "/v2/images" + (f"?{query}" if query else "")
-    limit_text = next((v for k, v in reversed(params) if k == "limit"), None)
-    limit = LIMIT_DEFAULT
-    if limit_text is not None:
-        try:
-            limit = int(limit_text)
-        except ValueError:
-            raise BadRequest("limit param must be an integer") from None
-        if limit < 0:
-            raise BadRequest("limit param must be positive")
-    limit = min(limit, LIMIT_MAX)
-    marker = next((v for k, v in reversed(params) if k == "marker"), None)
-    start = 0
-    if marker is not None:
-        index = next((n for n, i in enumerate(images) if i.id == marker), None)
-        if index is None:
-            raise BadRequest(f"marker {marker} could not be found.")
-        start = index + 1
-    page = images[start:start + limit]
-    nxt = None
-    if page and len(page) == limit:
-        nxt = "/v2/images?" + urlencode({**last, "marker": page[-1].id})
-    return ImageList(tuple(page), first, nxt)
 
 
 # -- the service -------------------------------------------------------------------------------
@@ -632,15 +532,13 @@ class GlanceService:
 
     async def list_images(self, caller: Caller, params: Sequence[tuple[str, str]]) -> ImageList:
         params = list(params)
-        _validate_filters(params)
-        scope = ListScope(**{k: v for k, v in params if k in _SCOPE_KEYS})
-        order = _sorting(params)
-        decision = await self.auth.listing(caller, scope, list(self._records.values()))
-        reserved = {"limit", "marker", "sort", "sort_key", "sort_dir", *_SCOPE_KEYS}
-        filters = [(k, v) for k, v in params if k not in reserved]
-        images = [i for i in decision.images
-                  if all(v in i.tags if k == "tag" else _matches(i, k, v) for k, v in filters)]
-        page = _page(_sort_images(images, order), params)
+        try:
+            validate_list_params(params)
+            scope = ListScope(**scope_params(params))
+            decision = await self.auth.listing(caller, scope, list(self._records.values()))
+            page = list_page(decision.images, params)
+        except ImageQueryError as exc:
+            raise BadRequest(str(exc)) from None
         return ImageList(page.images, page.first, page.next, decision.offline)
 
     async def show_image(self, caller: Caller, image_id: str) -> ImageView:
@@ -682,6 +580,7 @@ class GlanceService:
         plan = FetchPlan(key=f"glance:{image.id}", url=source.url, namespace=NAMESPACE,
                          expected_sha256=None, expected_size=image.size, require_digest=False)
         fetch = self.fetches.start(plan, _HeaderClient(backend.client, dict(source.headers)))
+        log.info("fetching image %s (%s bytes) from %s", image.id, image.size, source.url)
         ifetch = ImageFetch(image, fetch)
         self._inflight[image.id] = ifetch
         self._remember(image)
@@ -714,6 +613,7 @@ class GlanceService:
     # -- cache management (admin) ------------------------------------------------------------
     async def cache_state(self, caller: Caller) -> CacheState:
         await self.auth.require_admin(caller)
+        self.store.flush_access()
         rows = self.store.db.execute(
             "SELECT n.name, b.size, b.last_access, n.updated FROM names n "
             "JOIN blobs b ON b.digest = n.digest WHERE n.namespace=? ORDER BY n.name",
@@ -747,13 +647,13 @@ class GlanceService:
             self.store.remove(ref.digest)
         self.hits.pop(image_id, None)
 
-    async def cache_clear(self, caller: Caller, target: str) -> dict[str, int]:
+    async def cache_clear(self, caller: Caller, target: str) -> ClearResult:
         await self.auth.require_admin(caller)
         target = target.strip().lower()
         if target not in ("", "cache", "queue"):
             raise BadRequest("If provided 'x-image-cache-clear-target' must be 'cache', "
                              "'queue' or empty string.")
-        result: dict[str, int] = {}
+        deleted: int | None = None
         if target in ("", "cache"):
             deleted = 0
             for image_id, _digest in list(self.store.names(NS_DATA)):
@@ -761,10 +661,8 @@ class GlanceService:
                 if ref is not None:
                     self._drop(image_id, ref)
                     deleted += 1
-            result["cache_deleted"] = deleted
-        if target in ("", "queue"):
-            result["queue_deleted"] = 0  # queued images are already being fetched
-        return result
+        # Queued images are being fetched already; a running fetch is not abandoned.
+        return ClearResult(deleted, 0 if target in ("", "queue") else None)
 
     async def cache_clean(self, caller: Caller) -> int:
         """Forget cached records whose data is gone; returns how many."""

@@ -20,6 +20,7 @@ from cache_node.apt_remote import RemoteAptRepo
 from cache_node.config import NodeConfig, RepoSource
 from cache_node.delta_service import DeltaService
 from cache_node.fetch import FetchCoordinator
+from cache_node.glance_core import GlanceService, make_glance_service
 from cache_node.hot_blobs import HotBlobs
 from cache_node.metrics import Metrics
 from cache_node.pypi_local import LocalPypiIndex
@@ -54,6 +55,7 @@ class Node:
         self._exit = AsyncExitStack()
         self._lock = asyncio.Lock()
         self.plans: PlanRunner | None = None
+        self.glance: GlanceService | None = None
         self.hot_blobs = HotBlobs()
         self.delta = DeltaService(self.store, self.locate_blob, config.store_dir / "delta-work")
         self._housekeeping: asyncio.Task[None] | None = None
@@ -75,6 +77,8 @@ class Node:
             self.pypi[repo.name] = await self._make_pypi(repo)
         if self.config.role == "cache":
             await self._restore_cache_repos()
+        self.glance = await make_glance_service(self.config, self.store, self.fetches,
+                                                self.metrics, self._exit)
         self.plans = PlanRunner(self.store, self.resolve_artifact)
         self.plans.resume_all()
         self._housekeeping = asyncio.create_task(self._housekeep())

@@ -60,6 +60,11 @@ class DeltaIntegrityError(DeltaError):
     """Bytes from the node failed verification; nothing was stored, transfer state discarded."""
 
 
+class RebuildMismatch(DeltaIntegrityError):
+    """The file rebuilt from basis blocks and payload did not hash to the target: a (very
+    unlikely) false block match. ``auto`` then fetches the whole blob instead."""
+
+
 class DeltaUnavailable(DeltaError):
     """The node cannot serve this path (e.g. no patch: it lacks the basis) or the blob."""
 
@@ -210,7 +215,11 @@ class DeltaClient:
         elif path == "patch":
             raise DeltaUnavailable("the patch path needs a non-empty basis file")
         if have_basis and basis is not None:
-            return await self._via_blocks(blob, basis, files, block_size, started)
+            try:
+                return await self._via_blocks(blob, basis, files, block_size, started)
+            except RebuildMismatch:
+                if path != "auto":
+                    raise
         return await self._whole(blob, files, started)
 
     # -- paths -----------------------------------------------------------------------------
@@ -265,8 +274,8 @@ class DeltaClient:
         digest = await asyncio.to_thread(self._assemble, sig, match, plan, basis, files)
         if digest != blob.sha256:
             files.discard()
-            raise DeltaIntegrityError(f"rebuilt file hashed to {digest}, expected "
-                                      f"{blob.sha256}; discarded")
+            raise RebuildMismatch(f"rebuilt file hashed to {digest}, expected "
+                                  f"{blob.sha256}; discarded")
         os.replace(files.partial, files.out)
         files.discard()
         return self._result(files, blob.sha256, "blocks", sig.target_size, have, started,

@@ -88,10 +88,13 @@ def match_basis(sig: Signature, basis: Path,
         return MatchResult(source, size)
     with open(basis, "rb") as fh:
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        scan = _Scan(sig, _Table(sig), mm, progress)
         try:
-            _Scan(sig, _Table(sig), mm, source, progress).run()
+            scan.run()
         finally:
+            scan.view.release()
             _close_quietly(mm)
+        source[:] = scan.source
     return MatchResult(source, size)
 
 
@@ -101,12 +104,13 @@ class _Scan:
     aligned blocks are checked against all signature blocks (weak + strong, vectorised, which
     keeps zero runs and repeated blocks fast), and where that breaks, the rolling search runs."""
 
-    def __init__(self, sig: Signature, table: _Table, mm: mmap.mmap, source: I64,
+    def __init__(self, sig: Signature, table: _Table, mm: mmap.mmap,
                  progress: Callable[[int], None] | None) -> None:
         self.sig = sig
         self.table = table
         self.mm = mm
-        self.source = source
+        self.view = memoryview(mm)  # slices of a memoryview do not copy (mmap slices do)
+        self.source: list[int] = [-1] * len(sig.strong)  # a list: faster per item than NumPy
         self.progress = progress
         self.L = sig.block_size
         self.n_offsets = len(mm) - self.L + 1  # offsets where a whole block starts
@@ -124,7 +128,7 @@ class _Scan:
         uids = self.table.by_weak.get(weak)
         if not uids:
             return -1
-        digest = xxhash.xxh3_128_digest(self.mm[k:k + self.L])[:self.sig.strong_len]
+        digest = xxhash.xxh3_128_digest(self.view[k:k + self.L])[:self.sig.strong_len]
         hit = -1
         for uid in uids:
             if self.sig.strong[uid] == digest:
@@ -146,13 +150,14 @@ class _Scan:
         strong = self.sig.strong
         bm = self.block_map
         n_blocks = len(bm)
-        mm = self.mm
+        view = self.view
         source = self.source
         run = 0
         k = pos
-        while j < n_blocks and k < self.n_offsets:
+        stop = min(self.n_offsets, pos + 8 * WINDOW)  # return now and then: pages get dropped
+        while j < n_blocks and k < stop:
             uid = bm[j]
-            if xxhash.xxh3_128_digest(mm[k:k + L])[:slen] != strong[uid]:
+            if xxhash.xxh3_128_digest(view[k:k + L])[:slen] != strong[uid]:
                 break
             if source[uid] < 0:
                 source[uid] = k
@@ -203,6 +208,11 @@ class _Scan:
         chunk = 4 * L
         dropped = 0
         while pos < self.n_offsets:
+            if pos - dropped >= 8 * WINDOW:  # drop mapped pages behind us from RSS
+                drop_pages(self.mm, 0, pos - WINDOW)
+                if self.progress is not None:
+                    self.progress(pos - dropped)
+                dropped = pos
             if (pos - phase) % L == 0:
                 run = self.sequence_run(pos)
                 if run:
@@ -223,11 +233,6 @@ class _Scan:
             else:
                 pos = end
                 chunk = min(chunk * 2, WINDOW)
-            if pos - dropped >= 8 * WINDOW:  # drop mapped pages behind us from RSS
-                drop_pages(self.mm, 0, pos - WINDOW)
-                if self.progress is not None:
-                    self.progress(pos - dropped)
-                dropped = pos
 
 
 def plan_blocks(sig: Signature, match: MatchResult) -> BlockPlan:
@@ -298,7 +303,7 @@ def assemble(sig: Signature, match: MatchResult, plan: BlockPlan, basis: Path,
                         of.write(buf)
                         buf.clear()
                         written += 1
-                        if written % 16 == 0:  # every 64 MiB: drop mapped pages from RSS
+                        if written % 4 == 0:  # every 16 MiB: drop mapped pages from RSS
                             drop_pages(bmm, 0, bsize)
                             drop_pages(pm, 0, plan.payload_size)
                 if sig.tail_size:

@@ -15,7 +15,7 @@ from aiohttp import web
 from cache_node.delta_routes import add_delta_routes
 from cache_node.delta_service import DeltaService
 from cache_node.store import BlobStore
-from syncer.delta_client import DeltaClient, DeltaUnavailable
+from syncer.delta_client import DeltaClient, DeltaIntegrityError, DeltaUnavailable
 
 
 @dataclass
@@ -204,3 +204,20 @@ async def test_cancelled_caller_does_not_cancel_the_computation(server: DeltaSer
     assert served.size > 0
     assert server.service.computed_signatures == 1
     assert server.store.lookup("delta-signature", f"{tsha}/auto") is not None
+
+
+async def test_a_located_file_that_does_not_verify_is_not_served(
+        server: DeltaServer, tmp_path: Path) -> None:
+    repo_file = tmp_path / "repo.bin"
+    repo_file.write_bytes(b"original content" * 1000)
+    sha = server.add_file(repo_file)
+    repo_file.write_bytes(b"changed behind our back" * 1000)
+    async with DeltaClient() as client:  # whole file: the client's own check catches it
+        with pytest.raises(DeltaIntegrityError, match="hashed to"):
+            await client.fetch(server.url(sha), tmp_path / "none", tmp_path / "o.bin")
+    basis = tmp_path / "basis.bin"
+    basis.write_bytes(b"original content" * 900)
+    async with DeltaClient() as client:
+        with pytest.raises(DeltaUnavailable, match="404"):
+            await client.fetch(server.url(sha), basis, tmp_path / "o.bin", path="blocks")
+    assert not (tmp_path / "o.bin").exists()

@@ -115,6 +115,7 @@ async def test_server_stopping_mid_transfer_is_resumable(server: DeltaServer, tm
                                      path=mode)  # type: ignore[arg-type]
     assert out.read_bytes() == target
     assert resumed.resumed_bytes > 100_000
+    assert resumed.requests == 1  # the signature was kept: only the rest of the payload
     assert resumed.bytes_received < full.bytes_received - 300_000
     assert leftovers(tmp_path, "out.bin.") == []
 
@@ -241,3 +242,25 @@ def test_patch_container_checks(tmp_path: Path) -> None:
     apply_patch(tmp_path / "b", tmp_path / "p", tmp_path / "ok",
                 expected_target=info.target_sha256)
     assert (tmp_path / "ok").read_bytes() == target
+
+
+async def test_false_block_match_falls_back_to_whole(server: DeltaServer, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuilt file that does not verify (a false match) is never kept; auto refetches."""
+    import syncer.delta_client as dc
+
+    basis = random_bytes(200_000, 24)
+    target = mutate(basis, 25)
+    basis_path = tmp_path / "basis.bin"
+    basis_path.write_bytes(basis)
+    sha = server.add(target)
+
+    monkeypatch.setattr(dc.DeltaClient, "_assemble", lambda self, *a: "f" * 64)
+    out = tmp_path / "out.bin"
+    async with DeltaClient() as client:
+        with pytest.raises(dc.RebuildMismatch):
+            await client.fetch(server.url(sha), basis_path, out, path="blocks")
+        assert not out.exists() and leftovers(tmp_path, "out.bin.") == []
+        result = await client.fetch(server.url(sha), basis_path, out, path="auto")
+    assert result.method == "whole" and out.read_bytes() == target
+    assert leftovers(tmp_path, "out.bin.") == []
