@@ -112,7 +112,7 @@ class AptOracle:
                          f"{ls.suite} {ls.component}\n")
         _write_if_changed(root / "etc/sources.list", "".join(lines))
         r = root
-        _write_if_changed(root / "apt.conf", 
+        _write_if_changed(root / "apt.conf",
             f'Dir::State::status "{r}/status";\nDir::State::Lists "{r}/lists";\n'
             f'Dir::Cache "{r}/cache";\nDir::Etc "{r}/etc";\nDir::Etc::Parts "apt.conf.d";\n'
             f'Dir::Etc::SourceList "{r}/etc/sources.list";\n'

@@ -70,8 +70,8 @@ def dependency_edges(packages: Sequence[PackageVersion], native_arch: str = "amd
         groups += [(g, False) for g in ver.depends]
         for group, pre in groups:
             for rel in group:
-                sats = sorted((_key(s, native_arch) for s in _satisfiers(rel, by_name, providers)
-                               if _key(s, native_arch) != key))
+                sats = sorted(_key(s, native_arch) for s in _satisfiers(rel, by_name, providers)
+                               if _key(s, native_arch) != key)
                 if sats:
                     out.append((sats[0], pre))
                     break

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from debian.deb822 import PkgRelation
+from debian.deb822 import PkgRelation, Release
 
 from distro.debian_repo import MalformedIndexError, decompress_index
 from distro.versions import compare_versions, is_valid_version
@@ -37,7 +37,7 @@ __all__ = [
     "release_priority",
 ]
 
-_CACHE_FORMAT = 5
+_CACHE_FORMAT = 7
 DEFAULT_CACHE_DIR = Path("~/.cache/edgedepot/deb-index")
 _FIELD_LINE = re.compile(rb"\n(?![ \t\n])(?![!-9;-~]+:)")
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.\-]*")
@@ -128,7 +128,6 @@ class LoadedPackages:
     provides: dict[str, list[int]]
     essential: list[int]
     required: list[int]
-    mentions: dict[str, int]
     line_base: int = 0
     priority: int = 500
 
@@ -137,6 +136,46 @@ class LoadedPackages:
 
     def line_of(self, offset: int) -> int:
         return self.data.count(b"\n", 0, offset) + 1 + self.line_base
+
+    def mention_code(self, name: str) -> int | None:
+        """apt's package-creation order code for ``name`` in this file (see mention_codes)."""
+        key = name.encode()
+        data = self.data
+        n = len(key)
+        pos = 0
+        while True:
+            pos = data.find(key, pos)
+            if pos < 0:
+                return None
+            end = pos + n
+            before = data[pos - 1:pos] if pos else b"\n"
+            after = data[end:end + 1]
+            if before in (b" ", b",", b"|", b"\n") and after in (b" ", b",", b":", b"(", b"\n",
+                                                                b"|", b""):
+                line_start = data.rfind(b"\n", 0, pos) + 1
+                while data[line_start:line_start + 1] in (b" ", b"\t"):  # continuation line
+                    line_start = data.rfind(b"\n", 0, line_start - 1) + 1
+                colon = data.find(b":", line_start, pos)
+                field = data[line_start:colon] if colon >= 0 else b""
+                if field == b"Package" or field in _MENTION_RANK:
+                    stanza = int(np.searchsorted(self.starts, pos, side="right")) - 1
+                    code = self._stanza_mention(stanza, key)
+                    if code is not None:
+                        return code
+            pos = end
+
+    def _stanza_mention(self, stanza: int, key: bytes) -> int | None:
+        start, end = int(self.starts[stanza]), int(self.ends[stanza])
+        if self.names[stanza].encode() == key:
+            return stanza << 40
+        best: int | None = None
+        for m in _MENTION_RE.finditer(self.data, start - 1 if start else 0, end):
+            found = _TOKEN_RE.findall(m.group(2))
+            if key in found:
+                code = ((stanza << 40) | (_MENTION_RANK[m.group(1)] << 32)
+                        | (m.start() - start)) + found.index(key)
+                best = code if best is None or code < best else best
+        return best
 
     def stanza_text(self, i: int) -> str:
         return self.data[int(self.starts[i]):int(self.ends[i])].decode("utf-8")
@@ -223,7 +262,7 @@ def parse_packages_data(data: bytes, source: str, sha256: str) -> LoadedPackages
     return LoadedPackages(
         source=source, sha256=sha256, data=data, starts=starts, ends=ends, names=names,
         versions=versions, arches=arches, provides=provides,
-        mentions=_mentions(data, starts, names), line_base=lead,
+        line_base=lead,
         essential=owners(rb"\nEssential:[ \t]*yes[ \t]*\n"),
         required=owners(rb"\nPriority:[ \t]*required[ \t]*\n"))
 
@@ -232,30 +271,32 @@ _MENTION_FIELDS = (*_RELATION_FIELDS, "Replaces", "Enhances", "Provides")
 _MENTION_RE = re.compile(rb"\n(" + b"|".join(f.encode() for f in _MENTION_FIELDS)
                          + rb"):([^\n]*(?:\n[ \t][^\n]*)*)")
 _TOKEN_RE = re.compile(rb"(?:^|[,|])\s*([a-z0-9][a-z0-9+.\-]*)")
+_MENTION_RANK = {f.encode(): n + 1 for n, f in enumerate(_MENTION_FIELDS)}
 
 
-def _mentions(data: bytes, starts: np.ndarray, names: list[str]) -> dict[str, int]:
+def mention_codes(data: bytes, starts: np.ndarray, names: list[str]) -> dict[bytes, int]:
     """The order in which apt's cache generator creates packages while reading this file.
 
     apt numbers packages as it first meets them: the stanza's own package, then the targets of
     its Pre-Depends, Depends, Conflicts, Breaks, Recommends, Suggests, Replaces, Enhances, then
-    its Provides. The value packs (stanza, field rank, offset) into one sortable integer.
+    its Provides. The value packs (stanza, field rank, offset) into one sortable integer; keys
+    are the names as bytes. :meth:`LoadedPackages.mention_code` finds one name's code lazily;
+    this computes all of them (a reference for tests).
     """
-    out: dict[str, int] = {}
-    for i, name in enumerate(names):
-        out.setdefault(name, i << 40)
     matches = list(_MENTION_RE.finditer(data))
-    owners = np.searchsorted(starts, [m.start() + 1 for m in matches], side="right") - 1
-    rank = {f.encode(): n + 1 for n, f in enumerate(_MENTION_FIELDS)}
-    for m, owner in zip(matches, owners.tolist(), strict=True):
+    owners = (np.searchsorted(starts, [m.start() + 1 for m in matches], side="right") - 1
+              ).tolist()
+    rank = _MENTION_RANK
+    tokens: list[bytes] = [n.encode() for n in names]
+    codes: list[int] = [i << 40 for i in range(len(names))]
+    findall = _TOKEN_RE.findall
+    for m, owner in zip(matches, owners, strict=True):
+        found = findall(m.group(2))
         base = (owner << 40) | (rank[m.group(1)] << 32) | (m.start() - int(starts[owner]))
-        for k, tok in enumerate(_TOKEN_RE.findall(m.group(2))):
-            code = base + k
-            name = tok.decode()
-            old = out.get(name)
-            if old is None or code < old:
-                out[name] = code
-    return out
+        tokens.extend(found)
+        codes.extend(range(base, base + len(found)))
+    order = np.argsort(np.array(codes, dtype=np.int64), kind="stable")[::-1].tolist()
+    return dict(zip([tokens[i] for i in order], [codes[i] for i in order], strict=True))
 
 
 def load_packages_file(path: Path, *, cache_dir: Path | None = None, priority: int = 500,
@@ -286,10 +327,10 @@ def load_packages_file(path: Path, *, cache_dir: Path | None = None, priority: i
 
 
 def release_priority(release_text: str) -> int:
-    """apt's default pin priority of an archive from its Release fields."""
-    fields = dict(re.findall(r"(?m)^([A-Za-z-]+):[ \t]*(\S*)", release_text))
-    if fields.get("NotAutomatic", "").lower() == "yes":
-        return 100 if fields.get("ButAutomaticUpgrades", "").lower() == "yes" else 1
+    """apt's default pin priority of an archive from its (In)Release fields (python-debian)."""
+    fields = Release(release_text)
+    if str(fields.get("NotAutomatic", "")).lower() == "yes":
+        return 100 if str(fields.get("ButAutomaticUpgrades", "")).lower() == "yes" else 1
     return 500
 
 
@@ -384,6 +425,7 @@ class PackageIndex:
                 self._provides.setdefault(virtual, []).extend((f_no, i) for i in owners)
         self._parsed: dict[tuple[int, int], PackageVersion] = {}
         self._candidates: dict[tuple[str, str], PackageVersion | None] = {}
+        self._mention: dict[str, tuple[int, int]] = {}
 
     def record(self, key: tuple[int, int]) -> PackageVersion:
         rec = self._parsed.get(key)
@@ -447,11 +489,16 @@ class PackageIndex:
 
     def mention_rank(self, name: str) -> tuple[int, int]:
         """Where apt's cache generator first meets ``name`` (its package-ID order)."""
-        for f_no, f in enumerate(self.files):
-            code = f.mentions.get(name)
-            if code is not None:
-                return (f_no, code)
-        return (len(self.files), 0)
+        rank = self._mention.get(name)
+        if rank is None:
+            rank = (len(self.files), 0)
+            for f_no, f in enumerate(self.files):
+                code = f.mention_code(name)
+                if code is not None:
+                    rank = (f_no, code)
+                    break
+            self._mention[name] = rank
+        return rank
 
 
 def load_index(specs: Sequence[IndexSpec | Path | str], *, native_arch: str = "amd64",

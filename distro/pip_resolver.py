@@ -132,7 +132,7 @@ class _Index:
     def _get(self, url: str, accept: str | None = None) -> tuple[bytes, str]:
         req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return resp.read(), resp.headers.get("Content-Type", "")
         except (urllib.error.URLError, OSError) as exc:
             raise PipResolveError(f"cannot fetch {url}: {exc}") from None
@@ -174,7 +174,7 @@ class _Index:
         return data
 
 
-class _Provider(AbstractProvider):  # type: ignore[misc]
+class _Provider(AbstractProvider[Requirement, _Candidate, str]):
     def __init__(self, index: _Index, target: PipTarget) -> None:
         self.index = index
         self.target = target
@@ -292,13 +292,10 @@ def resolve_pip(index_url: str | None, requirements: Sequence[str],
         raise PipResolveError(f"cannot satisfy: {causes}") from None
     pins = {k: v for k, v in result.mapping.items() if "[" not in k}
     graph: dict[str, list[str]] = {}
-    for key in pins:
-        graph[key] = [k.split("[")[0] for k in result.graph.iter_children(key)]
     for key in result.mapping:
-        if "[" in key:
-            base = key.split("[")[0]
-            graph.setdefault(base, []).extend(
-                k.split("[")[0] for k in result.graph.iter_children(key) if k.split("[")[0] != base)
+        base = key.split("[")[0]
+        children = [str(k).split("[")[0] for k in result.graph.iter_children(key) if k]
+        graph.setdefault(base, []).extend(c for c in children if c != base)
     ordered = _order(pins, graph)
     out = []
     for key in ordered:

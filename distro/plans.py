@@ -15,12 +15,15 @@ from pathlib import Path
 
 from distro.install_order import install_order
 from distro.packages_index import IndexSpec, PackageIndex, release_priority
+from distro.pip_resolver import PipPlan, PipTarget, resolve_pip
 from distro.resolver import Resolution, ResolveOptions, resolve
 
 __all__ = [
     "DebPlan",
     "PlanEntry",
+    "SitePlan",
     "build_deb_plan",
+    "build_site_plan",
     "index_specs",
     "render_table",
 ]
@@ -122,3 +125,41 @@ def render_table(plan: DebPlan) -> str:
     lines.append(f"{len(plan.entries)} packages, {plan.total_size} bytes"
                  + (f", {len(plan.cycles)} dependency cycle(s) (#@n)" if plan.cycles else ""))
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """Everything a site profile installs: the .deb plan, then the pip plan (if any).
+
+    ``artifacts`` is the single ordered list a scheduler pre-warms: (kind, path or URL, sha256,
+    size), debs first in install order, then the pinned Python files in install order.
+    """
+
+    name: str
+    deb: DebPlan
+    pip: PipPlan | None
+
+    @property
+    def artifacts(self) -> tuple[tuple[str, str, str, int | None], ...]:
+        debs = [("deb", e.filename, e.sha256, e.size) for e in self.deb.entries]
+        pips = [("pip", p.url, p.sha256, p.size) for p in self.pip.pins] if self.pip else []
+        return tuple(debs + pips)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "name": self.name, "deb": json.loads(self.deb.to_json()),
+            "pip": json.loads(self.pip.to_json()) if self.pip else None,
+            "artifacts": [{"kind": k, "ref": r, "sha256": h, "size": n}
+                          for k, r, h, n in self.artifacts]}, indent=2)
+
+
+def build_site_plan(name: str, index: PackageIndex, packages: Sequence[str],
+                    options: ResolveOptions | None = None, *, pip_index: str | None = None,
+                    pip_requirements: Sequence[str] = (),
+                    pip_target: PipTarget | None = None) -> SitePlan:
+    """A site profile (Debian packages + pip requirements) as one ordered plan."""
+    deb, _resolution = build_deb_plan(index, packages, options)
+    pip = None
+    if pip_requirements:
+        pip = resolve_pip(pip_index, pip_requirements, pip_target)
+    return SitePlan(name, deb, pip)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ def _split_targets(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     from distro.debian_repo import MalformedIndexError
     from distro.packages_index import load_index
-    from distro.plans import build_deb_plan, index_specs, render_table
+    from distro.plans import SitePlan, build_deb_plan, index_specs, render_table
     from distro.resolver import ResolutionError, ResolveOptions
 
     _split_targets(args)
@@ -53,26 +52,24 @@ def run(args: argparse.Namespace) -> int:
                 print(f"error: {name} is not part of the closure", file=sys.stderr)
                 status = 1
         return status
-    pip_json: str | None = None
+    site = SitePlan("resolve", plan, None)
     if args.pip:
         from distro.pip_resolver import PipResolveError, PipTarget, resolve_pip
 
         try:
-            pip_plan = resolve_pip(args.pip_index, args.pip, PipTarget(
-                python_version=args.python_version, platform=args.platform))
+            site = SitePlan("resolve", plan, resolve_pip(args.pip_index, args.pip, PipTarget(
+                python_version=args.python_version, platform=args.platform)))
         except PipResolveError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        pip_json = pip_plan.to_json()
     if args.format == "table":
         print(render_table(plan))
-        if pip_json is not None:
-            print(pip_json)
-    elif pip_json is None:
+        if site.pip is not None:
+            print(site.pip.requirements_txt(), end="")
+    elif site.pip is None:
         print(plan.to_json())
     else:
-        print(json.dumps({"deb": json.loads(plan.to_json()), "pip": json.loads(pip_json)},
-                         indent=2))
+        print(site.to_json())
     return 0
 
 

@@ -31,7 +31,11 @@ def test_formats_and_cache(tmp_path: Path, suffix: str) -> None:
     assert cold.provides == {"va": [0]} and cold.essential == [2] and cold.required == [2]
     assert len(list((tmp_path / "cache").iterdir())) == 1
     warm = load_packages_file(path, cache_dir=tmp_path / "cache")
-    assert warm.names == cold.names and warm.mentions == cold.mentions
+    assert warm.names == cold.names
+    depends_at = cold.data.find(b"\nDepends")  # b is first met in a's Depends, then c, d
+    assert warm.mention_code("b") == cold.mention_code("b") == (2 << 32) | depends_at
+    assert cold.mention_code("a") == 0 and cold.mention_code("zz") is None
+    assert cold.mention_code("d") == (2 << 32) | (depends_at + 2)
 
 
 def test_lz4(tmp_path: Path) -> None:
