@@ -272,8 +272,13 @@ def _consume(fut: asyncio.Future[Any]) -> None:
 
 
 async def stream_fetch(fetch: Fetch, write: Callable[[bytes], Awaitable[None]],
-                       start: int = 0) -> int:
+                       start: int = 0,
+                       send_range: Callable[[int, int, int], Awaitable[bool]] | None = None,
+                       ) -> int:
     """Feed the growing file to `write`; return the offset reached.
+
+    With `send_range(fd, offset, count)` (sendfile from the file to the socket; it returns
+    False when the transport cannot sendfile) the bytes never pass through Python.
 
     Raises `FetchFailed` if the shared download fails or does not verify; the caller must
     then abort its response so the client sees an error, not a complete wrong body.
@@ -289,6 +294,11 @@ async def stream_fetch(fetch: Fetch, write: Callable[[bytes], Awaitable[None]],
             if fetch.done.done() and not verified:
                 fetch.done.result()  # raises FetchFailed
             limit = fetch.written if verified else max(0, fetch.written - 1)
+            if offset < limit and send_range is not None:
+                if await send_range(fd, offset, limit - offset):
+                    offset = limit
+                    continue
+                send_range = None  # transport cannot sendfile: copy through Python
             if offset < limit:
                 chunk = os.pread(fd, min(READ_CHUNK, limit - offset), offset)
                 if not chunk:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import html
+import os
 import json
 import logging
 import time
+from typing import IO
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -104,14 +107,32 @@ async def _stream(request: web.Request, answer: StreamAnswer, namespace: str) ->
     if request.method == "HEAD":
         return response
     sent = 0
+    sendfile_from: dict[int, IO[bytes]] = {}
+    loop = asyncio.get_running_loop()
 
     async def write(chunk: bytes) -> None:
         nonlocal sent
         await response.write(chunk)
         sent += len(chunk)
 
+    async def send_range(fd: int, offset: int, count: int) -> bool:
+        nonlocal sent
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("client went away")
+        fileobj = sendfile_from.get(fd)
+        if fileobj is None:
+            fileobj = sendfile_from[fd] = os.fdopen(os.dup(fd), "rb")
+        try:
+            await loop.sendfile(transport, fileobj, offset, count, fallback=False)
+        except (NotImplementedError, RuntimeError):
+            return False
+        sent += count
+        return True
+
     try:
-        await stream_fetch(fetch, write)
+        await stream_fetch(fetch, write,
+                           send_range=send_range if head.size is not None else None)
     except FetchFailed as exc:
         log.error("aborting response for %s after %d bytes: %s", request.path, sent, exc)
         node.metrics.errors.inc(namespace)
@@ -120,6 +141,8 @@ async def _stream(request: web.Request, answer: StreamAnswer, namespace: str) ->
         raise
     finally:
         node.metrics.served_bytes.inc(namespace, sent)
+        for fileobj in sendfile_from.values():
+            fileobj.close()
     await response.write_eof()
     return response
 
