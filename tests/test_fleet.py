@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,3 +164,39 @@ def test_inventory_errors_are_clear(origin: NodeProcess, tmp_path: Path) -> None
     proc = distro_sync("plan", str(bad), "--offline")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "edge-compute-nod" in out and "edge-compute-node" in out
+
+
+def test_parent_killed_mid_push_resumes_without_refetching(
+        origin: NodeProcess, sample_apt: SampleAptRepo, tmp_path: Path) -> None:
+    store = tmp_path / "p"
+    args = ["--role", "cache", "--store", str(store), "--upstream", origin.url]
+    parent = NodeProcess(args, tmp_path / "p.log").start()
+    inventory = tmp_path / "fleet.toml"
+
+    def write(url: str) -> None:
+        inventory.write_text(
+            f'origin = "{origin.url}"\n[regions.west]\nparent = "{url}"\nconcurrency = 1\n'
+            'bandwidth = "1500000"\n[profiles.compute]\n'
+            f'apt = {{ repo = "main", suite = "stable", packages = ["{sample_apt.top_package}"] }}\n'
+            '[sites.w1]\nregion = "west"\nprofile = "compute"\n')
+
+    write(parent.url)
+    try:
+        push = distro_sync("push", str(inventory), "--no-wait", "--format", "json")
+        assert push.returncode == 0, push.stdout + push.stderr
+        time.sleep(1.5)
+        parent.kill9()
+        status = distro_sync("status", str(inventory), "--format", "json")
+        assert status.returncode == 1
+        assert [s["state"] for s in json.loads(status.stdout)] == ["unreachable"]
+        parent = NodeProcess(args, tmp_path / "p.log").start()  # same store, new port
+        write(parent.url)
+        push = distro_sync("push", str(inventory), "--format", "json")
+        assert push.returncode == 0, push.stdout + push.stderr
+        final = json.loads(push.stdout)
+        assert final[0]["state"] == "complete" and final[0]["done"] == final[0]["total"]
+        pool = {p: n for p, n in origin.served().items() if "/pool/" in p}
+        assert len(pool) == final[0]["total"]
+        assert sum(1 for n in pool.values() if n > 1) <= 1, "only the one in flight at the kill"
+    finally:
+        parent.stop()
