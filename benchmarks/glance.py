@@ -14,7 +14,12 @@ the image's md5 (timing downloads into files would measure the disk). Rows:
     a local file (the target: cache >= 0.9x nginx);
   * 20 concurrent cold downloads (both tiers emptied by the cache-management API first):
     wall time and upstream bytes / image size at each tier (target 1.00) vs Glance;
-  * delta update v1 -> v2: not measured yet (the delta engine is not wired to images).
+  * update v1 -> v2 (`--delta-size-mb`, default the image size): an origin serving an image
+    directory holding v1 (random bytes) and v2 (v1 with 8 scattered 4 KiB changes and a 64 KiB
+    insertion), a cache in front that holds v1: v2 through the cache by delta vs through a
+    second, empty cache (whole) vs `rsync -z` from an rsync daemon on 127.0.0.1 onto a copy of
+    v1 (the target: delta bytes on the wire <= 1.1x rsync's "bytes sent + received").
+    `--only-delta` runs just these rows (no Glance, no nginx needed).
 Results are printed as Markdown and written to benchmarks/results/glance-<timestamp>.json.
 """
 
@@ -24,7 +29,9 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -181,8 +188,140 @@ def run(size: int, clients: int, work: Path) -> list[Row]:
                                 f"{clients:.2f}", "Glance reads its store once per client"))
         finally:
             nginx.stop()
-    rows.append(Row("update v1 -> v2", "delta vs whole", 0.0, None, "-",
-                    "not measured: image delta is not implemented yet"))
+    return rows
+
+
+# -- update v1 -> v2: delta vs whole vs rsync -z ------------------------------------------------
+
+def _make_pair(v1: Path, v2: Path, size: int) -> None:
+    """v1: random bytes; v2: v1 with 8 scattered 4 KiB changes and a 64 KiB insertion."""
+    with open(v1, "wb") as fh:
+        for _ in range(0, size, 1 << 20):
+            fh.write(os.urandom(min(1 << 20, size)))
+        fh.truncate(size)
+    edits = {size * k // 9: os.urandom(4096) for k in range(1, 9)}
+    insert_at = size * 2 // 5
+    with open(v1, "rb") as src, open(v2, "wb") as dst:
+        pos = 0
+        for at in sorted([*edits, insert_at]):
+            dst.write(src.read(at - pos))
+            pos = at
+            if at == insert_at:
+                dst.write(os.urandom(64 << 10))
+            if at in edits:
+                dst.write(edits[at])
+                src.seek(4096, os.SEEK_CUR)
+                pos += 4096
+        shutil.copyfileobj(src, dst, 4 << 20)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rsync(images: Path, v1: Path, work: Path) -> tuple[float, int]:
+    """`rsync -z` of v2 from a loopback rsync daemon onto a copy of v1: (seconds, wire bytes)."""
+    port = _free_port()
+    conf = work / "rsyncd.conf"
+    conf.write_text(f"use chroot = no\npid file = {work}/rsyncd.pid\n[images]\n"
+                    f"path = {images}\nread only = yes\n")
+    daemon = subprocess.Popen(["rsync", "--daemon", "--no-detach", "--address", "127.0.0.1",
+                               "--port", str(port), "--config", str(conf)],
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        dest = work / "rsync-dest"
+        dest.mkdir()
+        shutil.copyfile(v1, dest / "v2.img")  # the basis rsync finds under the target's name
+        started = time.monotonic()
+        proc = subprocess.run(["rsync", "-z", "--stats", "--no-whole-file",
+                               f"rsync://127.0.0.1:{port}/images/v2.img", str(dest / "v2.img")],
+                              capture_output=True, text=True, check=True)
+        seconds = time.monotonic() - started
+    finally:
+        daemon.terminate()
+        daemon.wait()
+    if _md5(dest / "v2.img") != _md5(images / "v2.img"):
+        raise RuntimeError("rsync produced other bytes than v2")
+    counts = [int(m.replace(",", "")) for m in re.findall(
+        r"Total bytes (?:sent|received): ([\d,]+)", proc.stdout)]
+    return seconds, sum(counts)
+
+
+def _counter(node: GlanceNode, name: str) -> float:
+    return node.metrics().get((name, "glance"), 0.0)
+
+
+def run_delta(size: int, work: Path) -> list[Row]:
+    from distro.glance_images import write_image
+
+    images = work / "delta-images"
+    images.mkdir()
+    print(f"writing a {size >> 20} MiB image pair v1, v2 ...", flush=True)
+    _make_pair(images / "v1.img", images / "v2.img", size)
+    v2_size = (images / "v2.img").stat().st_size
+    props = {"os_distro": "bench", "os_version": "1"}
+    write_image(images, "v1", images / "v1.img", visibility="public", properties=props,
+                created_at="2026-01-01T00:00:00Z")
+    write_image(images, "v2", images / "v2.img", visibility="public", properties=props,
+                created_at="2026-02-01T00:00:00Z")
+    checksum = _md5(images / "v2.img")
+    mib = v2_size / (1 << 20)
+    rows: list[Row] = []
+    with GlanceNode(["--role", "origin", "--store", str(work / "d-origin"), "--images",
+                     str(images)], work / "d-origin.log") as origin, \
+         GlanceNode(["--role", "cache", "--store", str(work / "d-cache"), "--upstream",
+                     origin.url], work / "d-cache.log") as cache, \
+         GlanceNode(["--role", "cache", "--store", str(work / "d-cache2"), "--upstream",
+                     origin.url], work / "d-cache2.log") as cache2, \
+         GlanceNode(["--role", "cache", "--store", str(work / "d-cache3"), "--upstream",
+                     origin.url], work / "d-cache3.log") as cache3:
+        listing = json.loads(cache.get("/glance/v2/images")[1])
+        ids = {str(i["name"]): str(i["id"]) for i in listing["images"]}
+        print("v1 through the cache, then v2 by delta ...", flush=True)
+        _timed_download(f"{cache.glance}/v2/images/{ids['v1']}/file", size, token=None)
+        before = {n: _counter(cache, n) for n in ("edgedepot_upstream_bytes_total",
+                                                  "edgedepot_delta_saved_bytes_total",
+                                                  "edgedepot_delta_fetches_total")}
+        t_delta = _timed_download(f"{cache.glance}/v2/images/{ids['v2']}/file", v2_size,
+                                  token=None)
+        after = {n: _counter(cache, n) for n in before}
+        if after["edgedepot_delta_fetches_total"] != before["edgedepot_delta_fetches_total"] + 1:
+            raise RuntimeError("v2 did not arrive by delta; see d-cache.log")
+        wire = v2_size - int(after["edgedepot_delta_saved_bytes_total"]
+                             - before["edgedepot_delta_saved_bytes_total"])
+        upstream = int(after["edgedepot_upstream_bytes_total"]
+                       - before["edgedepot_upstream_bytes_total"])
+        _verified_download(f"{cache.glance}/v2/images/{ids['v2']}/file", work, checksum, None)
+        print("v2 whole through an empty cache ...", flush=True)
+        t_whole = _timed_download(f"{cache2.glance}/v2/images/{ids['v2']}/file", v2_size,
+                                  token=None)
+        whole = int(_counter(cache2, "edgedepot_upstream_bytes_total"))
+        print("v1, then v2 by delta through another cache (patch computed already) ...",
+              flush=True)
+        _timed_download(f"{cache3.glance}/v2/images/{ids['v1']}/file", size, token=None)
+        t_again = _timed_download(f"{cache3.glance}/v2/images/{ids['v2']}/file", v2_size,
+                                  token=None)
+    print("rsync -z ...", flush=True)
+    t_rsync, rsync_bytes = _rsync(images, images / "v1.img", work)
+    rows.append(Row("update v1 -> v2", "cache, delta from origin", t_delta, mib / t_delta,
+                    f"{wire / v2_size:.4f}",
+                    f"{wire:,} B on the wire ({upstream:,} B received incl. records); "
+                    f"delta/rsync = {wire / rsync_bytes:.2f}x (target <= 1.1x)"))
+    rows.append(Row("update v1 -> v2", "2nd cache, delta (origin has the patch)", t_again,
+                    mib / t_again, f"{wire / v2_size:.4f}",
+                    "the origin computes a patch once per pair, for all caches"))
+    rows.append(Row("update v1 -> v2", "cache, whole (no basis)", t_whole, mib / t_whole,
+                    f"{whole / v2_size:.2f}", f"{whole:,} B received"))
+    rows.append(Row("update v1 -> v2", "rsync -z, daemon on loopback", t_rsync, mib / t_rsync,
+                    f"{rsync_bytes / v2_size:.4f}",
+                    f"{rsync_bytes:,} B on the wire (bytes sent + received)"))
     return rows
 
 
@@ -203,15 +342,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--delta-size-mb", type=int, default=None,
+                        help="size of the v1 -> v2 pair (default: --size-mb)")
+    parser.add_argument("--only-delta", action="store_true",
+                        help="only the update v1 -> v2 rows")
     parser.add_argument("--keep-workdir", action="store_true")
     args = parser.parse_args(argv)
-    if shutil.which("curl") is None or shutil.which("nginx") is None:
-        print("needs curl and nginx (make bench installs nginx-light)")
+    needs = ["curl", "rsync"] + ([] if args.only_delta else ["nginx"])
+    if any(shutil.which(tool) is None for tool in needs):
+        print(f"needs {', '.join(needs)} (make bench installs nginx-light)")
         return 2
     size = args.size_mb << 20
+    delta_size = (args.delta_size_mb or args.size_mb) << 20
     work = Path(tempfile.mkdtemp(prefix="edgedepot-glance-bench-", dir="/var/tmp"))
     try:
-        rows = run(size, args.clients, work)
+        rows = [] if args.only_delta else run(size, args.clients, work)
+        rows += run_delta(delta_size, work)
     finally:
         if not args.keep_workdir:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,13 +1,15 @@
 """The Glance image service of a node, framework-free: records, listing, data, cache management.
 
-Every node serves the Glance v2 read API under `/glance`. Its backend is one of
-  * `DirectoryBackend`: the origin's own image directory (see `distro.glance_images`);
-  * `HttpGlanceBackend`: a real Glance API (origin, `--glance-upstream URL`) or the next
-    node's `/glance` API (cache role); the caller's `X-Auth-Token` is passed through.
+Every node serves the Glance v2 read API under `/glance`. Its backend (`glance_backends`) is
+the origin's own image directory, a real Glance API (origin, `--glance-upstream URL`) or the
+next node's `/glance` API (cache role); the caller's `X-Auth-Token` is passed through.
 Authorization stays upstream (`glance_auth.GlanceAuthorizer`). Image data from an HTTP backend
 is fetched once through the node's `FetchCoordinator` into the content-addressed store (keyed
 by sha256) and bound to the image id only after md5 and the record's `os_hash_value` verified;
 clients streaming during that first fetch never receive their last byte before it verified.
+A cache first tries to build a new image as a delta against a cached image of its family
+(`glance_delta`); clients asking meanwhile wait for that one attempt (single flight), then get
+the stored image or join the whole fetch it fell back to.
 """
 
 from __future__ import annotations
@@ -19,38 +21,37 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode
-
-import aiohttp
 
 from cache_node.answers import BadRequest, NotFound, ServiceError
 from cache_node.config import NodeConfig
 from cache_node.fetch import Fetch, FetchCoordinator, FetchFailed, FetchPlan
-from cache_node.glance_auth import (
-    Caller,
-    Forbidden,
-    GlanceAuthorizer,
-    ListScope,
-    Unauthorized,
-    UpstreamOffline,
+from cache_node.glance_auth import Caller, GlanceAuthorizer, ListScope, UpstreamOffline
+from cache_node.glance_backends import (
+    Backend,
+    DirectoryBackend,
+    HeaderClient,
+    HttpGlanceBackend,
+    ImageDigest,
+    LocalSource,
+    RemoteSource,
+)
+from cache_node.glance_delta import (
+    Basis,
+    ImageDeltaFetcher,
+    check_image,
 )
 from cache_node.metrics import Metrics
 from cache_node.store import BlobRef, BlobStore
-from cache_node.upstream import UpstreamClient, UpstreamNotFound, UpstreamUnavailable
+from cache_node.upstream import UpstreamClient
 from distro.glance_images import (
-    LIST_LIMIT_MAX,
-    DigestMemo,
     GlanceImage,
-    ImageDirectory,
     ImageQueryError,
     ImageRecordError,
+    family_key,
     list_page,
-    load_image_directory,
     scope_params,
     validate_list_params,
 )
@@ -141,18 +142,6 @@ class PruneResult:
     bytes: int
 
 
-@dataclass(frozen=True)
-class LocalSource:
-    path: Path
-    sha256: str
-
-
-@dataclass(frozen=True)
-class RemoteSource:
-    url: str
-    headers: tuple[tuple[str, str], ...]
-
-
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """One `bytes=` range of RFC 9110; None means the whole body. 416 when unsatisfiable."""
     if not header:
@@ -176,176 +165,6 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if start >= size or end <= start:
         raise RangeNotSatisfiable(size)
     return ByteRange(start, min(end, size))
-
-
-# -- backends ----------------------------------------------------------------------------------
-
-class DirectoryBackend:
-    """The origin's image directory; tokens from its `tokens.toml` (Glance's visibility rules)."""
-
-    def __init__(self, root: Path, memo_path: Path) -> None:
-        self.root = root
-        self._memo = DigestMemo(memo_path)
-        self._dir = ImageDirectory((), ())
-        self._stamp: tuple[int, ...] = ()
-        self._lock = asyncio.Lock()
-
-    async def refresh(self) -> ImageDirectory:
-        """Re-read the directory when any file in it changed (records, data, tokens)."""
-        stamp = tuple(sorted(hash((p.name, p.stat().st_mtime_ns, p.stat().st_size))
-                             for p in self.root.iterdir()))
-        if stamp != self._stamp:
-            async with self._lock:
-                if stamp != self._stamp:
-                    try:
-                        self._dir = await asyncio.to_thread(load_image_directory, self.root,
-                                                            self._memo)
-                    except ImageRecordError as exc:
-                        raise ServiceError(f"image directory is invalid: {exc}", 500) from None
-                    self._stamp = stamp
-        return self._dir
-
-    async def _who(self, caller: Caller) -> tuple[str | None, bool]:
-        directory = await self.refresh()
-        if not caller.token:
-            return None, False
-        grant = directory.grant(caller.token)
-        if grant is None:
-            raise Unauthorized("the token is not valid")
-        return grant.project, grant.is_admin
-
-    @staticmethod
-    def _may_see(image: GlanceImage, project: str | None, admin: bool) -> bool:
-        return (admin or image.visibility in ("public", "community")
-                or (project is not None and image.owner == project)
-                or (image.visibility == "shared" and project in image.members))
-
-    async def fetch_image(self, caller: Caller, image_id: str) -> GlanceImage:
-        project, admin = await self._who(caller)
-        entry = self._dir.find(image_id)
-        if entry is None or not self._may_see(entry.image, project, admin):
-            raise NotFound(f"No image found with ID {image_id}")
-        return entry.image
-
-    async def fetch_list(self, caller: Caller, scope: ListScope) -> list[GlanceImage]:
-        project, admin = await self._who(caller)
-        out = []
-        for entry in self._dir.images:
-            image = entry.image
-            if not self._may_see(image, project, admin):
-                continue
-            if scope.visibility in (None, "all"):
-                if (scope.visibility is None and image.visibility == "community"
-                        and image.owner != project and not admin):
-                    continue
-            elif image.visibility != scope.visibility:
-                continue
-            hidden = scope.os_hidden == "true"
-            if image.os_hidden != hidden:
-                continue
-            out.append(image)
-        return out
-
-    async def fetch_is_admin(self, caller: Caller) -> bool:
-        return (await self._who(caller))[1]
-
-    def source(self, caller: Caller, image: GlanceImage) -> LocalSource | RemoteSource:
-        entry = self._dir.find(image.id)
-        if entry is None:
-            raise NotFound(f"No image found with ID {image.id}")
-        return LocalSource(entry.data_path, entry.sha256)
-
-
-class HttpGlanceBackend:
-    """A Glance v2 API over HTTP: a real Glance, or the next node's `/glance/` API."""
-
-    def __init__(self, base_url: str, client: UpstreamClient) -> None:
-        self.base_url = base_url.rstrip("/") + "/"
-        self.client = client
-
-    async def _get_json(self, caller: Caller, path: str) -> Any:
-        url = self.base_url + path.lstrip("/")
-        try:
-            async with self.client.open(url, {**caller.upstream_headers(),
-                                              "Accept": "application/json"}) as resp:
-                body = await resp.read()
-                self.client.count_bytes(len(body))
-                if resp.status == 401:
-                    raise Unauthorized("the upstream refused the token (401)")
-                if resp.status == 403:
-                    raise Forbidden("the upstream refused access (403)")
-                if resp.status == 400:
-                    raise BadRequest(f"upstream: {body[:200].decode(errors='replace')}")
-                if resp.status != 200:
-                    raise UpstreamUnavailable(url, f"answered {resp.status}")
-        except UpstreamNotFound:
-            raise NotFound(f"not found upstream: {path}") from None
-        except aiohttp.ClientPayloadError as exc:
-            raise UpstreamUnavailable(url, f"body interrupted: {exc}") from None
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise ServiceError(f"upstream sent malformed JSON for {path}", 502) from None
-
-    async def fetch_image(self, caller: Caller, image_id: str) -> GlanceImage:
-        doc = await self._get_json(caller, f"v2/images/{image_id}")
-        try:
-            return GlanceImage.from_json(doc)
-        except ImageRecordError as exc:
-            raise ServiceError(f"upstream image record is malformed: {exc}", 502) from None
-
-    async def fetch_list(self, caller: Caller, scope: ListScope) -> list[GlanceImage]:
-        path = "v2/images?" + urlencode([("limit", str(LIST_LIMIT_MAX)), *scope.query()])
-        out: list[GlanceImage] = []
-        for _ in range(10_000):
-            doc = await self._get_json(caller, path)
-            if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-                raise ServiceError("upstream image list is malformed", 502)
-            try:
-                out.extend(GlanceImage.from_json(d) for d in doc["images"])
-            except (ImageRecordError, TypeError) as exc:
-                raise ServiceError(f"upstream image list is malformed: {exc}", 502) from None
-            nxt = doc.get("next")
-            if not doc["images"] or not isinstance(nxt, str):
-                break
-            path = nxt.lstrip("/")
-        return out
-
-    async def fetch_is_admin(self, caller: Caller) -> bool:
-        """Only admins may read the cache-management API (Glance's `manage_image_cache`)."""
-        try:
-            await self._get_json(caller, "v2/cache")
-        except (Unauthorized, Forbidden, NotFound):
-            return False
-        return True
-
-    def source(self, caller: Caller, image: GlanceImage) -> LocalSource | RemoteSource:
-        return RemoteSource(f"{self.base_url}v2/images/{image.id}/file",
-                            tuple(caller.upstream_headers().items()))
-
-
-Backend = DirectoryBackend | HttpGlanceBackend
-
-
-class _HeaderClient(UpstreamClient):
-    """The backend's client (same session and metrics) adding the caller's headers."""
-
-    def __init__(self, base: UpstreamClient, headers: Mapping[str, str]) -> None:
-        super().__init__(base.label, base.settings, on_bytes=base.count_bytes)
-        self._base = base
-        self._extra = dict(headers)
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        return self._base.session
-
-    @asynccontextmanager
-    async def open(self, url: str, headers: Mapping[str, str] | None = None,
-                   method: str = "GET", retries: int | None = None,
-                   ) -> AsyncIterator[aiohttp.ClientResponse]:
-        async with self._base.open(url, {**self._extra, **(headers or {})}, method,
-                                   retries) as resp:
-            yield resp
 
 
 # -- the first fetch of an image, verified against its record ---------------------------------
@@ -416,7 +235,7 @@ class ImageFetch:
                     break
                 await fetch.wait_beyond(self.hashed)
             ref = fetch.done.result()  # raises FetchFailed
-            problem = _check(image, ref, md5.hexdigest(), strong.hexdigest(), algo)
+            problem = check_image(image, ref.size, md5.hexdigest(), strong.hexdigest(), algo)
             if problem:
                 on_failed(ref, problem)
                 raise FetchFailed(f"image {image.id} failed verification: {problem}", 502)
@@ -431,21 +250,6 @@ class ImageFetch:
         finally:
             os.close(self._fd)
             self._notify()
-
-
-def _check(image: GlanceImage, ref: BlobRef, md5: str, strong: str, algo: str) -> str | None:
-    if image.size is not None and ref.size != image.size:
-        return f"size {ref.size} != record's {image.size}"
-    if not image.checksum and not image.os_hash_value:
-        return "the image record has neither checksum nor os_hash_value"
-    if image.checksum and md5 != image.checksum.lower():
-        return f"md5 {md5} != record's checksum {image.checksum}"
-    if image.os_hash_value:
-        if algo == "unknown":
-            return f"unsupported os_hash_algo {image.os_hash_algo!r}"
-        if strong != image.os_hash_value.lower():
-            return f"{algo} differs from the record's os_hash_value"
-    return None
 
 
 async def stream_image(ifetch: ImageFetch, write: Callable[[bytes], Awaitable[None]],
@@ -483,8 +287,10 @@ async def stream_image(ifetch: ImageFetch, write: Callable[[bytes], Awaitable[No
 
 class GlanceService:
     def __init__(self, backend: Backend, store: BlobStore, fetches: FetchCoordinator,
-                 metrics: Metrics, auth_ttl: float, offline_policy: str) -> None:
+                 metrics: Metrics, auth_ttl: float, offline_policy: str,
+                 delta: ImageDeltaFetcher | None = None) -> None:
         self.backend = backend
+        self.delta = delta  # None: the upstream is not an edgedepot node (or no upstream)
         self.store = store
         self.fetches = fetches
         self.metrics = metrics
@@ -506,6 +312,8 @@ class GlanceService:
                 self.store.unbind(NS_RECORD, image_id)
 
     async def close(self) -> None:
+        if self.delta is not None:
+            await self.delta.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -568,7 +376,61 @@ class GlanceService:
             raise UpstreamOffline(f"upstream unreachable and image {image_id} is not cached")
         self.metrics.misses.inc(NAMESPACE)
         self.hits[image_id] += 1
+        ref = await self._try_delta(caller, image)
+        if ref is not None:
+            return LocalImageData(image, self.store.blob_path(ref.digest), ref.size, ref.digest)
         return StreamingImageData(image, self._start(image, source))
+
+    async def image_digest(self, caller: Caller, image_id: str) -> ImageDigest:
+        """The sha256 and size of an image's data (`/glance/edgedepot/v1/images/{id}/digest`),
+        for a downstream cache's delta fetch. An image not held yet is fetched first (by delta
+        or whole, shared with any download of it): its sha256 is known once it verified."""
+        decision = await self.auth.image(caller, image_id, self.cached_record(image_id))
+        image = decision.image
+        if image.status != "active":
+            raise NotFound(f"image {image_id} has no data (status {image.status})")
+        source = self.backend.source(caller, image) if not decision.offline else None
+        if isinstance(source, LocalSource):
+            size = image.size if image.size is not None else source.path.stat().st_size
+            return ImageDigest(source.sha256, size)
+        ref = self.store.lookup(NS_DATA, image_id)
+        if ref is None:
+            if source is None:
+                raise UpstreamOffline(f"upstream unreachable and image {image_id} is not cached")
+            ref = await self._try_delta(caller, image)
+            if ref is None:
+                try:
+                    ref = await asyncio.shield(self._start(image, source).result)
+                except FetchFailed as exc:
+                    raise ServiceError(str(exc), exc.http_status) from None
+        return ImageDigest(ref.digest, ref.size)
+
+    def path_for_digest(self, sha256: str) -> Path | None:
+        """A file of this node's images with this sha256, for the delta endpoints: the
+        origin's directory files (store blobs are found by `Node.locate_blob` itself)."""
+        if isinstance(self.backend, DirectoryBackend):
+            return self.backend.path_for_digest(sha256)
+        return None
+
+    async def _try_delta(self, caller: Caller, image: GlanceImage) -> BlobRef | None:
+        """The image's data built as a delta against a cached image of its family, bound in
+        the store; None when there is no basis or it failed (then fetch it whole)."""
+        if self.delta is None or image.id in self._inflight:
+            return None
+        backend = self.backend
+        assert isinstance(backend, HttpGlanceBackend)
+        family = family_key(image)  # look up (and so touch) only the family's blobs
+        cached = [Basis(other, ref) for other, ref in
+                  ((o, self.store.lookup(NS_DATA, o.id)) for o in self._records.values()
+                   if o.id != image.id and family_key(o) == family)
+                  if ref is not None]
+
+        def bind(ref: BlobRef) -> None:
+            self.store.bind(NS_DATA, image.id, ref.digest)
+            self._remember(image)
+
+        return await self.delta.attempt(image, cached,
+                                        lambda: backend.fetch_digest(caller, image.id), bind)
 
     def _start(self, image: GlanceImage, source: RemoteSource) -> ImageFetch:
         running = self._inflight.get(image.id)
@@ -579,7 +441,7 @@ class GlanceService:
         assert isinstance(backend, HttpGlanceBackend)
         plan = FetchPlan(key=f"glance:{image.id}", url=source.url, namespace=NAMESPACE,
                          expected_sha256=None, expected_size=image.size, require_digest=False)
-        fetch = self.fetches.start(plan, _HeaderClient(backend.client, dict(source.headers)))
+        fetch = self.fetches.start(plan, HeaderClient(backend.client, dict(source.headers)))
         log.info("fetching image %s (%s bytes) from %s", image.id, image.size, source.url)
         ifetch = ImageFetch(image, fetch)
         self._inflight[image.id] = ifetch
@@ -605,6 +467,9 @@ class GlanceService:
         task.add_done_callback(finished)
         return ifetch
 
+    def _delta_running(self, image_id: str) -> bool:
+        return self.delta is not None and image_id in self.delta.running
+
     def _digest_in_use(self, digest: str) -> bool:
         row = self.store.db.execute("SELECT COUNT(*) FROM names WHERE digest=?",
                                     (digest,)).fetchone()
@@ -621,7 +486,8 @@ class GlanceService:
         cached = tuple(CachedImage(str(name), self.hits.get(str(name), 0), float(access),
                                    float(updated), int(size))
                        for name, size, access, updated in rows)
-        return CacheState(cached, tuple(sorted(self._inflight)))
+        deltas = self.delta.running if self.delta is not None else frozenset()
+        return CacheState(cached, tuple(sorted({*self._inflight, *deltas})))
 
     async def cache_queue(self, caller: Caller, image_id: str) -> None:
         await self.auth.require_admin(caller)
@@ -631,8 +497,15 @@ class GlanceService:
         if self.store.lookup(NS_DATA, image_id) is not None or decision.offline:
             return
         source = self.backend.source(caller, decision.image)
-        if isinstance(source, RemoteSource):
-            self._start(decision.image, source)
+        if isinstance(source, RemoteSource) and not self._delta_running(image_id):
+            task = asyncio.create_task(self._queue(caller, decision.image, source),
+                                       name=f"queue {image_id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _queue(self, caller: Caller, image: GlanceImage, source: RemoteSource) -> None:
+        if await self._try_delta(caller, image) is None:
+            self._start(image, source)
 
     async def cache_delete(self, caller: Caller, image_id: str) -> None:
         await self.auth.require_admin(caller)
@@ -669,7 +542,8 @@ class GlanceService:
         await self.auth.require_admin(caller)
         dropped = 0
         for image_id in list(self._records):
-            if image_id not in self._inflight and self.store.lookup(NS_DATA, image_id) is None:
+            if image_id not in self._inflight and not self._delta_running(image_id) \
+                    and self.store.lookup(NS_DATA, image_id) is None:
                 self.store.unbind(NS_RECORD, image_id)
                 self._records.pop(image_id, None)
                 dropped += 1
@@ -708,8 +582,13 @@ async def make_glance_service(config: NodeConfig, store: BlobStore, fetches: Fet
             on_bytes=lambda n: metrics.upstream_bytes.inc(NAMESPACE, n))
         await exit_stack.enter_async_context(client)
         backend = HttpGlanceBackend(base, client)
+    delta: ImageDeltaFetcher | None = None
+    if config.role == "cache" and config.upstream:
+        # The upstream is an edgedepot node: it serves /delta/v1/ and the image digests.
+        delta = ImageDeltaFetcher(store, metrics, f"{config.upstream}delta/v1/",
+                                  config.store_dir / "delta-work" / "glance")
     service = GlanceService(backend, store, fetches, metrics, settings.auth_ttl,
-                            settings.offline_policy)
+                            settings.offline_policy, delta)
     service.load()
     exit_stack.push_async_callback(service.close)
     return service

@@ -166,6 +166,11 @@ def add_glance_routes(app: web.Application, get_service: GetService) -> None:
         await response.write_eof()
         return response
 
+    async def image_digest(request: web.Request, service: GlanceService) -> web.Response:
+        """edgedepot's own: the sha256 of an image's data, for a downstream cache's delta."""
+        digest = await service.image_digest(_caller(request), request.match_info["image_id"])
+        return _json({"sha256": digest.sha256, "size": digest.size})
+
     async def cache_list(request: web.Request, service: GlanceService) -> web.Response:
         state = await service.cache_state(_caller(request))
         return _json({"cached_images": [
@@ -203,6 +208,7 @@ def add_glance_routes(app: web.Application, get_service: GetService) -> None:
     r.add_get(PREFIX + "/v2/images", handler(list_images))
     r.add_get(PREFIX + "/v2/images/{image_id}", handler(show_image))
     r.add_get(PREFIX + "/v2/images/{image_id}/file", handler(image_file))
+    r.add_get(PREFIX + "/edgedepot/v1/images/{image_id}/digest", handler(image_digest))
     r.add_get(PREFIX + "/v2/cache", handler(cache_list))
     r.add_delete(PREFIX + "/v2/cache", handler(cache_clear))
     r.add_post(PREFIX + "/v2/cache/clean", handler(cache_clean))

@@ -183,6 +183,8 @@ class Node:
                 path = index.path_for_digest(digest)
                 if path is not None:
                     return path
+        if self.glance is not None:
+            return self.glance.path_for_digest(digest)
         return None
 
     async def resolve_artifact(self, artifact: PlanArtifact) -> Answer:

@@ -22,7 +22,9 @@ The origin's image directory (`cache-node serve --role origin --images DIR`):
                         images only. An unknown token is refused (401).
 
 The origin computes `size`, `checksum` (md5), `os_hash_algo` = "sha512", `os_hash_value`, and
-the sha256 it publishes as `Repr-Digest` (the content-address of the data in every store). The
+the sha256 it publishes as `Repr-Digest` and at `/glance/edgedepot/v1/images/{id}/digest` (the
+content-address of the data in every store; a cache's delta fetch of the next image of a
+`family_key` asks for it, then the origin serves `/delta/v1/` for the directory's files). The
 digests are memoised per (path, size, mtime) in `<store>/glance-origin-digests.json`, so a
 restart does not hash again. The directory is re-read when any file in it changes.
 """

@@ -1,0 +1,255 @@
+"""Where a node's images come from: the origin's image directory or a Glance v2 API over HTTP.
+
+  * `DirectoryBackend`: the origin's own image directory (see `distro.glance_images`);
+  * `HttpGlanceBackend`: a real Glance API (origin, `--glance-upstream URL`) or the next
+    node's `/glance` API (cache role); the caller's `X-Auth-Token` is passed through.
+
+Besides the Glance v2 API, an edgedepot node answers
+`GET /glance/edgedepot/v1/images/{id}/digest` -> `{"sha256": "<hex>", "size": N}` (authorized
+like `/file`): the content address of the image's data, which a real Glance does not publish
+(it has md5 and sha512 only). A cache uses it to fetch a new image as a delta
+(`/delta/v1/blobs/<sha256>`) against an older one of the same family; see `glance_delta`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+
+from cache_node.answers import BadRequest, NotFound, ServiceError
+from cache_node.glance_auth import Caller, Forbidden, ListScope, Unauthorized
+from cache_node.upstream import UpstreamClient, UpstreamNotFound, UpstreamUnavailable
+from distro.glance_images import (
+    LIST_LIMIT_MAX,
+    DigestMemo,
+    GlanceImage,
+    ImageDirectory,
+    ImageRecordError,
+    load_image_directory,
+)
+
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ImageDigest:
+    """The content address of an image's data."""
+
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RemoteSource:
+    url: str
+    headers: tuple[tuple[str, str], ...]
+
+
+class DirectoryBackend:
+    """The origin's image directory; tokens from its `tokens.toml` (Glance's visibility rules)."""
+
+    def __init__(self, root: Path, memo_path: Path) -> None:
+        self.root = root
+        self._memo = DigestMemo(memo_path)
+        self._dir = ImageDirectory((), ())
+        self._stamp: tuple[int, ...] = ()
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> ImageDirectory:
+        """Re-read the directory when any file in it changed (records, data, tokens)."""
+        stamp = tuple(sorted(hash((p.name, p.stat().st_mtime_ns, p.stat().st_size))
+                             for p in self.root.iterdir()))
+        if stamp != self._stamp:
+            async with self._lock:
+                if stamp != self._stamp:
+                    try:
+                        self._dir = await asyncio.to_thread(load_image_directory, self.root,
+                                                            self._memo)
+                    except ImageRecordError as exc:
+                        raise ServiceError(f"image directory is invalid: {exc}", 500) from None
+                    self._stamp = stamp
+        return self._dir
+
+    async def _who(self, caller: Caller) -> tuple[str | None, bool]:
+        directory = await self.refresh()
+        if not caller.token:
+            return None, False
+        grant = directory.grant(caller.token)
+        if grant is None:
+            raise Unauthorized("the token is not valid")
+        return grant.project, grant.is_admin
+
+    @staticmethod
+    def _may_see(image: GlanceImage, project: str | None, admin: bool) -> bool:
+        return (admin or image.visibility in ("public", "community")
+                or (project is not None and image.owner == project)
+                or (image.visibility == "shared" and project in image.members))
+
+    async def fetch_image(self, caller: Caller, image_id: str) -> GlanceImage:
+        project, admin = await self._who(caller)
+        entry = self._dir.find(image_id)
+        if entry is None or not self._may_see(entry.image, project, admin):
+            raise NotFound(f"No image found with ID {image_id}")
+        return entry.image
+
+    async def fetch_list(self, caller: Caller, scope: ListScope) -> list[GlanceImage]:
+        project, admin = await self._who(caller)
+        out = []
+        for entry in self._dir.images:
+            image = entry.image
+            if not self._may_see(image, project, admin):
+                continue
+            if scope.visibility in (None, "all"):
+                if (scope.visibility is None and image.visibility == "community"
+                        and image.owner != project and not admin):
+                    continue
+            elif image.visibility != scope.visibility:
+                continue
+            hidden = scope.os_hidden == "true"
+            if image.os_hidden != hidden:
+                continue
+            out.append(image)
+        return out
+
+    async def fetch_is_admin(self, caller: Caller) -> bool:
+        return (await self._who(caller))[1]
+
+    def path_for_digest(self, sha256: str) -> Path | None:
+        """The data file of a directory image with this sha256 (for the delta endpoints)."""
+        for entry in self._dir.images:
+            if entry.sha256 == sha256 and entry.data_path.is_file():
+                return entry.data_path
+        return None
+
+    def source(self, caller: Caller, image: GlanceImage) -> LocalSource | RemoteSource:
+        entry = self._dir.find(image.id)
+        if entry is None:
+            raise NotFound(f"No image found with ID {image.id}")
+        return LocalSource(entry.data_path, entry.sha256)
+
+
+class HttpGlanceBackend:
+    """A Glance v2 API over HTTP: a real Glance, or the next node's `/glance/` API."""
+
+    def __init__(self, base_url: str, client: UpstreamClient) -> None:
+        self.base_url = base_url.rstrip("/") + "/"
+        self.client = client
+
+    async def _get_json(self, caller: Caller, path: str) -> Any:
+        url = self.base_url + path.lstrip("/")
+        try:
+            async with self.client.open(url, {**caller.upstream_headers(),
+                                              "Accept": "application/json"}) as resp:
+                body = await resp.read()
+                self.client.count_bytes(len(body))
+                if resp.status == 401:
+                    raise Unauthorized("the upstream refused the token (401)")
+                if resp.status == 403:
+                    raise Forbidden("the upstream refused access (403)")
+                if resp.status == 400:
+                    raise BadRequest(f"upstream: {body[:200].decode(errors='replace')}")
+                if resp.status != 200:
+                    raise UpstreamUnavailable(url, f"answered {resp.status}")
+        except UpstreamNotFound:
+            raise NotFound(f"not found upstream: {path}") from None
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamUnavailable(url, f"body interrupted: {exc}") from None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise ServiceError(f"upstream sent malformed JSON for {path}", 502) from None
+
+    async def fetch_image(self, caller: Caller, image_id: str) -> GlanceImage:
+        doc = await self._get_json(caller, f"v2/images/{image_id}")
+        try:
+            return GlanceImage.from_json(doc)
+        except ImageRecordError as exc:
+            raise ServiceError(f"upstream image record is malformed: {exc}", 502) from None
+
+    async def fetch_list(self, caller: Caller, scope: ListScope) -> list[GlanceImage]:
+        path = "v2/images?" + urlencode([("limit", str(LIST_LIMIT_MAX)), *scope.query()])
+        out: list[GlanceImage] = []
+        for _ in range(10_000):
+            doc = await self._get_json(caller, path)
+            if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+                raise ServiceError("upstream image list is malformed", 502)
+            try:
+                out.extend(GlanceImage.from_json(d) for d in doc["images"])
+            except (ImageRecordError, TypeError) as exc:
+                raise ServiceError(f"upstream image list is malformed: {exc}", 502) from None
+            nxt = doc.get("next")
+            if not doc["images"] or not isinstance(nxt, str):
+                break
+            path = nxt.lstrip("/")
+        return out
+
+    async def fetch_is_admin(self, caller: Caller) -> bool:
+        """Only admins may read the cache-management API (Glance's `manage_image_cache`)."""
+        try:
+            await self._get_json(caller, "v2/cache")
+        except (Unauthorized, Forbidden, NotFound):
+            return False
+        return True
+
+    async def fetch_digest(self, caller: Caller, image_id: str) -> ImageDigest | None:
+        """The sha256 of an image's data as the next edgedepot node knows it
+        (`GET {base}edgedepot/v1/images/{id}/digest`); None when it cannot tell (e.g. a node
+        without that endpoint, or a real Glance)."""
+        try:
+            doc = await self._get_json(caller, f"edgedepot/v1/images/{image_id}/digest")
+        except (NotFound, UpstreamUnavailable, ServiceError):
+            return None
+        if not isinstance(doc, dict):
+            return None
+        sha256, size = doc.get("sha256"), doc.get("size")
+        if not isinstance(sha256, str) or not SHA256_RE.fullmatch(sha256) \
+                or not isinstance(size, int) or isinstance(size, bool):
+            return None
+        return ImageDigest(sha256, size)
+
+    def source(self, caller: Caller, image: GlanceImage) -> LocalSource | RemoteSource:
+        return RemoteSource(f"{self.base_url}v2/images/{image.id}/file",
+                            tuple(caller.upstream_headers().items()))
+
+
+Backend = DirectoryBackend | HttpGlanceBackend
+
+
+class HeaderClient(UpstreamClient):
+    """The backend's client (same session and metrics) adding the caller's headers."""
+
+    def __init__(self, base: UpstreamClient, headers: Mapping[str, str]) -> None:
+        super().__init__(base.label, base.settings, on_bytes=base.count_bytes)
+        self._base = base
+        self._extra = dict(headers)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self._base.session
+
+    @asynccontextmanager
+    async def open(self, url: str, headers: Mapping[str, str] | None = None,
+                   method: str = "GET", retries: int | None = None,
+                   ) -> AsyncIterator[aiohttp.ClientResponse]:
+        async with self._base.open(url, {**self._extra, **(headers or {})}, method,
+                                   retries) as resp:
+            yield resp
+
+
+__all__ = ["Backend", "DirectoryBackend", "HeaderClient", "HttpGlanceBackend", "ImageDigest",
+           "LocalSource", "RemoteSource"]
