@@ -30,6 +30,7 @@ from distro.sample_repo import SampleAptRepo, SampleDeb, build_deb, build_sample
 from distro.sample_wheels import build_sample_wheels
 from syncer.apt_site import AptRoot
 from syncer.cmd_fleet import _push, _sync
+from syncer.demo_images import build_image_pair, fetch_image
 from syncer.inventory import load_inventory
 from syncer.node_process import NodeProcess
 from syncer.planner import plan_regions
@@ -153,13 +154,16 @@ def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
             wheels = work / "wheels"
             wheels.mkdir(exist_ok=True)
             build_sample_wheels(wheels)
+            image_v1, image_v2 = build_image_pair(work / "images")
         assert repo.signing_key is not None
         deb_bytes = sum(p.stat().st_size for p in repo.deb_dir.glob("*.deb"))
         console.print(f"[bold]1. origin content[/bold]: {len(repo.specs)} packages "
-                      f"({_mb(deb_bytes)}), {len(list(wheels.glob('*.whl')))} wheels")
+                      f"({_mb(deb_bytes)}), {len(list(wheels.glob('*.whl')))} wheels, "
+                      f"images {image_v1} and {image_v2}")
         origin = NodeProcess(
             ["--role", "origin", "--store", str(work / "origin"),
              "--apt", f"main={repo.deb_dir}", "--pypi", f"wheels={wheels}",
+             "--images", str(work / "images"),
              "--gnupg-home", str(repo.signing_key.gnupg_home),
              "--signing-key", repo.signing_key.key_id], work / "origin.log").start()
         for region in REGIONS:
@@ -215,6 +219,15 @@ def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
         console.print(f"[bold]6. index update[/bold]: 1 package published; {len(sync_rows)} "
                       f"indexes synced, {_mb(moved)} moved where whole files would have moved "
                       f"{_mb(full)}")
+        # 7. A region boots VMs from v1, then the new image version v2 arrives by delta.
+        parent = nodes["north-parent"]
+        first = fetch_image(parent, image_v1)
+        second = fetch_image(parent, image_v2)
+        console.print(f"[bold]7. images[/bold] via {parent.url}/glance: {first.name} "
+                      f"{_mb(first.size)} moved {_mb(first.upstream_bytes)} (whole); "
+                      f"{second.name} {_mb(second.size)} moved {_mb(second.upstream_bytes)}"
+                      f" ({'delta' if second.upstream_bytes < second.size // 2 else 'whole'})"
+                      f"; verified: {first.verified and second.verified}")
         artifact_paths = [p for p in served_before_update if "/pool/" in p or
                           ("/files/" in p and not p.endswith(".metadata"))]
         repeated = {p: n for p, n in served_before_update.items()
@@ -241,10 +254,13 @@ def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
         summary.add_row("artifacts fetched from the origin more than once per region",
                         str(len(repeated)))
         summary.add_row("index update: moved / whole", f"{_mb(moved)} / {_mb(full)}")
+        summary.add_row("image v1 -> v2 update: moved / image size",
+                        f"{_mb(second.upstream_bytes)} / {_mb(second.size)}")
         summary.add_row("push time / site install time", f"{push_seconds:.1f} s / "
                         f"{sites_seconds:.1f} s")
         console.print(summary)
-        ok = all(r.verified for r in results) and not repeated and \
+        ok = all(r.verified for r in results) and not repeated and first.verified and \
+            second.verified and \
             all(st.state == "complete" for _, st in pushed)
         console.print("[green]every site got verified files; each artifact crossed the WAN "
                       "once per region[/green]" if ok else "[red]the demo found a problem "
