@@ -38,7 +38,6 @@ from cache_node.metrics import Metrics
 from cache_node.store import BlobStore, IntegrityError
 from cache_node.upstream import UpstreamClient, UpstreamError, UpstreamNotFound
 from distro.debian_repo import MalformedIndexError as _DebMalformed
-from syncer.delta_client import DeltaClient, DeltaError
 from distro.debian_repo import (
     PoolEntry,
     ReleaseIndex,
@@ -47,6 +46,7 @@ from distro.debian_repo import (
     parse_release,
 )
 from distro.errors import MalformedIndexError as _PypiMalformed
+from syncer.delta_client import DeltaClient, DeltaError
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import html
-import os
 import json
 import logging
+import os
 import time
 from typing import IO
 
@@ -25,13 +25,13 @@ from cache_node.answers import (
     StreamAnswer,
     safe_relpath,
 )
+from cache_node.apt_remote import RemoteAptRepo
 from cache_node.delta_routes import add_delta_routes
 from cache_node.fetch import FetchFailed, stream_fetch
 from cache_node.glance_routes import add_glance_routes
-from cache_node.apt_remote import RemoteAptRepo
 from cache_node.node import Node
-from cache_node.pypi_remote import RemotePypiIndex
 from cache_node.plans import PlanError, PlanRunner, parse_plan
+from cache_node.pypi_remote import RemotePypiIndex
 from cache_node.store import is_sha256_hex
 from cache_node.upstream import format_repr_digest
 from distro.pypi_index import choose_format

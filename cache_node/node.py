@@ -10,11 +10,10 @@ import asyncio
 import logging
 import time
 from contextlib import AsyncExitStack
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 from cache_node.answers import Answer, NotFound
-from cache_node.plans import PlanArtifact, PlanRunner
 from cache_node.apt_local import LocalAptRepo
 from cache_node.apt_remote import RemoteAptRepo
 from cache_node.config import NodeConfig, RepoSource
@@ -23,6 +22,7 @@ from cache_node.fetch import FetchCoordinator
 from cache_node.glance_core import GlanceService, make_glance_service
 from cache_node.hot_blobs import HotBlobs
 from cache_node.metrics import Metrics
+from cache_node.plans import PlanArtifact, PlanRunner
 from cache_node.pypi_local import LocalPypiIndex
 from cache_node.pypi_remote import RemotePypiIndex
 from cache_node.store import BlobStore

@@ -27,7 +27,7 @@ from urllib.parse import quote, unquote, urldefrag, urljoin, urlsplit
 
 from packaging.utils import parse_sdist_filename, parse_wheel_filename
 
-from distro.debian_repo import MalformedIndexError as MalformedIndexError  # noqa: PLC0414
+from distro.debian_repo import MalformedIndexError as MalformedIndexError
 
 logger = logging.getLogger(__name__)
 

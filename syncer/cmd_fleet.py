@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -142,7 +141,7 @@ async def _status(inventory: Inventory) -> list[tuple[str, NodePlanStatus]]:
                 try:
                     async with fleet.session.get(f"{node}/admin/plans") as resp:
                         docs: list[dict[str, Any]] = await resp.json()
-                except Exception as exc:  # noqa: BLE001 - any failure means "cannot tell"
+                except Exception as exc:
                     out.append((name, NodePlanStatus(node, "-", False, "unreachable",
                                                      error=str(exc) or type(exc).__name__)))
                     continue
@@ -178,7 +177,7 @@ async def _sync(inventory: Inventory) -> list[dict[str, Any]]:
                 try:
                     async with fleet.session.post(f"{node}/admin/refresh") as resp:
                         reports: list[dict[str, Any]] = await resp.json()
-                except Exception as exc:  # noqa: BLE001 - any failure means "not synced"
+                except Exception as exc:
                     rows.append({"region": name, "node": node, "kind": "-", "repo": "-",
                                  "name": "-", "changed": False, "stale": True, "bytes_moved": 0,
                                  "full_bytes": 0, "error": f"unreachable: {exc}"})

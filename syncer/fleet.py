@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from types import TracebackType
@@ -90,7 +89,7 @@ class FleetClient:
                     return NodePlanStatus(node, spec.plan_id, True, "rejected",
                                           error=f"{resp.status}: {body[:300]}")
                 return NodePlanStatus.from_json(node, json.loads(body))
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             return NodePlanStatus(node, spec.plan_id, False, "unreachable", error=str(exc) or
                                   type(exc).__name__)
 
@@ -104,7 +103,7 @@ class FleetClient:
                     return NodePlanStatus(node, plan_id, True, "error",
                                           error=f"{resp.status}: {(await resp.text())[:300]}")
                 return NodePlanStatus.from_json(node, await resp.json())
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             return NodePlanStatus(node, plan_id, False, "unreachable",
                                   error=str(exc) or type(exc).__name__)
 
@@ -114,7 +113,7 @@ class FleetClient:
                 doc = await resp.json()
             async with self.session.get(f"{node}/metrics") as resp:
                 text = await resp.text()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             return NodeHealth(node, False, error=str(exc) or type(exc).__name__)
         stale = 0
         for line in text.splitlines():
@@ -130,7 +129,7 @@ class FleetClient:
                 if resp.status != 200:
                     return None
                 doc = await resp.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             return None
         return {str(d) for d in doc.get("present", [])}
 
