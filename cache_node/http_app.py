@@ -70,7 +70,8 @@ async def render_answer(request: web.Request, answer: Answer, namespace: str) ->
         ims = request.headers.get("If-Modified-Since")
         if ims and answer.last_modified and ims == answer.last_modified:
             return web.Response(status=304, headers=headers)
-        node.metrics.served_bytes.inc(namespace, len(answer.body))
+        if request.method != "HEAD":
+            node.metrics.served_bytes.inc(namespace, len(answer.body))
         return web.Response(body=answer.body, headers=headers)
     if isinstance(answer, BlobAnswer):
         headers = _common_headers(answer)
@@ -81,11 +82,17 @@ async def render_answer(request: web.Request, answer: Answer, namespace: str) ->
                 node.hot_blobs.eligible(answer.size):
             body = node.hot_blobs.get(answer.sha256, answer.path, answer.size)
             if body is not None:
-                node.metrics.served_bytes.inc(namespace, answer.size)
+                if request.method != "HEAD":
+                    node.metrics.served_bytes.inc(namespace, answer.size)
                 return web.Response(body=body if request.method != "HEAD" else None,
                                     headers=headers)
-        node.metrics.served_bytes.inc(namespace, answer.size)
-        return web.FileResponse(answer.path, headers=headers)
+        response = web.FileResponse(answer.path, headers=headers)
+        # Sent here, not after returning, so only bytes really sent are counted: a HEAD, a
+        # Range answer or a client that went away mid-body do not count the whole file.
+        await response.prepare(request)
+        if request.method != "HEAD" and response.status in (200, 206):
+            node.metrics.served_bytes.inc(namespace, response.content_length or 0)
+        return response
     return await _stream(request, answer, namespace)
 
 

@@ -174,3 +174,21 @@ def test_origin_serves_an_existing_mirror_tree_as_is(
     finally:
         cache.stop()
         origin.stop()
+
+
+def test_served_bytes_count_only_what_was_sent(origin: NodeProcess, cache: NodeProcess,
+                                                sample_tree: BuiltRepository) -> None:
+    entry = max(sample_tree.packages, key=lambda p: p.size)
+    path = f"/apt/main/{entry.filename}"
+    assert cache.get(path)[0] == 200  # now stored: served from the store below
+
+    def served() -> float:
+        return cache.metrics()[("edgedepot_served_bytes_total", "apt/main")]
+
+    before = served()
+    import urllib.request
+    with urllib.request.urlopen(urllib.request.Request(cache.url + path, method="HEAD")) as r:
+        assert r.status == 200
+    status, body, _ = cache.get(path, {"Range": "bytes=0-99"})
+    assert status == 206 and len(body) == 100
+    assert served() - before == 100
