@@ -86,14 +86,22 @@ async def render_answer(request: web.Request, answer: Answer, namespace: str) ->
                     node.metrics.served_bytes.inc(namespace, answer.size)
                 return web.Response(body=body if request.method != "HEAD" else None,
                                     headers=headers)
-        response = web.FileResponse(answer.path, headers=headers)
-        # Sent here, not after returning, so only bytes really sent are counted: a HEAD, a
-        # Range answer or a client that went away mid-body do not count the whole file.
-        await response.prepare(request)
-        if request.method != "HEAD" and response.status in (200, 206):
-            node.metrics.served_bytes.inc(namespace, response.content_length or 0)
-        return response
+        if request.method != "HEAD":
+            node.metrics.served_bytes.inc(namespace, _range_length(request, answer.size))
+        return web.FileResponse(answer.path, headers=headers)
     return await _stream(request, answer, namespace)
+
+
+def _range_length(request: web.Request, size: int) -> int:
+    """Bytes a FileResponse will send for this request (the whole file unless one Range)."""
+    try:
+        rng = request.http_range
+    except ValueError:
+        return size
+    if rng.start is None and rng.stop is None:
+        return size
+    start, stop, _ = rng.indices(size)
+    return max(0, stop - start)
 
 
 async def _stream(request: web.Request, answer: StreamAnswer, namespace: str) -> web.StreamResponse:

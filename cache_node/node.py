@@ -13,12 +13,13 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache_node.answers import Answer, NotFound
+from cache_node.answers import Answer, BlobAnswer, NotFound
 from cache_node.apt_local import LocalAptRepo
 from cache_node.apt_remote import RemoteAptRepo
 from cache_node.config import NodeConfig, RepoSource
 from cache_node.delta_service import DeltaService
 from cache_node.fetch import FetchCoordinator
+from cache_node.glance_auth import Caller
 from cache_node.glance_core import GlanceService, make_glance_service
 from cache_node.hot_blobs import HotBlobs
 from cache_node.metrics import Metrics
@@ -196,6 +197,13 @@ class Node:
             index = await self.pypi_index(artifact.repo)
             project, _, filename = artifact.path.partition("/")
             return await index.file(project, filename)
+        if artifact.kind == "glance":
+            if self.glance is None:
+                raise NotFound("this node serves no images")
+            # Plans pre-warm images anonymous callers may see (public, community).
+            digest = await self.glance.image_digest(Caller(None), artifact.path)
+            path = self.locate_blob(digest.sha256) or self.store.blob_path(digest.sha256)
+            return BlobAnswer(path, digest.size, digest.sha256, "application/octet-stream")
         raise NotFound(f"artifact kind {artifact.kind!r} is not served by this node")
 
     def summaries(self) -> list[RepoSummary]:

@@ -70,7 +70,7 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         if len(shown) < len(plan.spec.artifacts):
             console.print(f"  ... {len(plan.spec.artifacts) - len(shown)} more (--all)")
         console.print(f"  {len(plan.spec.artifacts)} artifacts ({plan.apt_packages} .deb, "
-                      f"{plan.pip_files} pip files), {_mb(plan.total_bytes)}; sites: "
+                      f"{plan.pip_files} pip files, {plan.images} images), {_mb(plan.total_bytes)}; sites: "
                       f"{len(inventory.sites_in(plan.region))}")
         for node, have in cached.get(plan.region, {}).items():
             state = "[red]unreachable[/red]" if have is None else \

@@ -12,6 +12,7 @@ import hashlib
 import json
 import lzma
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,31 @@ def _metadata_of(index_url: str, project: str, filename: str) -> tuple[str, int]
     return None
 
 
+def _image_artifacts(inventory: Inventory, region: str) -> list[PlanArtifact]:
+    """Images named (or given by id) in the region's profiles, as anonymous callers see them
+    at the origin: public and community images."""
+    out: list[PlanArtifact] = []
+    base = f"{inventory.origin}/glance"
+    for profile in inventory.profiles_of(region):
+        for wanted in profile.images:
+            doc = json.loads(_get(f"{base}/v2/images?{urllib.parse.urlencode({'name': wanted})}"))
+            found = [str(i["id"]) for i in doc.get("images", [])]
+            if not found:
+                try:
+                    found = [str(json.loads(_get(f"{base}/v2/images/{wanted}"))["id"])]
+                except (PlanningError, KeyError, ValueError):
+                    raise PlanningError(
+                        f"profile {profile.name}: no public or community image named or with "
+                        f"id {wanted!r} at the origin") from None
+            if len(found) > 1:
+                raise PlanningError(f"profile {profile.name}: image name {wanted!r} is "
+                                    f"ambiguous ({', '.join(found)}); give the id")
+            digest = json.loads(_get(f"{base}/edgedepot/v1/images/{found[0]}/digest"))
+            out.append(PlanArtifact("glance", "glance", found[0], str(digest["sha256"]),
+                                    int(digest["size"])))
+    return out
+
+
 def _dedupe(artifacts: list[PlanArtifact]) -> tuple[PlanArtifact, ...]:
     seen: set[tuple[str, str, str]] = set()
     out = []
@@ -180,11 +206,8 @@ def plan_regions(inventory: Inventory, work_dir: Path, regions: list[str] | None
             continue
         apt = _apt_artifacts(inventory, name, indexes)
         pip = _pip_artifacts(inventory, name)
-        images = [p for prof in inventory.profiles_of(name) for p in prof.images]
-        if images:
-            raise PlanningError(f"region {name}: image prefetch is not supported by this "
-                                "version of distro-sync yet (profiles name images)")
-        artifacts = _dedupe(apt + pip)
+        images = _image_artifacts(inventory, name)
+        artifacts = _dedupe(apt + pip + images)
         digest = hashlib.sha256(json.dumps(
             [(a.kind, a.repo, a.path, a.sha256) for a in artifacts]).encode()).hexdigest()
         spec = PlanSpec(f"{name}-{digest[:12]}", artifacts, region.concurrency, region.bandwidth)

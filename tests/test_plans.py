@@ -116,3 +116,38 @@ def test_killed_node_resumes_plan_without_refetching(
         assert sum(1 for n in pool.values() if n > 1) <= 1, "at most the one in flight at the kill"
     finally:
         node.stop()
+
+
+def test_plan_prefetches_images_through_glance(tmp_path: Path) -> None:
+    from cache_node.plans import plan_to_json
+    from syncer.demo_images import build_image_pair
+    from syncer.inventory import parse_inventory
+    from syncer.planner import plan_regions
+
+    v1, v2 = build_image_pair(tmp_path / "images", size=2 << 20)
+    origin = NodeProcess(["--role", "origin", "--store", str(tmp_path / "o"), "--images",
+                          str(tmp_path / "images")], tmp_path / "o.log").start()
+    cache = NodeProcess(["--role", "cache", "--store", str(tmp_path / "c"), "--upstream",
+                         origin.url], tmp_path / "c.log").start()
+    try:
+        inventory = parse_inventory({
+            "origin": origin.url, "regions": {"r": {"parent": cache.url}},
+            "profiles": {"p": {"images": [v1, v2]}},
+            "sites": {"s": {"region": "r", "profile": "p"}}})
+        [plan] = plan_regions(inventory, tmp_path / "work")
+        assert [a.kind for a in plan.spec.artifacts] == ["glance", "glance"]
+        status, doc = put(cache, f"/admin/plans/{plan.spec.plan_id}",
+                          json.loads(plan_to_json(plan.spec)))
+        assert status == 202
+        done = wait_plan(cache, plan.spec.plan_id)
+        assert done["state"] == "complete" and done["done"] == 2, done
+        before = origin.served()
+        for artifact in plan.spec.artifacts:
+            status, body, _ = cache.get(f"/glance/v2/images/{artifact.path}/file")
+            assert status == 200
+            import hashlib
+            assert hashlib.sha256(body).hexdigest() == artifact.sha256
+        assert origin.served() == before, "pre-warmed images are served without the WAN"
+    finally:
+        cache.stop()
+        origin.stop()
