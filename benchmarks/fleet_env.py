@@ -31,15 +31,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from distro.debian_repo import SigningKey, stop_gpg_agent
 from distro.sample_repo import build_sample_apt_repo
+from syncer.node_process import NodeProcess
 
 ORIGIN_PORT = 8080  # below 32768: apt-cacher-ng cannot connect to higher ports
-
 
 # ----------------------------------------------------------------------------- package set
 
@@ -292,44 +291,8 @@ def open_wan(link_names: list[str], spec: WanSpec, workdir: Path) -> tuple[Wan, 
         return ProxyWan(link_names, spec, workdir).open(), f"netns unavailable: {exc}"
 
 
-class OriginProcess:
+class OriginProcess(NodeProcess):
     """`cache-node serve --role origin` inside the WAN's origin side; stopped by PID."""
 
     def __init__(self, wan: Wan, args: list[str], log_path: Path) -> None:
-        self.wan = wan
-        self.args = args
-        self.log_path = log_path
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self, timeout: float = 120.0) -> OriginProcess:
-        cache_node = str(Path(sys.executable).parent / "cache-node")
-        self._log = open(self.log_path, "a")
-        # `ip netns exec` execs the program, so the PID is the node's own
-        self.proc = subprocess.Popen(
-            [*self.wan.origin_prefix(), cache_node, "serve", "--listen",
-             self.wan.origin_listen(), *self.args],
-            stdout=subprocess.PIPE, stderr=self._log, text=True)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line or self.proc.poll() is not None:
-                break
-        if not line.startswith("listening on "):
-            self.stop()
-            raise NetError(f"origin did not start: {line!r}; see {self.log_path}")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        self.proc = None
+        super().__init__(args, log_path, listen=wan.origin_listen(), prefix=wan.origin_prefix())

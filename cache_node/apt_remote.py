@@ -35,25 +35,23 @@ from cache_node.answers import (
 )
 from cache_node.fetch import FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.metrics import Metrics
+from cache_node.revalidation import SingleFlight, freshness, mark_due, mark_failed, mark_valid
 from cache_node.store import BlobStore, IntegrityError
 from cache_node.upstream import UpstreamClient, UpstreamError, UpstreamNotFound
-from distro.debian_repo import MalformedIndexError as _DebMalformed
 from distro.debian_repo import (
+    MalformedIndexError,
     PoolEntry,
     ReleaseIndex,
     decompress_index,
     parse_packages,
     parse_release,
 )
-from distro.errors import MalformedIndexError as _PypiMalformed
 from syncer.delta_client import DeltaClient, DeltaError
 
 log = logging.getLogger(__name__)
 
 RELEASE_FILES = ("InRelease", "Release", "Release.gpg")
 BY_HASH_RE = re.compile(r"^(?:(?P<dir>.+)/)?by-hash/SHA256/(?P<digest>[0-9a-f]{64})$")
-MalformedIndex = (_DebMalformed, _PypiMalformed)
-RETRY_FAILED_REVALIDATION_AFTER = 15.0
 # How compressed indexes are rebuilt from the uncompressed one (the settings of
 # distro.debian_repo.build_repository, and of most archive tools); accepted only when the result
 # hashes to what the signed Release lists.
@@ -122,7 +120,7 @@ class RemoteAptRepo:
         self._ns_index = f"apt-index:{name}"
         self._ns_snapshot = f"apt-snapshot:{name}"
         self._snapshots: dict[str, SuiteSnapshot] = {}
-        self._revalidations: dict[str, asyncio.Task[SuiteSnapshot]] = {}
+        self._revalidations: SingleFlight[SuiteSnapshot] = SingleFlight()
         self._pool: dict[str, PoolEntry] = {}
         self._learned: set[str] = set()
         self._bound: dict[tuple[str, str], str] = {}
@@ -143,7 +141,7 @@ class RemoteAptRepo:
                 continue
             try:
                 index = parse_release(main, f"{self.namespace} {suite} (stored)")
-            except MalformedIndex as exc:
+            except MalformedIndexError as exc:
                 log.error("stored snapshot of %s unusable: %s", suite, exc)
                 continue
             self._snapshots[suite] = SuiteSnapshot(suite, files, index, _identity(files),
@@ -157,7 +155,7 @@ class RemoteAptRepo:
         reports = []
         for suite, snap in sorted(self._snapshots.items()):
             before = self.metrics.upstream_bytes.get(self.namespace)
-            snap.validated_at, snap.failed_at = float("-inf"), None
+            mark_due(snap)
             error = ""
             try:
                 new, stale = await self.current(suite)
@@ -199,33 +197,28 @@ class RemoteAptRepo:
     async def current(self, suite: str, revalidate: bool = True) -> tuple[SuiteSnapshot, bool]:
         """The suite's current snapshot and whether it is stale (upstream unusable)."""
         snap = self._snapshots.get(suite)
-        now = time.monotonic()
         if snap is not None:
-            if not revalidate or now - snap.validated_at < self.index_ttl:
+            state = freshness(snap, self.index_ttl)
+            if not revalidate or state == "fresh":
                 return snap, False
-            if snap.failed_at is not None and \
-                    now - snap.failed_at < min(self.index_ttl, RETRY_FAILED_REVALIDATION_AFTER):
+            if state == "backing-off":
                 self.metrics.stale_serves.inc(self.namespace)
                 return snap, True
-        task = self._revalidations.get(suite)
-        if task is None:
-            task = asyncio.create_task(self._revalidate(suite, snap))
-            self._revalidations[suite] = task
-            task.add_done_callback(lambda _t: self._revalidations.pop(suite, None))
         try:
-            return await asyncio.shield(task), False
+            return await self._revalidations.run(
+                suite, lambda: self._revalidate(suite, snap)), False
         except UpstreamNotFound:
             if snap is None:
                 raise NotFound(f"{self.namespace}: upstream has no suite {suite}") from None
-            snap.failed_at = time.monotonic()
+            mark_failed(snap)
             self.metrics.stale_serves.inc(self.namespace)
             return snap, True
-        except (UpstreamError, FetchFailed, *MalformedIndex) as exc:
+        except (UpstreamError, FetchFailed, MalformedIndexError) as exc:
             if snap is None:
                 status = getattr(exc, "http_status", 502)
                 raise ServiceError(f"{self.namespace}: cannot get {suite} from upstream: {exc}",
                                    status) from None
-            snap.failed_at = time.monotonic()
+            mark_failed(snap)
             self.metrics.stale_serves.inc(self.namespace)
             log.warning("serving stale snapshot of %s/%s: %s", self.name, suite, exc)
             return snap, True
@@ -245,10 +238,10 @@ class RemoteAptRepo:
             cond["If-Modified-Since"] = old.last_modified
         status, inrelease, last_modified = await self._fetch_optional(base + "InRelease", cond)
         if status == 304 and old is not None:
-            old.validated_at, old.failed_at = time.monotonic(), None
+            mark_valid(old)
             return old
         if old is not None and status == 200 and inrelease == old.files.get("InRelease"):
-            old.validated_at, old.failed_at = time.monotonic(), None
+            mark_valid(old)
             return old
         _, release, lm2 = await self._fetch_optional(base + "Release", {})
         _, release_gpg, _ = await self._fetch_optional(base + "Release.gpg", {})
@@ -262,14 +255,14 @@ class RemoteAptRepo:
             if "InRelease" in files and "Release" in files:
                 plain = parse_release(files["Release"], base + "Release")
                 if dict(plain.files) != dict(index.files):
-                    raise _DebMalformed(base + "Release", None,
+                    raise MalformedIndexError(base + "Release", None,
                                         "Release and InRelease list different files "
                                         "(upstream is mid-update)")
-        except MalformedIndex:
+        except MalformedIndexError:
             self.metrics.index_errors.inc(self.namespace)
             raise
         if old is not None and _identity(files) == old.identity:
-            old.validated_at, old.failed_at = time.monotonic(), None
+            mark_valid(old)
             return old
         new = SuiteSnapshot(suite, files, index, _identity(files), time.monotonic(),
                             last_modified or lm2)
@@ -360,7 +353,7 @@ class RemoteAptRepo:
             data = await asyncio.to_thread(self.store.read_bytes, sibling.sha256)
             try:
                 raw = await asyncio.to_thread(decompress_index, f"x.{suffix}", data)
-            except MalformedIndex:
+            except MalformedIndexError:
                 continue
             if hashlib.sha256(raw).hexdigest() == entry.sha256:
                 return self.store.blob_path(self.store.put_bytes(raw, entry.sha256).digest)
@@ -379,7 +372,9 @@ class RemoteAptRepo:
         self.metrics.delta_fetches.inc(self.namespace)
         self.metrics.delta_saved_bytes.inc(self.namespace,
                                            max(0, whole_size - result.wire_bytes))
-        await asyncio.to_thread(self.store.adopt_file, out, sha256)
+        # The client verified the rebuilt file against `sha256`: no second hashing pass.
+        await asyncio.to_thread(self.store.adopt_file, out, sha256,
+                                verified=result.sha256 == sha256)
         log.info("%s: index %s by %s delta: %d bytes moved instead of %d", self.namespace,
                  sha256[:12], result.method, result.wire_bytes, whole_size)
 
@@ -447,7 +442,7 @@ class RemoteAptRepo:
             name = source.rsplit("/", 1)[-1]
             entries = await asyncio.to_thread(
                 lambda: parse_packages(decompress_index(name, raw), source))
-        except (OSError, *MalformedIndex) as exc:
+        except (OSError, MalformedIndexError) as exc:
             self.metrics.index_errors.inc(self.namespace)
             log.error("rejecting index %s: %s", source, exc)
             if strict:

@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from cache_node.delta_service import BadRequest, DeltaService, UnknownBlob
+from cache_node.delta_service import BadRequest, DeltaService, ServedFile, UnknownBlob
 from cache_node.store import is_sha256_hex
+from cache_node.upstream import format_repr_digest
 from syncer.delta_wire import (
     API_PREFIX,
     PATCH_TYPE,
@@ -21,7 +22,6 @@ from syncer.delta_wire import (
     PAYLOAD_SHA256_HEADER,
     SIGNATURE_TYPE,
     ZSTD_TYPE,
-    repr_digest,
 )
 
 MAX_RANGES_BODY = 64 << 20
@@ -42,6 +42,15 @@ def _sha(request: web.Request, key: str = "sha256") -> str:
     return value
 
 
+def _immutable_file(served: ServedFile, content_type: str) -> web.FileResponse:
+    """A content-addressed file: its Repr-Digest, cacheable forever."""
+    return web.FileResponse(served.path, headers={
+        "Content-Type": content_type,
+        "Repr-Digest": format_repr_digest(served.sha256),
+        "Cache-Control": "public, max-age=31536000, immutable",
+    })
+
+
 def add_delta_routes(app: web.Application, service_for_request: ServiceFor) -> None:
     """Register the ``/delta/v1/`` routes on ``app``."""
 
@@ -51,11 +60,7 @@ def add_delta_routes(app: web.Application, service_for_request: ServiceFor) -> N
             served = service_for_request(request).blob(sha)
         except UnknownBlob as exc:
             return _error(404, "unknown_blob", str(exc))
-        return web.FileResponse(served.path, headers={
-            "Repr-Digest": repr_digest(sha),
-            "Content-Type": "application/octet-stream",
-            "Cache-Control": "public, max-age=31536000, immutable",
-        })
+        return _immutable_file(served, "application/octet-stream")
 
     async def get_signature(request: web.Request) -> web.StreamResponse:
         sha = _sha(request)
@@ -71,11 +76,7 @@ def add_delta_routes(app: web.Application, service_for_request: ServiceFor) -> N
             return _error(404, "unknown_blob", str(exc))
         except BadRequest as exc:
             return _error(400, "bad_block_size", str(exc))
-        return web.FileResponse(served.path, headers={
-            "Content-Type": SIGNATURE_TYPE,
-            "Repr-Digest": repr_digest(served.sha256),
-            "Cache-Control": "public, max-age=31536000, immutable",
-        })
+        return _immutable_file(served, SIGNATURE_TYPE)
 
     async def get_patch(request: web.Request) -> web.StreamResponse:
         target = _sha(request)
@@ -86,11 +87,7 @@ def add_delta_routes(app: web.Application, service_for_request: ServiceFor) -> N
             served = await service_for_request(request).patch(target, basis)
         except UnknownBlob as exc:
             return _error(404, "unknown_blob", str(exc))
-        return web.FileResponse(served.path, headers={
-            "Content-Type": PATCH_TYPE,
-            "Repr-Digest": repr_digest(served.sha256),
-            "Cache-Control": "public, max-age=31536000, immutable",
-        })
+        return _immutable_file(served, PATCH_TYPE)
 
     async def post_ranges(request: web.Request) -> web.StreamResponse:
         sha = _sha(request)

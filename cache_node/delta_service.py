@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from backports import zstd
 
-from cache_node.store import BlobRef, BlobStore, PartialWriter
+from cache_node.store import BlobRef, BlobStore
 from syncer.delta_patch import make_patch
 from syncer.delta_signature import (
     MAX_BLOCK,
@@ -103,9 +103,11 @@ class DeltaService:
         target = self.blob(sha256)
         name = f"{sha256}/{block_size or 'auto'}"
 
-        def compute() -> bytes:
+        def compute() -> BlobRef:
             sig = compute_signature(target.path, block_size, sha256_hex=sha256)
-            return encode_signature(sig)
+            partial = self.store.new_partial()
+            partial.write(encode_signature(sig))
+            return self.store.commit_file(partial, None)
 
         try:
             ref = await self._once(SIGNATURE_NAMESPACE, name, compute)
@@ -122,7 +124,7 @@ class DeltaService:
         name = f"{target_sha256}/{basis_sha256}"
         sig_ref = self.store.lookup(SIGNATURE_NAMESPACE, f"{target_sha256}/auto")
 
-        def compute() -> Path:
+        def compute() -> BlobRef:
             sig = None
             if sig_ref is not None:
                 try:
@@ -132,12 +134,18 @@ class DeltaService:
             out = self.work_dir / f"patch-{uuid.uuid4().hex}"
             info = make_patch(basis.path, target.path, out, basis_sha256=basis_sha256,
                               target_sig=sig)
-            if info.target_sha256 != target_sha256:
+            try:
+                if info.target_sha256 != target_sha256:
+                    raise UnknownBlob(f"file for {target_sha256} hashed to {info.target_sha256}")
+                partial = self.store.new_partial()
+                with open(out, "rb") as fh:
+                    while chunk := fh.read(_COPY):
+                        partial.write(chunk)
+                return self.store.commit_file(partial, None)
+            finally:
                 out.unlink(missing_ok=True)
-                raise UnknownBlob(f"file for {target_sha256} hashed to {info.target_sha256}")
-            return out
 
-        ref = await self._once_file(PATCH_NAMESPACE, name, compute)
+        ref = await self._once(PATCH_NAMESPACE, name, compute)
         return ServedFile(self.store.blob_path(ref.digest), ref.size, ref.digest)
 
     # -- ranges ----------------------------------------------------------------------------
@@ -201,28 +209,11 @@ class DeltaService:
         return RangesPayload(spool, written, total, digest.hexdigest(), len(ranges))
 
     # -- single flight ---------------------------------------------------------------------
-    async def _once(self, namespace: str, name: str, compute: Callable[[], bytes]) -> BlobRef:
+    async def _once(self, namespace: str, name: str, compute: Callable[[], BlobRef]) -> BlobRef:
+        """``compute`` (in a worker thread) writes the blob into the store's files; it is then
+        registered here, on the thread that owns the store."""
         async def run() -> BlobRef:
-            data = await asyncio.to_thread(compute)
-            return self.store.put_bytes(data)
-
-        return await self._single_flight(namespace, name, run)
-
-    async def _once_file(self, namespace: str, name: str,
-                         compute: Callable[[], Path]) -> BlobRef:
-        async def run() -> BlobRef:
-            def in_thread() -> BlobRef:
-                out = compute()
-                try:
-                    partial: PartialWriter = self.store.new_partial()
-                    with open(out, "rb") as fh:
-                        while chunk := fh.read(_COPY):
-                            partial.write(chunk)
-                    return self.store.commit_file(partial, None)
-                finally:
-                    out.unlink(missing_ok=True)
-
-            ref = await asyncio.to_thread(in_thread)
+            ref = await asyncio.to_thread(compute)
             self.store.register(ref)
             return ref
 

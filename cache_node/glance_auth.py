@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from cache_node.answers import ServiceError
+from cache_node.answers import NotFound, ServiceError
 from cache_node.upstream import UpstreamTimeout, UpstreamUnavailable
 from distro.glance_images import GlanceImage
 
@@ -129,10 +129,6 @@ class _TTLCache:
         while len(self._data) > MAX_ENTRIES:
             self._data.popitem(last=False)
 
-    def drop_where(self, predicate: Callable[[tuple[str, ...]], bool]) -> None:
-        for key in [k for k in self._data if predicate(k)]:
-            del self._data[key]
-
 
 _DENIED = "denied"
 
@@ -147,7 +143,6 @@ class GlanceAuthorizer:
         self.source = source
         self.offline_policy = offline_policy
         self._cache = _TTLCache(ttl, clock)
-        self.upstream_checks = 0
 
     async def image(self, caller: Caller, image_id: str,
                     cached_record: GlanceImage | None) -> ImageDecision:
@@ -160,7 +155,6 @@ class GlanceAuthorizer:
         if entry is not None:
             return self._from_entry(entry, image_id)
         try:
-            self.upstream_checks += 1
             image = await self.source.fetch_image(caller, image_id)
         except (UpstreamUnavailable, UpstreamTimeout) as exc:
             return self._offline_image(caller, image_id, cached_record, exc)
@@ -198,7 +192,6 @@ class GlanceAuthorizer:
         if entry is not None and isinstance(entry.value, tuple):
             return ListDecision(entry.value)
         try:
-            self.upstream_checks += 1
             images = tuple(await self.source.fetch_list(caller, scope))
         except (UpstreamUnavailable, UpstreamTimeout):
             return ListDecision(self._offline_list(caller, key, scope, cached), offline=True)
@@ -235,8 +228,7 @@ class GlanceAuthorizer:
         entry = self._cache.get(key)
         if entry is None:
             try:
-                self.upstream_checks += 1
-                admin = await self.source.fetch_is_admin(caller)
+                    admin = await self.source.fetch_is_admin(caller)
             except (UpstreamUnavailable, UpstreamTimeout) as exc:
                 stale = self._cache.get(key, allow_expired=True)
                 if self.offline_policy == "cached" and stale is not None and stale.value is True:
@@ -248,9 +240,6 @@ class GlanceAuthorizer:
         if entry is None or entry.value is not True:
             raise Forbidden("the cache-management API needs an admin token")
 
-    def forget_image(self, image_id: str) -> None:
-        self._cache.drop_where(lambda k: k[0] == "image" and k[-1] == image_id)
 
-
-def _not_found(image_id: str) -> ServiceError:
-    return ServiceError(f"No image found with ID {image_id}", 404)
+def _not_found(image_id: str) -> NotFound:
+    return NotFound(f"No image found with ID {image_id}")

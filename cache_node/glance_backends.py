@@ -27,7 +27,12 @@ import aiohttp
 
 from cache_node.answers import BadRequest, NotFound, ServiceError
 from cache_node.glance_auth import Caller, Forbidden, ListScope, Unauthorized
-from cache_node.upstream import UpstreamClient, UpstreamNotFound, UpstreamUnavailable
+from cache_node.upstream import (
+    UpstreamClient,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamUnavailable,
+)
 from distro.glance_images import (
     LIST_LIMIT_MAX,
     DigestMemo,
@@ -72,8 +77,8 @@ class DirectoryBackend:
 
     async def refresh(self) -> ImageDirectory:
         """Re-read the directory when any file in it changed (records, data, tokens)."""
-        stamp = tuple(sorted(hash((p.name, p.stat().st_mtime_ns, p.stat().st_size))
-                             for p in self.root.iterdir()))
+        stamp = tuple(sorted(hash((p.name, st.st_mtime_ns, st.st_size))
+                             for p in self.root.iterdir() for st in (p.stat(),)))
         if stamp != self._stamp:
             async with self._lock:
                 if stamp != self._stamp:
@@ -212,7 +217,7 @@ class HttpGlanceBackend:
         without that endpoint, or a real Glance)."""
         try:
             doc = await self._get_json(caller, f"edgedepot/v1/images/{image_id}/digest")
-        except (NotFound, UpstreamUnavailable, ServiceError):
+        except (ServiceError, UpstreamError):  # NotFound, refusals, unreachable, timeout
             return None
         if not isinstance(doc, dict):
             return None

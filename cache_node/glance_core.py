@@ -42,6 +42,9 @@ from cache_node.glance_delta import (
     Basis,
     ImageDeltaFetcher,
     check_image,
+    digest_bound,
+    hash_chunk,
+    strong_hash,
 )
 from cache_node.metrics import Metrics
 from cache_node.store import BlobRef, BlobStore
@@ -209,12 +212,7 @@ class ImageFetch:
                   on_failed: Callable[[BlobRef | None, str], None]) -> None:
         image, fetch = self.image, self.fetch
         md5 = hashlib.md5()
-        algo = (image.os_hash_algo or "sha512").lower()
-        try:
-            strong = hashlib.new(algo)
-        except ValueError:
-            strong = hashlib.sha512()
-            algo = "unknown"
+        algo, strong = strong_hash(image.os_hash_algo)
         ref: BlobRef | None = None
         try:
             while True:
@@ -227,8 +225,7 @@ class ImageFetch:
                     data = os.pread(self._fd, n, self.hashed)
                     if not data:
                         raise FetchFailed("partial image file shrank", 500)
-                    await asyncio.gather(asyncio.to_thread(md5.update, data),
-                                         asyncio.to_thread(strong.update, data))
+                    await hash_chunk(data, md5, strong)
                     self.hashed += len(data)
                     continue
                 if done:
@@ -454,7 +451,7 @@ class GlanceService:
         def failed(ref: BlobRef | None, problem: str) -> None:
             self.metrics.verify_failures.inc(NAMESPACE)
             log.error("discarding data of image %s: %s", image.id, problem)
-            if ref is not None and not self._digest_in_use(ref.digest):
+            if ref is not None and not digest_bound(self.store, ref.digest):
                 self.store.remove(ref.digest)
 
         task = asyncio.create_task(ifetch.run(verified, failed), name=f"verify {image.id}")
@@ -469,11 +466,6 @@ class GlanceService:
 
     def _delta_running(self, image_id: str) -> bool:
         return self.delta is not None and image_id in self.delta.running
-
-    def _digest_in_use(self, digest: str) -> bool:
-        row = self.store.db.execute("SELECT COUNT(*) FROM names WHERE digest=?",
-                                    (digest,)).fetchone()
-        return bool(row and row[0])
 
     # -- cache management (admin) ------------------------------------------------------------
     async def cache_state(self, caller: Caller) -> CacheState:
@@ -516,7 +508,7 @@ class GlanceService:
 
     def _drop(self, image_id: str, ref: BlobRef) -> None:
         self.store.unbind(NS_DATA, image_id)
-        if not self._digest_in_use(ref.digest):
+        if not digest_bound(self.store, ref.digest):
             self.store.remove(ref.digest)
         self.hits.pop(image_id, None)
 

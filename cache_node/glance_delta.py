@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 from cache_node.glance_backends import ImageDigest
 from cache_node.metrics import Metrics
@@ -77,27 +77,32 @@ def check_image(image: GlanceImage, size: int, md5: str, strong: str, algo: str)
     return None
 
 
-def hash_file(fh: BinaryIO, algo: str) -> str:
-    """The hex digest of an open file (blocking: run it in a thread; hashlib releases the
-    GIL). Closes the file."""
-    h = hashlib.new(algo)
-    with fh:
-        while chunk := fh.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+def strong_hash(os_hash_algo: str | None) -> tuple[str, Any]:
+    """The record's `os_hash_algo` (default sha512) and a fresh hasher for it; ("unknown",
+    sha512) when this Python cannot compute it (`check_image` then refuses the data)."""
+    algo = (os_hash_algo or "sha512").lower()
+    if algo.startswith("shake"):  # variable-length digests: not a Glance os_hash_algo
+        return "unknown", hashlib.sha512()
+    try:
+        return algo, hashlib.new(algo)
+    except ValueError:
+        return "unknown", hashlib.sha512()
+
+
+async def hash_chunk(data: bytes, *hashers: Any) -> None:
+    """Feed one chunk to several hashers in parallel threads (hashlib releases the GIL)."""
+    await asyncio.gather(*(asyncio.to_thread(h.update, data) for h in hashers))
 
 
 async def file_hashes(path: Path, os_hash_algo: str | None) -> FileHashes:
-    """md5 and the record's strong hash of a file, in two threads in parallel. The file is
-    opened before this returns to the loop: it may be renamed meanwhile."""
-    algo = (os_hash_algo or "sha512").lower()
-    if algo not in hashlib.algorithms_available or algo.startswith("shake"):
-        algo = "unknown"
-    first, second = open(path, "rb"), open(path, "rb")
-    md5, strong = await asyncio.gather(
-        asyncio.to_thread(hash_file, first, "md5"),
-        asyncio.to_thread(hash_file, second, "sha512" if algo == "unknown" else algo))
-    return FileHashes(md5, strong, algo)
+    """md5 and the record's strong hash of a file, read once, hashed in two threads in
+    parallel. The file is opened before this returns to the loop: it may be renamed meanwhile."""
+    algo, strong = strong_hash(os_hash_algo)
+    md5 = hashlib.md5()
+    with open(path, "rb") as fh:
+        while chunk := await asyncio.to_thread(fh.read, HASH_CHUNK):
+            await hash_chunk(chunk, md5, strong)
+    return FileHashes(md5.hexdigest(), strong.hexdigest(), algo)
 
 
 def pick_basis(image: GlanceImage, cached: Iterable[Basis]) -> Basis | None:
@@ -196,16 +201,18 @@ class ImageDeltaFetcher:
             raise ImageDeltaFailed(f"delta fetch failed: {exc}") from None
         self.metrics.upstream_requests.inc(NAMESPACE, result.requests)
         self.metrics.upstream_bytes.inc(NAMESPACE, result.bytes_received)
-        # md5 + os_hash_value (two threads) while the store re-hashes sha256 and adopts it.
+        # md5 + os_hash_value (two threads) while the store adopts the file. DeltaClient
+        # verified its sha256 while building it (all but "identical", a copy of the basis).
         verified, adopted = await asyncio.gather(
             self._verify(image, out, result.size),
-            asyncio.to_thread(self.store.adopt_file, out, digest.sha256),
+            asyncio.to_thread(self.store.adopt_file, out, digest.sha256,
+                              verified=result.method != "identical"),
             return_exceptions=True)
         problem = verified if isinstance(verified, BaseException) else \
             adopted if isinstance(adopted, BaseException) else None
         if problem is not None:
             _discard(out)
-            if isinstance(adopted, BlobRef) and not self._bound(adopted.digest):
+            if isinstance(adopted, BlobRef) and not digest_bound(self.store, adopted.digest):
                 self.store.remove(adopted.digest)
             if not isinstance(problem, (ImageDeltaFailed, IntegrityError, OSError)):
                 raise problem
@@ -234,17 +241,18 @@ class ImageDeltaFetcher:
             self.metrics.verify_failures.inc(NAMESPACE)
             self.store.remove(basis.ref.digest)
 
-    def _bound(self, digest: str) -> bool:
-        row = self.store.db.execute("SELECT 1 FROM names WHERE digest=? LIMIT 1",
-                                    (digest,)).fetchone()
-        return row is not None
-
     async def _verify(self, image: GlanceImage, path: Path, size: int) -> None:
         hashes = await file_hashes(path, image.os_hash_algo)
         problem = check_image(image, size, hashes.md5, hashes.strong, hashes.algo)
         if problem:
             self.metrics.verify_failures.inc(NAMESPACE)
             raise ImageDeltaFailed(f"image {image.id} failed verification: {problem}")
+
+
+def digest_bound(store: BlobStore, digest: str) -> bool:
+    """Whether any name (of any namespace) is bound to this blob."""
+    row = store.db.execute("SELECT 1 FROM names WHERE digest=? LIMIT 1", (digest,)).fetchone()
+    return row is not None
 
 
 def _discard(out: Path) -> None:
@@ -254,4 +262,4 @@ def _discard(out: Path) -> None:
 
 
 __all__ = ["Basis", "FileHashes", "ImageDeltaFailed", "ImageDeltaFetcher", "check_image",
-           "file_hashes", "hash_file", "pick_basis"]
+           "digest_bound", "file_hashes", "hash_chunk", "pick_basis", "strong_hash"]

@@ -63,6 +63,7 @@ class LocalPypiIndex:
         self.root = source.path
         self.namespace = f"pypi/{source.name}"
         self._projects: dict[str, list[LocalDist]] = {}
+        self._by_digest: dict[str, Path] = {}
         self._fingerprint: tuple[tuple[str, int, int], ...] | None = None
         self._last_scan = 0.0
         self._lock = asyncio.Lock()
@@ -79,6 +80,7 @@ class LocalPypiIndex:
         fingerprint = self._scan_fingerprint()
         if fingerprint != self._fingerprint:
             self._projects = scan_distribution_dir(self.root)
+            self._by_digest = {d.sha256: d.path for ds in self._projects.values() for d in ds}
             self._fingerprint = fingerprint
             log.info("%s: %d projects", self.namespace, len(self._projects))
         self._last_scan = time.monotonic()
@@ -91,11 +93,8 @@ class LocalPypiIndex:
                 await asyncio.to_thread(self.prepare)
 
     def path_for_digest(self, digest: str) -> Path | None:
-        for dists in self._projects.values():
-            for dist in dists:
-                if dist.sha256 == digest and dist.path.is_file():
-                    return dist.path
-        return None
+        path = self._by_digest.get(digest)
+        return path if path is not None and path.is_file() else None
 
     def projects(self) -> list[str]:
         return sorted(self._projects)

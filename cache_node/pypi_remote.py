@@ -9,7 +9,6 @@ metadata hash) before they are kept.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -29,9 +28,10 @@ from cache_node.apt_remote import RefreshReport
 from cache_node.fetch import FetchCoordinator, FetchPlan
 from cache_node.metrics import Metrics
 from cache_node.pypi_local import files_base, render_page
+from cache_node.revalidation import SingleFlight, freshness, mark_due, mark_failed
 from cache_node.store import BlobStore
 from cache_node.upstream import UpstreamClient, UpstreamError, UpstreamNotFound
-from distro.errors import MalformedIndexError
+from distro.debian_repo import MalformedIndexError
 from distro.pypi_index import (
     JSON_CONTENT_TYPE,
     METADATA_SUFFIX,
@@ -76,7 +76,7 @@ class RemotePypiIndex:
         self._ns_page = f"pypi-page:{name}"
         self._ns_file = f"pypi-file:{name}"
         self._pages: dict[str, _Cached] = {}
-        self._refreshing: dict[str, asyncio.Task[_Cached]] = {}
+        self._refreshing: SingleFlight[_Cached] = SingleFlight()
 
     def load_persisted(self) -> None:
         for project, digest in list(self.store.names(self._ns_page)):
@@ -100,7 +100,7 @@ class RemotePypiIndex:
         for key, cached in sorted(self._pages.items()):
             before_page = cached.page
             before = self.metrics.upstream_bytes.get(self.namespace)
-            cached.validated_at, cached.failed_at = float("-inf"), None
+            mark_due(cached)
             error = ""
             try:
                 new, stale = await self._cached(key)
@@ -115,20 +115,15 @@ class RemotePypiIndex:
     # -- pages -----------------------------------------------------------------------------
     async def _cached(self, key: str) -> tuple[_Cached, bool]:
         cached = self._pages.get(key)
-        now = time.monotonic()
         if cached is not None:
-            if now - cached.validated_at < self.index_ttl:
+            state = freshness(cached, self.index_ttl)
+            if state == "fresh":
                 return cached, False
-            if cached.failed_at is not None and now - cached.failed_at < min(self.index_ttl, 15):
+            if state == "backing-off":
                 self.metrics.stale_serves.inc(self.namespace)
                 return cached, True
-        task = self._refreshing.get(key)
-        if task is None:
-            task = asyncio.create_task(self._refresh(key))
-            self._refreshing[key] = task
-            task.add_done_callback(lambda _t: self._refreshing.pop(key, None))
         try:
-            return await asyncio.shield(task), False
+            return await self._refreshing.run(key, lambda: self._refresh(key)), False
         except UpstreamNotFound:
             raise NotFound(f"{self.namespace}: upstream has no project {key!r}") from None
         except (UpstreamError, MalformedIndexError) as exc:
@@ -137,7 +132,7 @@ class RemotePypiIndex:
             if cached is None:
                 raise ServiceError(f"{self.namespace}: upstream failed: {exc}",
                                    getattr(exc, "http_status", 502)) from None
-            cached.failed_at = time.monotonic()
+            mark_failed(cached)
             self.metrics.stale_serves.inc(self.namespace)
             log.warning("%s: serving stale page %r: %s", self.namespace, key, exc)
             return cached, True

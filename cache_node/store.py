@@ -252,9 +252,13 @@ class BlobStore:
         partial.write(data)
         return self.commit(partial, expected_sha256, len(data))
 
-    def adopt_file(self, path: Path, expected_sha256: str) -> BlobRef:
-        """Move a finished file (e.g. a delta result) into the store after re-verifying it."""
-        actual = file_sha256(path)
+    def adopt_file(self, path: Path, expected_sha256: str, *, verified: bool = False) -> BlobRef:
+        """Move a finished file (e.g. a delta result) into the store.
+
+        The file is hashed again unless `verified` says the caller already hashed exactly
+        these bytes to `expected_sha256` (the delta client does, while building the file).
+        """
+        actual = expected_sha256 if verified else file_sha256(path)
         if actual != expected_sha256:
             path.unlink(missing_ok=True)
             raise IntegrityError(f"sha256 mismatch: expected {expected_sha256}, got {actual}")

@@ -9,6 +9,7 @@ apt version and the request, since apt's answer is a pure function of those.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -141,13 +142,19 @@ class AptOracle:
                               timeout=timeout, check=False)
         return proc.returncode, proc.stdout + proc.stderr, time.perf_counter() - start
 
-    def _cache_key(self, targets: Sequence[str], recommends: bool, kind: str = "sim") -> str:
+    @functools.cached_property
+    def _inputs_digest(self) -> hashlib._Hash:
+        """The apt version and the lists' digests, hashed once per oracle (not per request)."""
         h = hashlib.sha256()
         apt_version = subprocess.run(["apt-get", "--version"], capture_output=True, text=True,
                                      check=False).stdout.split("\n", 1)[0]
         h.update(apt_version.encode())
         for ls in self.lists:
             h.update(hashlib.sha256(ls.packages.read_bytes()).digest())
+        return h
+
+    def _cache_key(self, targets: Sequence[str], recommends: bool, kind: str = "sim") -> str:
+        h = self._inputs_digest.copy()
         h.update(json.dumps([list(targets), recommends, self.arch, kind]).encode())
         return h.hexdigest()
 

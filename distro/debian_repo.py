@@ -126,7 +126,8 @@ def _is_safe_relpath(path: str) -> bool:
     return "/." not in "/" + path or all(p not in (".", "..") for p in path.split("/"))
 
 
-def _decode(data: bytes, source: str) -> str:
+def decode_index_text(data: bytes, source: str) -> str:
+    """``data`` as UTF-8 text; NUL bytes or invalid UTF-8 raise MalformedIndexError (with line)."""
     nul = data.find(b"\x00")
     if nul >= 0:
         raise MalformedIndexError(source, data.count(b"\n", 0, nul) + 1, "binary data (NUL byte)")
@@ -199,7 +200,7 @@ def _paragraph(lines: list[tuple[int, str]], source: str) -> dict[str, list[tupl
 
 def parse_release(data: bytes, source: str) -> ReleaseIndex:
     """Parse an InRelease (clear-signed) or plain Release file; the signature is not checked."""
-    text = _decode(data, source)
+    text = decode_index_text(data, source)
     lines = list(enumerate(text.split("\n"), start=1))
     if not text.strip():
         raise MalformedIndexError(source, None, "empty input")
@@ -268,7 +269,7 @@ _CANONICAL["sha256"] = "SHA256"
 
 def parse_packages(data: bytes, source: str) -> list[PoolEntry]:
     """Parse an uncompressed Packages index (fast scanner for the fields needed)."""
-    text = "\n\n" + _decode(data, source) + "\n\n"
+    text = "\n\n" + decode_index_text(data, source) + "\n\n"
     entries: list[PoolEntry] = []
     found: dict[str, re.Match[str]] = {}
     stanza_at, odd = 0, False  # the newline starting the stanza; field names in unusual case?
@@ -408,7 +409,7 @@ def _read_deb(path: Path) -> _Deb:
     """Control fields (split on newlines only: Deb822's splitlines() eats U+2028) and hashes."""
     raw = _run(["dpkg-deb", "--info", str(path), "control"])
     control: list[tuple[str, str]] = []
-    for num, line in enumerate(_decode(raw, str(path)).rstrip("\n").split("\n"), start=1):
+    for num, line in enumerate(decode_index_text(raw, str(path)).rstrip("\n").split("\n"), start=1):
         match = _FIELD_NAME.fullmatch(line)
         if line[:1] in (" ", "\t") and control:
             control[-1] = (control[-1][0], f"{control[-1][1]}\n{line}")

@@ -28,12 +28,6 @@ class InstallOrder:
     packages: tuple[PackageVersion, ...]
     cycles: tuple[tuple[str, ...], ...]
 
-    def cycle_of(self, name: str) -> int | None:
-        for i, cycle in enumerate(self.cycles):
-            if name in cycle:
-                return i
-        return None
-
 
 def _key(ver: PackageVersion, native: str) -> Key:
     return (ver.name, native if ver.arch == "all" else ver.arch)
@@ -58,10 +52,7 @@ def dependency_edges(packages: Sequence[PackageVersion], native_arch: str = "amd
     """For each package, the closure members satisfying its (Pre-)Depends: (key, pre)."""
     by_name: dict[str, list[PackageVersion]] = {}
     providers: dict[str, list[tuple[PackageVersion, Relation]]] = {}
-    for ver in packages:
-        by_name.setdefault(ver.name, []).append(ver)
-        for prv in ver.provides:
-            providers.setdefault(prv.name, []).append((ver, prv))
+    _add_all(packages, by_name, providers)
     edges: dict[Key, list[tuple[Key, bool]]] = {}
     for ver in packages:
         key = _key(ver, native_arch)
@@ -70,8 +61,8 @@ def dependency_edges(packages: Sequence[PackageVersion], native_arch: str = "amd
         groups += [(g, False) for g in ver.depends]
         for group, pre in groups:
             for rel in group:
-                sats = sorted(_key(s, native_arch) for s in _satisfiers(rel, by_name, providers)
-                               if _key(s, native_arch) != key)
+                sats = sorted(k for s in _satisfiers(rel, by_name, providers)
+                              if (k := _key(s, native_arch)) != key)
                 if sats:
                     out.append((sats[0], pre))
                     break

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from debian.deb822 import PkgRelation, Release
 
-from distro.debian_repo import MalformedIndexError, decompress_index
+from distro.debian_repo import MalformedIndexError, decode_index_text, decompress_index
 from distro.versions import compare_versions, is_valid_version
 
 __all__ = [
@@ -181,10 +181,6 @@ class LoadedPackages:
         return self.data[int(self.starts[i]):int(self.ends[i])].decode("utf-8")
 
 
-def _err(source: str, line: int | None, message: str) -> MalformedIndexError:
-    return MalformedIndexError(source, line, message)
-
-
 def _one_per_stanza(data: bytes, starts: np.ndarray, field: str, source: str, lead: int
                     ) -> tuple[list[str], list[int]]:
     """Every stanza's single ``field`` value, or a clear error naming the offending line."""
@@ -201,24 +197,18 @@ def _one_per_stanza(data: bytes, starts: np.ndarray, field: str, source: str, le
         missing = np.flatnonzero(counts == 0)
         if len(missing):
             at = int(starts[missing[0]])
-            raise _err(source, data.count(b"\n", 0, at) + 1 + lead,
-                       f"stanza without a {field} field")
+            raise MalformedIndexError(source, data.count(b"\n", 0, at) + 1 + lead,
+                                      f"stanza without a {field} field")
         dup = int(np.flatnonzero(counts > 1)[0])
         second = int(pos[np.flatnonzero(owner == dup)[1]])
-        raise _err(source, data.count(b"\n", 0, second) + 1 + lead, f"duplicate {field} field")
+        raise MalformedIndexError(source, data.count(b"\n", 0, second) + 1 + lead, f"duplicate {field} field")
     values = [v.strip().decode("utf-8") for _, v in matches]
     return values, [int(p) for p in pos]
 
 
 def parse_packages_data(data: bytes, source: str, sha256: str) -> LoadedPackages:
     """Split decompressed Packages text into the compact form; errors carry file and line."""
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise _err(source, data.count(b"\n", 0, nul) + 1, "binary data (NUL byte)")
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _err(source, data.count(b"\n", 0, exc.start) + 1, "not valid UTF-8") from None
+    decode_index_text(data, source)  # NUL bytes / invalid UTF-8 fail with their line
     data = data.replace(b"\r\n", b"\n")
     lead = len(data) - len(data.lstrip(b"\n"))
     data = data.strip(b"\n") + b"\n"
@@ -231,7 +221,7 @@ def parse_packages_data(data: bytes, source: str, sha256: str) -> LoadedPackages
     else:
         bad_line = None if bad is None else line_at(bad.start() + 1)
     if bad_line is not None:
-        raise _err(source, bad_line, "expected 'Field: value' or a continuation line")
+        raise MalformedIndexError(source, bad_line, "expected 'Field: value' or a continuation line")
     seps = [m.end() for m in re.finditer(rb"\n\n+", data)]
     starts_list = [0, *[s for s in seps if s < len(data)]]
     ends_list = [*[s for s in seps if s < len(data)], len(data)]
@@ -242,17 +232,19 @@ def parse_packages_data(data: bytes, source: str, sha256: str) -> LoadedPackages
     arches, _ = _one_per_stanza(data, starts, "Architecture", source, lead)
     for i, name in enumerate(names):
         if not _NAME_RE.fullmatch(name):
-            raise _err(source, line_at(name_pos[i]), f"invalid package name {name!r}")
+            raise MalformedIndexError(source, line_at(name_pos[i]), f"invalid package name {name!r}")
     for i, version in enumerate(versions):
         if not is_valid_version(version):
-            raise _err(source, line_at(version_pos[i]), f"invalid version {version!r} of {names[i]}")
+            raise MalformedIndexError(source, line_at(version_pos[i]),
+                                      f"invalid version {version!r} of {names[i]}")
     provides: dict[str, list[int]] = {}
     for m in re.finditer(rb"\nProvides:[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)", data):
         owner = int(np.searchsorted(starts, m.start() + 1, side="right")) - 1
         for item in m.group(1).decode("utf-8").split(","):
             im = _PROVIDES_ITEM.fullmatch(item)
             if im is None or not _NAME_RE.fullmatch(im.group(1)):
-                raise _err(source, line_at(m.start() + 1), f"malformed Provides entry {item.strip()!r}")
+                raise MalformedIndexError(source, line_at(m.start() + 1),
+                                          f"malformed Provides entry {item.strip()!r}")
             provides.setdefault(im.group(1), []).append(owner)
 
     def owners(pattern: bytes) -> list[int]:
@@ -341,11 +333,11 @@ def _parse_relations(text: str, field: str, source: str, line: int) -> list[list
         for alt in group:
             name = str(alt["name"])
             if not _NAME_RE.fullmatch(name):
-                raise _err(source, line, f"malformed {field} relation {text.strip()[:80]!r}")
+                raise MalformedIndexError(source, line, f"malformed {field} relation {text.strip()[:80]!r}")
             ver = alt.get("version")
             op, version = (ver[0], ver[1]) if ver else (None, None)
             if version is not None and not is_valid_version(version):
-                raise _err(source, line, f"invalid version {version!r} in {field}")
+                raise MalformedIndexError(source, line, f"invalid version {version!r} in {field}")
             alts.append(Relation(name, alt.get("archqual"), op, version))
         groups.append(alts)
     return groups
@@ -378,14 +370,14 @@ def parse_stanza(loaded: LoadedPackages, file_no: int, i: int) -> PackageVersion
         try:
             return _parse_relations(value, field, loaded.source, 0)
         except MalformedIndexError as exc:
-            raise _err(loaded.source, line_no(field), exc.message) from None
+            raise MalformedIndexError(loaded.source, line_no(field), exc.message) from None
 
     def get(field: str, default: str = "") -> str:
         return fields[field][1] if field in fields else default
 
     size_text = get("Size", "0")
     if not size_text.isdigit():
-        raise _err(loaded.source, line_no("Size"), f"invalid Size {size_text!r}")
+        raise MalformedIndexError(loaded.source, line_no("Size"), f"invalid Size {size_text!r}")
     return PackageVersion(
         name=loaded.names[i], version=loaded.versions[i], arch=loaded.arches[i],
         multi_arch=get("Multi-Arch", "no").lower(),

@@ -180,6 +180,7 @@ class _Provider(AbstractProvider[Requirement, _Candidate, str]):
         self.target = target
         self.tags = {str(t): i for i, t in enumerate(target.tags())}
         self.python = Version(f"{target.python_version}.0")
+        self.environment = target.environment()
 
     def identify(self, requirement_or_candidate: Requirement | _Candidate) -> str:
         name = canonicalize_name(requirement_or_candidate.name)
@@ -213,13 +214,13 @@ class _Provider(AbstractProvider[Requirement, _Candidate, str]):
         bad = {c.version for c in incompatibilities[identifier]}
         name = identifier.split("[")[0]
         extras = frozenset(e for r in reqs for e in r.extras)
+        pinned = all(str(r.specifier).startswith("==") for r in reqs) and reqs
         best: dict[Version, tuple[int, DistFile]] = {}
         for dist in self.index.files(name):
             usable = self._usable(dist)
             if usable is None:
                 continue
             version, rank = usable
-            pinned = all(str(r.specifier).startswith("==") for r in reqs) and reqs
             if dist.yanked is not None and not pinned:
                 continue
             if version in bad or not all(r.specifier.contains(version, prereleases=True
@@ -252,8 +253,7 @@ class _Provider(AbstractProvider[Requirement, _Candidate, str]):
         return deps
 
     def _marker_ok(self, marker: Marker, extras: frozenset[str]) -> bool:
-        env = self.target.environment()
-        return any(marker.evaluate({**env, "extra": e}) for e in (extras or {""}))
+        return any(marker.evaluate({**self.environment, "extra": e}) for e in (extras or {""}))
 
 
 def _order(pins: dict[str, _Candidate], graph: dict[str, list[str]]) -> list[str]:

@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
-    "RELATION_OPS",
     "DebianVersion",
     "InvalidVersionError",
     "compare_versions",
@@ -21,10 +20,6 @@ __all__ = [
     "sort_versions",
     "version_satisfies",
 ]
-
-#: Relation operators of Debian dependency fields; ``<`` and ``>`` are the obsolete spellings
-#: of ``<=`` and ``>=`` that dpkg still accepts.
-RELATION_OPS = ("<<", "<=", "=", ">=", ">>", "<", ">")
 
 _VALID = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~:-]*")
 _DIGITS = re.compile(r"[0-9]*")

@@ -7,7 +7,7 @@ import asyncio
 import json
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cache_node.apt_remote import RefreshReport
 from syncer.fleet import FleetClient, NodePlanStatus
 from syncer.inventory import Inventory, InventoryError, load_inventory
 from syncer.planner import PlanningError, RegionPlan, plan_regions
@@ -93,7 +94,7 @@ def _status_table(statuses: list[tuple[str, NodePlanStatus]]) -> Table:
     return table
 
 
-async def _push(inventory: Inventory, plans: list[RegionPlan], wait: bool, console: Console,
+async def push_plans(inventory: Inventory, plans: list[RegionPlan], wait: bool, console: Console,
                 timeout: float) -> list[tuple[str, NodePlanStatus]]:
     async with FleetClient() as fleet:
         pushed: list[tuple[str, NodePlanStatus]] = []
@@ -124,7 +125,7 @@ async def _push(inventory: Inventory, plans: list[RegionPlan], wait: bool, conso
 def cmd_push(args: argparse.Namespace, console: Console) -> int:
     inventory = _load(args)
     plans = _plans(inventory, args)
-    final = asyncio.run(_push(inventory, plans, not args.no_wait, console, args.timeout))
+    final = asyncio.run(push_plans(inventory, plans, not args.no_wait, console, args.timeout))
     if args.format == "json":
         print(json.dumps([{"region": r, **asdict(st)} for r, st in final], indent=2))
     else:
@@ -133,29 +134,19 @@ def cmd_push(args: argparse.Namespace, console: Console) -> int:
     return 0 if all(st.state in ok_states for _, st in final) else 1
 
 
-async def _status(inventory: Inventory) -> list[tuple[str, NodePlanStatus]]:
+async def collect_status(inventory: Inventory) -> list[tuple[str, NodePlanStatus]]:
     out: list[tuple[str, NodePlanStatus]] = []
     async with FleetClient() as fleet:
         for name, region in sorted(inventory.regions.items()):
             for node in region.nodes:
-                try:
-                    async with fleet.session.get(f"{node}/admin/plans") as resp:
-                        docs: list[dict[str, Any]] = await resp.json()
-                except Exception as exc:
-                    out.append((name, NodePlanStatus(node, "-", False, "unreachable",
-                                                     error=str(exc) or type(exc).__name__)))
-                    continue
-                if not docs:
-                    out.append((name, NodePlanStatus(node, "-", True, "no plans")))
-                for doc in docs:
-                    out.append((name, NodePlanStatus.from_json(node, doc)))
+                out.extend((name, st) for st in await fleet.plans(node))
     return out
 
 
 def cmd_status(args: argparse.Namespace, console: Console) -> int:
     inventory = _load(args)
     while True:
-        statuses = asyncio.run(_status(inventory))
+        statuses = asyncio.run(collect_status(inventory))
         if args.format == "json":
             print(json.dumps([{"region": r, **asdict(st)} for r, st in statuses], indent=2))
         else:
@@ -168,43 +159,46 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     return 0 if all(st.reachable and st.state != "failed" for _, st in statuses) else 1
 
 
-async def _sync(inventory: Inventory) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class SyncRow:
+    region: str
+    node: str
+    report: RefreshReport
+
+    def to_json(self) -> dict[str, Any]:
+        return {"region": self.region, "node": self.node, **asdict(self.report)}
+
+
+async def sync_indexes(inventory: Inventory) -> list[SyncRow]:
     """Refresh every region's parent first, then its children (which read from the parent)."""
-    rows: list[dict[str, Any]] = []
+    rows: list[SyncRow] = []
     async with FleetClient(timeout=600.0) as fleet:
         for name, region in sorted(inventory.regions.items()):
             for node in region.nodes:
-                try:
-                    async with fleet.session.post(f"{node}/admin/refresh") as resp:
-                        reports: list[dict[str, Any]] = await resp.json()
-                except Exception as exc:
-                    rows.append({"region": name, "node": node, "kind": "-", "repo": "-",
-                                 "name": "-", "changed": False, "stale": True, "bytes_moved": 0,
-                                 "full_bytes": 0, "error": f"unreachable: {exc}"})
-                    continue
-                rows.extend({"region": name, "node": node, **r} for r in reports)
+                rows.extend(SyncRow(name, node, r) for r in await fleet.refresh(node))
     return rows
 
 
 def cmd_sync(args: argparse.Namespace, console: Console) -> int:
-    rows = asyncio.run(_sync(_load(args)))
+    rows = asyncio.run(sync_indexes(_load(args)))
     if args.format == "json":
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([row.to_json() for row in rows], indent=2))
     else:
         table = Table(title="index sync (delta where a basis exists)")
         for col in ("region", "node", "index", "changed", "moved", "full copy", "saved", "note"):
             table.add_column(col)
-        for r in rows:
-            saved = 1 - r["bytes_moved"] / r["full_bytes"] if r["full_bytes"] else 0.0
-            note = r["error"] or ("stale: upstream unusable" if r["stale"] else "")
-            table.add_row(r["region"], r["node"], f"{r['kind']}/{r['repo']}/{r['name']}",
-                          "yes" if r["changed"] else "no", _mb(r["bytes_moved"]),
-                          _mb(r["full_bytes"]), f"{saved:.0%}", note[:80])
+        for row in rows:
+            r = row.report
+            saved = 1 - r.bytes_moved / r.full_bytes if r.full_bytes else 0.0
+            note = r.error or ("stale: upstream unusable" if r.stale else "")
+            table.add_row(row.region, row.node, f"{r.kind}/{r.repo}/{r.name}",
+                          "yes" if r.changed else "no", _mb(r.bytes_moved), _mb(r.full_bytes),
+                          f"{saved:.0%}", note[:80])
         console.print(table)
-        moved = sum(r["bytes_moved"] for r in rows)
-        full = sum(r["full_bytes"] for r in rows)
+        moved = sum(row.report.bytes_moved for row in rows)
+        full = sum(row.report.full_bytes for row in rows)
         console.print(f"total: {_mb(moved)} moved, a full copy would have moved {_mb(full)}")
-    return 0 if all(not r["error"] and not r["stale"] for r in rows) else 1
+    return 0 if all(not row.report.error and not row.report.stale for row in rows) else 1
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from typing import Literal
 import aiohttp
 from backports import zstd
 
+from cache_node.store import file_sha256
 from syncer.delta_match import BlockPlan, MatchResult, assemble, match_basis, plan_blocks
 from syncer.delta_patch import PatchError, apply_patch
 from syncer.delta_signature import Signature, SignatureError, decode_signature
@@ -140,14 +141,6 @@ class _Files:
         os.replace(tmp, self.state)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _trim(ranges: tuple[tuple[int, int], ...], skip: int) -> tuple[tuple[int, int], ...]:
     out: list[tuple[int, int]] = []
     for off, length in ranges:
@@ -198,28 +191,27 @@ class DeltaClient:
         files = _Files(out)
         self._received = self._sent = self._requests = 0
         started = time.monotonic()
-        have_basis = basis is not None and basis.exists() and basis.stat().st_size > 0
-        if have_basis and basis is not None and basis_sha256 is None:
+        basis_size = basis.stat().st_size if basis is not None and basis.exists() else 0
+        if basis is None or basis_size == 0:
+            if path == "patch":
+                raise DeltaUnavailable("the patch path needs a non-empty basis file")
+            return await self._whole(blob, files, started)
+        if basis_sha256 is None:
             basis_sha256 = await asyncio.to_thread(file_sha256, basis)
-        if have_basis and basis is not None and basis_sha256 == blob.sha256:
+        if basis_sha256 == blob.sha256:
             await asyncio.to_thread(self._copy_into_place, basis, files)
-            return self._result(files, blob.sha256, "identical", basis.stat().st_size, 0,
-                                started)
-        if path in ("auto", "patch") and have_basis and basis is not None \
-                and basis_sha256 is not None:
+            return self._result(files, blob.sha256, "identical", basis_size, 0, started)
+        if path in ("auto", "patch"):
             try:
                 return await self._via_patch(blob, basis, basis_sha256, files, started)
             except DeltaUnavailable:
                 if path == "patch":
                     raise
-        elif path == "patch":
-            raise DeltaUnavailable("the patch path needs a non-empty basis file")
-        if have_basis and basis is not None:
-            try:
-                return await self._via_blocks(blob, basis, files, block_size, started)
-            except RebuildMismatch:
-                if path != "auto":
-                    raise
+        try:
+            return await self._via_blocks(blob, basis, files, block_size, started)
+        except RebuildMismatch:
+            if path != "auto":
+                raise
         return await self._whole(blob, files, started)
 
     # -- paths -----------------------------------------------------------------------------

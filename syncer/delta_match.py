@@ -93,9 +93,20 @@ def match_basis(sig: Signature, basis: Path,
             scan.run()
         finally:
             scan.view.release()
-            _close_quietly(mm)
+            close_quietly(mm)
         source[:] = scan.source
     return MatchResult(source, size)
+
+
+def first_blocks(sig: Signature) -> I64:
+    """Per unique block: the index of its first target block (ids are assigned in order of
+    first occurrence, so those are the blocks where the map exceeds its running maximum)."""
+    first = np.full(len(sig.strong), -1, dtype=np.int64)
+    bm = sig.block_map
+    if bm.size:
+        order = np.flatnonzero(np.r_[True, bm[1:] > np.maximum.accumulate(bm)[:-1]])
+        first[bm[order]] = order
+    return first
 
 
 class _Scan:
@@ -115,12 +126,7 @@ class _Scan:
         self.L = sig.block_size
         self.n_offsets = len(mm) - self.L + 1  # offsets where a whole block starts
         self.block_map: list[int] = sig.block_map.tolist()
-        first = np.full(len(sig.strong), -1, dtype=np.int64)
-        bm = sig.block_map
-        if bm.size:
-            order = np.flatnonzero(np.r_[True, bm[1:] > np.maximum.accumulate(bm)[:-1]])
-            first[bm[order]] = order
-        self.first_block: list[int] = first.tolist()
+        self.first_block: list[int] = first_blocks(sig).tolist()
         self.next_block = -1  # target block expected at the next basis offset, or -1
 
     def verify(self, k: int, weak: int) -> int:
@@ -241,25 +247,20 @@ def plan_blocks(sig: Signature, match: MatchResult) -> BlockPlan:
     missing = match.source < 0
     fetch: list[int] = []
     if sig.n_blocks:
-        first_seen = np.full(len(sig.strong), -1, dtype=np.int64)
-        bm = sig.block_map
-        # first occurrence of each unique id: ids are assigned in order of first occurrence
-        order = np.flatnonzero(np.r_[True, bm[1:] > np.maximum.accumulate(bm)[:-1]])
-        first_seen[bm[order]] = order
+        first_seen = first_blocks(sig)
         fetch = sorted(int(first_seen[u]) for u in np.flatnonzero(missing).tolist())
     ranges: list[tuple[int, int]] = []
+
+    def add(off: int, length: int) -> None:
+        if ranges and ranges[-1][0] + ranges[-1][1] == off:
+            ranges[-1] = (ranges[-1][0], ranges[-1][1] + length)
+        else:
+            ranges.append((off, length))
+
     for b in fetch:
-        off = b * L
-        if ranges and ranges[-1][0] + ranges[-1][1] == off:
-            ranges[-1] = (ranges[-1][0], ranges[-1][1] + L)
-        else:
-            ranges.append((off, L))
+        add(b * L, L)
     if sig.tail_size:
-        off = sig.tail_offset
-        if ranges and ranges[-1][0] + ranges[-1][1] == off:
-            ranges[-1] = (ranges[-1][0], ranges[-1][1] + sig.tail_size)
-        else:
-            ranges.append((off, sig.tail_size))
+        add(sig.tail_offset, sig.tail_size)
     payload = sum(length for _, length in ranges)
     return BlockPlan(tuple(ranges), tuple(fetch), payload, sig.target_size - payload)
 
@@ -314,16 +315,17 @@ def assemble(sig: Signature, match: MatchResult, plan: BlockPlan, basis: Path,
                 del pview, bview
             finally:
                 if bmm is not None:
-                    _close_quietly(bmm)
+                    close_quietly(bmm)
                 if pm is not None:
-                    _close_quietly(pm)
+                    close_quietly(pm)
         finally:
             bf.close()
     return digest.hexdigest()
 
 
-def _close_quietly(mm: mmap.mmap) -> None:
-    """Close a map; if NumPy views of it are still alive, the map goes with the last of them."""
+def close_quietly(mm: mmap.mmap) -> None:
+    """Close a map; if views of it are still alive (NumPy arrays, a traceback's frames), the map
+    goes with the last of them."""
     try:
         mm.close()
     except BufferError:

@@ -31,7 +31,8 @@ from typing import BinaryIO
 import numpy as np
 from backports import zstd
 
-from syncer.delta_match import drop_pages, match_basis
+from cache_node.store import file_sha256
+from syncer.delta_match import close_quietly, drop_pages, match_basis
 from syncer.delta_signature import Signature, compute_signature
 
 MAGIC = b"EDPAT"
@@ -178,7 +179,7 @@ def make_patch(basis: Path, target: Path, out: Path, *, basis_sha256: str | None
     plans = plan_segments(basis_size, target_size, sig, source)
     if level is None:
         level = SMALL_LEVEL if len(plans) <= 1 else LEVEL
-    bsha = basis_sha256 or _file_sha256(basis)
+    bsha = basis_sha256 or file_sha256(basis)
     tsha = hashlib.sha256()
     with open(basis, "rb") as bf, open(target, "rb") as tf, open(out, "xb") as of:
         bmm = mmap.mmap(bf.fileno(), 0, access=mmap.ACCESS_READ) if basis_size else None
@@ -200,7 +201,7 @@ def make_patch(basis: Path, target: Path, out: Path, *, basis_sha256: str | None
             del bview
         finally:
             if bmm is not None:
-                _close_quietly(bmm)
+                close_quietly(bmm)
         digest = tsha.hexdigest()
         of.seek(0)
         of.write(_HEADER.pack(MAGIC, VERSION, bytes.fromhex(digest), target_size,
@@ -293,25 +294,10 @@ def apply_patch(basis: Path, patch: Path, out: Path, *, expected_target: str | N
                 del bview
             finally:
                 if bmm is not None:
-                    _close_quietly(bmm)
+                    close_quietly(bmm)
             if digest.hexdigest() != info.target_sha256:
                 raise PatchError("patched result does not match the target sha256")
     except BaseException:
         out.unlink(missing_ok=True)
         raise
     return info
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _close_quietly(mm: mmap.mmap) -> None:
-    try:
-        mm.close()
-    except BufferError:  # a traceback still holds a view; the map goes with it
-        pass

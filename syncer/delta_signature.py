@@ -25,7 +25,6 @@ import hashlib
 import math
 import mmap
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,14 +108,14 @@ def choose_strong_len(size: int, n_blocks: int) -> int:
 
 # -- hashing primitives ------------------------------------------------------------------------
 
-_pow_cache: dict[int, tuple[U64, U64]] = {}
+_pow_cache: tuple[U64, U64] | None = None
 
 
 def power_tables(n: int) -> tuple[U64, U64]:
     """(BASE**i, BASE**-i) mod 2**64 for i < n (cached, grown on demand)."""
-    have = _pow_cache.get(0)
-    if have is not None and have[0].shape[0] >= n:
-        return have[0][:n], have[1][:n]
+    global _pow_cache
+    if _pow_cache is not None and _pow_cache[0].shape[0] >= n:
+        return _pow_cache[0][:n], _pow_cache[1][:n]
     size = max(n, 1 << 16)
     pw = np.empty(size, dtype=np.uint64)
     inv = np.empty(size, dtype=np.uint64)
@@ -129,7 +128,7 @@ def power_tables(n: int) -> tuple[U64, U64]:
             pw[k:k + m] = pw[:m] * np.uint64(pow(BASE, k, _MOD))
             inv[k:k + m] = inv[:m] * np.uint64(pow(BASE_INV, k, _MOD))
             k += m
-    _pow_cache[0] = (pw, inv)
+    _pow_cache = (pw, inv)
     return pw[:n], inv[:n]
 
 
@@ -167,10 +166,6 @@ def rolling_weak(data: U8, length: int) -> U32:
     return high
 
 
-def strong_hash(block: bytes | memoryview, strong_len: int) -> bytes:
-    return xxhash.xxh3_128_digest(block)[:strong_len]
-
-
 # -- computing ---------------------------------------------------------------------------------
 
 def _map_file(path: Path) -> tuple[mmap.mmap | None, int]:
@@ -179,11 +174,6 @@ def _map_file(path: Path) -> tuple[mmap.mmap | None, int]:
         return None, 0
     with open(path, "rb") as fh:
         return mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), size
-
-
-def iter_chunks(view: memoryview, chunk: int) -> Iterator[tuple[int, memoryview]]:
-    for start in range(0, len(view), chunk):
-        yield start, view[start:start + chunk]
 
 
 def compute_signature(path: Path, block_size: int | None = None,

@@ -7,9 +7,13 @@ Ranges are sorted, non-overlapping and non-empty.
 
 from __future__ import annotations
 
-import base64
 import re
 from dataclasses import dataclass
+
+from cache_node.upstream import format_repr_digest
+from cache_node.upstream import parse_repr_digest as parse_repr_digest
+
+repr_digest = format_repr_digest  # the node's RFC 9530 Repr-Digest helpers, re-exported
 
 API_PREFIX = "/delta/v1"
 PAYLOAD_SHA256_HEADER = "Edgedepot-Payload-Sha256"
@@ -56,21 +60,6 @@ def parse_blob_url(url: str) -> BlobUrl:
     if m is None:
         raise WireError(f"not a delta blob URL (…/delta/v1/blobs/<sha256>): {url}")
     return BlobUrl(m.group("base"), m.group("sha"))
-
-
-def repr_digest(sha256_hex: str) -> str:
-    return "sha-256=:" + base64.b64encode(bytes.fromhex(sha256_hex)).decode() + ":"
-
-
-def parse_repr_digest(value: str) -> str | None:
-    for part in value.split(","):
-        name, _, rest = part.strip().partition("=")
-        if name == "sha-256" and rest.startswith(":") and rest.endswith(":"):
-            try:
-                return base64.b64decode(rest[1:-1], validate=True).hex()
-            except ValueError:
-                return None
-    return None
 
 
 def _uvarint(n: int, out: bytearray) -> None:

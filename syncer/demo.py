@@ -29,7 +29,7 @@ from distro.debian_repo import stop_gpg_agent
 from distro.sample_repo import SampleAptRepo, SampleDeb, build_deb, build_sample_apt_repo
 from distro.sample_wheels import build_sample_wheels
 from syncer.apt_site import AptRoot
-from syncer.cmd_fleet import _push, _sync
+from syncer.cmd_fleet import push_plans, sync_indexes
 from syncer.demo_images import build_image_pair, fetch_image
 from syncer.inventory import load_inventory
 from syncer.node_process import NodeProcess
@@ -92,10 +92,6 @@ def _pip_site(name: str, region: str, out: Path, node_url: str,
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.2f} MB"
-
-
-def _metric_sum(node: NodeProcess, name: str) -> float:
-    return sum(v for (k, _), v in node.metrics().items() if k == name)
 
 
 def _write_inventory(path: Path, origin: NodeProcess, nodes: dict[str, NodeProcess],
@@ -188,12 +184,12 @@ def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
                           f"{plan.pip_files} pip files), {_mb(plan.total_bytes)}")
         t_push = time.monotonic()
         console.print("[bold]4. push[/bold]: each region's parent and child pull the plan")
-        pushed = asyncio.run(_push(inventory, plans, True, console, 600))
+        pushed = asyncio.run(push_plans(inventory, plans, True, console, 600))
         push_seconds = time.monotonic() - t_push
         if not all(st.state == "complete" for _, st in pushed):
             console.print("[red]push did not complete on every node[/red]")
-        wan_after_push = _metric_sum(nodes["north-parent"], "edgedepot_upstream_bytes_total") + \
-            _metric_sum(nodes["south-parent"], "edgedepot_upstream_bytes_total")
+        wan_after_push = nodes["north-parent"].metric_total("edgedepot_upstream_bytes_total") + \
+            nodes["south-parent"].metric_total("edgedepot_upstream_bytes_total")
         expected = {hashlib.sha256(p.read_bytes()).hexdigest() for p in repo.deb_dir.glob("*.deb")}
         originals = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in wheels.iterdir()}
         t_sites = time.monotonic()
@@ -213,9 +209,9 @@ def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
         build_deb(SampleDeb("edge-security-fix", "1.0", "all", (), (), (), (), 50_000,
                             "urgent fix"), repo.deb_dir, seed=99)
         time.sleep(2.5)  # origin rescan interval and the caches' index TTL
-        sync_rows = asyncio.run(_sync(inventory))
-        moved = sum(int(r["bytes_moved"]) for r in sync_rows)
-        full = sum(int(r["full_bytes"]) for r in sync_rows)
+        sync_rows = asyncio.run(sync_indexes(inventory))
+        moved = sum(row.report.bytes_moved for row in sync_rows)
+        full = sum(row.report.full_bytes for row in sync_rows)
         console.print(f"[bold]6. index update[/bold]: 1 package published; {len(sync_rows)} "
                       f"indexes synced, {_mb(moved)} moved where whole files would have moved "
                       f"{_mb(full)}")
@@ -232,9 +228,9 @@ def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
                           ("/files/" in p and not p.endswith(".metadata"))]
         repeated = {p: n for p, n in served_before_update.items()
                     if p in artifact_paths and n > len(REGIONS)}
-        wan = sum(_metric_sum(nodes[f"{r}-parent"], "edgedepot_upstream_bytes_total")
+        wan = sum(nodes[f"{r}-parent"].metric_total("edgedepot_upstream_bytes_total")
                   for r in REGIONS)
-        lan = sum(_metric_sum(n, "edgedepot_served_bytes_total") for n in nodes.values())
+        lan = sum(n.metric_total("edgedepot_served_bytes_total") for n in nodes.values())
         site_bytes = sum(r.bytes for r in results)
         apt_sizes = [r.bytes for r in results if not r.site.endswith("pip") and r.files]
         pip_sizes = [r.bytes for r in results if r.site.endswith("pip") and r.files]

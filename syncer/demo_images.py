@@ -64,14 +64,9 @@ def image_id_by_name(node: NodeProcess, name: str) -> tuple[str, dict[str, objec
 def fetch_image(node: NodeProcess, name: str) -> ImageFetch:
     """Download an image through `node` and verify it against its record (md5 and sha512)."""
     image_id, record = image_id_by_name(node, name)
-    before = _upstream_bytes(node)
+    before = node.metric_total("edgedepot_upstream_bytes_total")
     data = _get(f"{node.url}/glance/v2/images/{image_id}/file")
-    moved = _upstream_bytes(node) - before
+    moved = int(node.metric_total("edgedepot_upstream_bytes_total") - before)
     verified = hashlib.md5(data).hexdigest() == record.get("checksum") and \
         hashlib.sha512(data).hexdigest() == record.get("os_hash_value")
     return ImageFetch(image_id, name, len(data), moved, verified)
-
-
-def _upstream_bytes(node: NodeProcess) -> int:
-    return int(sum(v for (k, _), v in node.metrics().items()
-                   if k == "edgedepot_upstream_bytes_total"))

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 
+from cache_node.apt_remote import RefreshReport
 from cache_node.plans import PlanSpec, plan_to_json
 
 
@@ -106,6 +107,28 @@ class FleetClient:
         except (TimeoutError, aiohttp.ClientError) as exc:
             return NodePlanStatus(node, plan_id, False, "unreachable",
                                   error=str(exc) or type(exc).__name__)
+
+    async def plans(self, node: str) -> list[NodePlanStatus]:
+        """Every plan the node holds, or one 'unreachable' status when it cannot be asked."""
+        try:
+            async with self.session.get(f"{node}/admin/plans") as resp:
+                docs: list[dict[str, Any]] = await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return [NodePlanStatus(node, "-", False, "unreachable",
+                                   error=str(exc) or type(exc).__name__)]
+        if not docs:
+            return [NodePlanStatus(node, "-", True, "no plans")]
+        return [NodePlanStatus.from_json(node, doc) for doc in docs]
+
+    async def refresh(self, node: str) -> list[RefreshReport]:
+        """Make the node revalidate every index it mirrors (POST /admin/refresh)."""
+        try:
+            async with self.session.post(f"{node}/admin/refresh") as resp:
+                docs: list[dict[str, Any]] = await resp.json()
+            return [RefreshReport(**doc) for doc in docs]
+        except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
+            return [RefreshReport("-", "-", "-", False, True, 0, 0,
+                                  f"unreachable: {exc or type(exc).__name__}")]
 
     async def health(self, node: str) -> NodeHealth:
         try:

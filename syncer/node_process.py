@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 CACHE_NODE = str(Path(sys.executable).parent / "cache-node")
 
@@ -19,17 +20,22 @@ CACHE_NODE = str(Path(sys.executable).parent / "cache-node")
 class NodeProcess:
     """A `cache-node serve` subprocess on 127.0.0.1 with a free port; stopped by PID."""
 
-    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+                 *, listen: str = "127.0.0.1:0", prefix: Sequence[str] = ()):
+        """`prefix` runs the node through another program that execs it (`ip netns exec NS`),
+        so the PID stays the node's own."""
         self.args = list(args)
         self.log_path = log_path
         self.env = env
+        self.listen = listen
+        self.prefix = list(prefix)
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
-    def start(self, timeout: float = 60.0) -> NodeProcess:
+    def start(self, timeout: float = 60.0) -> Self:
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [CACHE_NODE, "serve", "--listen", "127.0.0.1:0", *self.args],
+            [*self.prefix, CACHE_NODE, "serve", "--listen", self.listen, *self.args],
             stdout=subprocess.PIPE, stderr=self._log, text=True,
             env={**os.environ, **(self.env or {})})
         assert self.proc.stdout is not None
@@ -76,7 +82,11 @@ class NodeProcess:
         from cache_node.metrics import parse_metrics
         return parse_metrics(self.get("/metrics")[1].decode())
 
-    def __enter__(self) -> NodeProcess:
+    def metric_total(self, name: str) -> float:
+        """A metric summed over every namespace it is exported for."""
+        return sum(v for (metric, _), v in self.metrics().items() if metric == name)
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

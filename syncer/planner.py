@@ -24,7 +24,7 @@ from distro.pip_resolver import PipResolveError, PipTarget, resolve_pip
 from distro.plans import build_deb_plan
 from distro.pypi_index import JSON_CONTENT_TYPE, normalize_project_name, parse_project_page
 from distro.resolver import ResolutionError, ResolveOptions
-from syncer.inventory import Inventory, InventoryError, suggest_package
+from syncer.inventory import Inventory, InventoryError, Profile, suggest_package
 
 
 class PlanningError(RuntimeError):
@@ -94,49 +94,46 @@ class AptIndexCache:
         return loaded
 
 
-def _apt_artifacts(inventory: Inventory, region: str, indexes: AptIndexCache
-                   ) -> list[PlanArtifact]:
+def _apt_artifacts(profile: Profile, indexes: AptIndexCache) -> list[PlanArtifact]:
     out: list[PlanArtifact] = []
-    for profile in inventory.profiles_of(region):
-        if profile.apt is None:
-            continue
-        apt = profile.apt
-        index = indexes.index(apt.repo, apt.suite, apt.arch)
-        for name in apt.packages:
-            if not index.has_name(name.split(":")[0].split("=")[0]) and \
-                    not index.providers(name):
-                raise PlanningError(
-                    f"profile {profile.name}: unknown package {name!r} in {apt.repo}/{apt.suite}"
-                    f"{suggest_package(name, sorted(index.names()))}")
-        try:
-            plan, _ = build_deb_plan(index, apt.packages,
-                                     ResolveOptions(install_recommends=apt.recommends))
-        except ResolutionError as exc:
-            raise PlanningError(f"profile {profile.name}: {exc}") from None
-        out.extend(PlanArtifact("apt", apt.repo, e.filename, e.sha256, e.size)
-                   for e in plan.entries)
+    if profile.apt is None:
+        return out
+    apt = profile.apt
+    index = indexes.index(apt.repo, apt.suite, apt.arch)
+    for name in apt.packages:
+        if not index.has_name(name.split(":")[0].split("=")[0]) and \
+                not index.providers(name):
+            raise PlanningError(
+                f"profile {profile.name}: unknown package {name!r} in {apt.repo}/{apt.suite}"
+                f"{suggest_package(name, sorted(index.names()))}")
+    try:
+        plan, _ = build_deb_plan(index, apt.packages,
+                                 ResolveOptions(install_recommends=apt.recommends))
+    except ResolutionError as exc:
+        raise PlanningError(f"profile {profile.name}: {exc}") from None
+    out.extend(PlanArtifact("apt", apt.repo, e.filename, e.sha256, e.size)
+               for e in plan.entries)
     return out
 
 
-def _pip_artifacts(inventory: Inventory, region: str) -> list[PlanArtifact]:
+def _pip_artifacts(origin: str, profile: Profile) -> list[PlanArtifact]:
     out: list[PlanArtifact] = []
-    for profile in inventory.profiles_of(region):
-        if profile.pip is None:
-            continue
-        pip = profile.pip
-        url = f"{inventory.origin}/pypi/{pip.index}/simple/"
-        try:
-            plan = resolve_pip(url, pip.requirements, PipTarget(pip.python_version, pip.platform))
-        except PipResolveError as exc:
-            raise PlanningError(f"profile {profile.name}: {exc}") from None
-        for pin in plan.pins:
-            project = normalize_project_name(pin.name)
-            out.append(PlanArtifact("pypi", pip.index, f"{project}/{pin.filename}", pin.sha256,
-                                    pin.size or 0))
-            metadata = _metadata_of(url, project, pin.filename)
-            if metadata is not None:  # pip reads it first (PEP 658): pre-warm it too
-                out.append(PlanArtifact("pypi", pip.index,
-                                        f"{project}/{pin.filename}.metadata", *metadata))
+    if profile.pip is None:
+        return out
+    pip = profile.pip
+    url = f"{origin}/pypi/{pip.index}/simple/"
+    try:
+        plan = resolve_pip(url, pip.requirements, PipTarget(pip.python_version, pip.platform))
+    except PipResolveError as exc:
+        raise PlanningError(f"profile {profile.name}: {exc}") from None
+    for pin in plan.pins:
+        project = normalize_project_name(pin.name)
+        out.append(PlanArtifact("pypi", pip.index, f"{project}/{pin.filename}", pin.sha256,
+                                pin.size or 0))
+        metadata = _metadata_of(url, project, pin.filename)
+        if metadata is not None:  # pip reads it first (PEP 658): pre-warm it too
+            out.append(PlanArtifact("pypi", pip.index,
+                                    f"{project}/{pin.filename}.metadata", *metadata))
     return out
 
 
@@ -159,28 +156,27 @@ def _metadata_of(index_url: str, project: str, filename: str) -> tuple[str, int]
     return None
 
 
-def _image_artifacts(inventory: Inventory, region: str) -> list[PlanArtifact]:
+def _image_artifacts(origin: str, profile: Profile) -> list[PlanArtifact]:
     """Images named (or given by id) in the region's profiles, as anonymous callers see them
     at the origin: public and community images."""
     out: list[PlanArtifact] = []
-    base = f"{inventory.origin}/glance"
-    for profile in inventory.profiles_of(region):
-        for wanted in profile.images:
-            doc = json.loads(_get(f"{base}/v2/images?{urllib.parse.urlencode({'name': wanted})}"))
-            found = [str(i["id"]) for i in doc.get("images", [])]
-            if not found:
-                try:
-                    found = [str(json.loads(_get(f"{base}/v2/images/{wanted}"))["id"])]
-                except (PlanningError, KeyError, ValueError):
-                    raise PlanningError(
-                        f"profile {profile.name}: no public or community image named or with "
-                        f"id {wanted!r} at the origin") from None
-            if len(found) > 1:
-                raise PlanningError(f"profile {profile.name}: image name {wanted!r} is "
-                                    f"ambiguous ({', '.join(found)}); give the id")
-            digest = json.loads(_get(f"{base}/edgedepot/v1/images/{found[0]}/digest"))
-            out.append(PlanArtifact("glance", "glance", found[0], str(digest["sha256"]),
-                                    int(digest["size"])))
+    base = f"{origin}/glance"
+    for wanted in profile.images:
+        doc = json.loads(_get(f"{base}/v2/images?{urllib.parse.urlencode({'name': wanted})}"))
+        found = [str(i["id"]) for i in doc.get("images", [])]
+        if not found:
+            try:
+                found = [str(json.loads(_get(f"{base}/v2/images/{wanted}"))["id"])]
+            except (PlanningError, KeyError, ValueError):
+                raise PlanningError(
+                    f"profile {profile.name}: no public or community image named or with "
+                    f"id {wanted!r} at the origin") from None
+        if len(found) > 1:
+            raise PlanningError(f"profile {profile.name}: image name {wanted!r} is "
+                                f"ambiguous ({', '.join(found)}); give the id")
+        digest = json.loads(_get(f"{base}/edgedepot/v1/images/{found[0]}/digest"))
+        out.append(PlanArtifact("glance", "glance", found[0], str(digest["sha256"]),
+                                int(digest["size"])))
     return out
 
 
@@ -198,15 +194,27 @@ def _dedupe(artifacts: list[PlanArtifact]) -> tuple[PlanArtifact, ...]:
 def plan_regions(inventory: Inventory, work_dir: Path, regions: list[str] | None = None
                  ) -> list[RegionPlan]:
     indexes = AptIndexCache(inventory.origin, work_dir)
+    # A profile is resolved once, however many regions use it.
+    by_profile: dict[str, tuple[list[PlanArtifact], list[PlanArtifact], list[PlanArtifact]]] = {}
+
+    def resolved(profile: Profile) -> tuple[list[PlanArtifact], list[PlanArtifact],
+                                            list[PlanArtifact]]:
+        if profile.name not in by_profile:
+            by_profile[profile.name] = (_apt_artifacts(profile, indexes),
+                                        _pip_artifacts(inventory.origin, profile),
+                                        _image_artifacts(inventory.origin, profile))
+        return by_profile[profile.name]
+
     plans = []
     for name, region in sorted(inventory.regions.items()):
         if regions and name not in regions:
             continue
         if not inventory.sites_in(name):
             continue
-        apt = _apt_artifacts(inventory, name, indexes)
-        pip = _pip_artifacts(inventory, name)
-        images = _image_artifacts(inventory, name)
+        parts = [resolved(profile) for profile in inventory.profiles_of(name)]
+        apt = [a for p in parts for a in p[0]]
+        pip = [a for p in parts for a in p[1]]
+        images = [a for p in parts for a in p[2]]
         artifacts = _dedupe(apt + pip + images)
         digest = hashlib.sha256(json.dumps(
             [(a.kind, a.repo, a.path, a.sha256) for a in artifacts]).encode()).hexdigest()
