@@ -16,6 +16,7 @@ from aiohttp import web
 
 from cache_node.delta_routes import add_delta_routes
 from cache_node.delta_service import DeltaService
+from cache_node.responses import error_middleware
 from cache_node.store import BlobStore
 from syncer.delta_client import file_sha256
 
@@ -37,7 +38,7 @@ def main() -> None:
         return store.blob_path(sha) if store.has(sha) else None
 
     service = DeltaService(store, locate, args.root / "work")
-    app = web.Application()
+    app = web.Application(middlewares=[error_middleware()])
     add_delta_routes(app, lambda request: service)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
 

@@ -10,14 +10,20 @@ from cache_node.fetch import Fetch
 
 
 class ServiceError(Exception):
-    """A request that cannot be answered with content; carries the HTTP status to use."""
+    """A request that cannot be answered with content; carries the HTTP status to use, and
+    optionally a machine-readable `code` (else derived from the status) and extra headers."""
 
     status = 500
+    code: str | None = None
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         if status is not None:
             self.status = status
+        if code is not None:
+            self.code = code
+        self.headers = headers
 
 
 class NotFound(ServiceError):
@@ -26,6 +32,49 @@ class NotFound(ServiceError):
 
 class BadRequest(ServiceError):
     status = 400
+
+
+class RangeNotSatisfiable(ServiceError):
+    status = 416
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"requested range not satisfiable (the file has {size} bytes)",
+                         headers={"Content-Range": f"bytes */{size}"})
+        self.size = size
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # exclusive
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """One `bytes=` range of RFC 9110; None means the whole body. 416 when unsatisfiable.
+
+    Several ranges, other units and malformed values are ignored (the whole body is sent), as
+    RFC 9110 allows."""
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, sep, last = spec.strip().partition("-")
+    try:
+        if not sep:
+            return None
+        if not first:
+            n = int(last)
+            if n <= 0 or size == 0:
+                raise RangeNotSatisfiable(size)
+            return ByteRange(max(0, size - n), size)
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        return None
+    if start < 0 or start >= size or end <= start:
+        raise RangeNotSatisfiable(size)
+    return ByteRange(start, min(end, size))
 
 
 @dataclass(frozen=True)
@@ -38,6 +87,11 @@ class BlobAnswer:
     content_type: str
     immutable: bool = False
     stale: bool = False
+    # Other digests these bytes were verified against (hashlib name, hex), e.g. an image's md5
+    # and os_hash: the node vouches for them in `Repr-Digest`, so the next tier need not
+    # recompute them.
+    vouched: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()  # e.g. Content-MD5, X-Edgedepot-Offline
 
 
 @dataclass(frozen=True)
@@ -56,6 +110,12 @@ class StreamAnswer:
 
     fetch: Fetch
     content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def vouched(self) -> tuple[tuple[str, str], ...]:
+        """What the bytes will have been verified against once the stream completes."""
+        return self.fetch.plan.expected_others
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from cache_node.delta_service import BadRequest, DeltaService, ServedFile, UnknownBlob
+from cache_node.answers import BadRequest, BlobAnswer, ServiceError
+from cache_node.delta_service import DeltaService, ServedFile
+from cache_node.responses import send_answer
 from cache_node.store import is_sha256_hex
-from cache_node.upstream import format_repr_digest
 from syncer.delta_wire import (
     API_PREFIX,
     PATCH_TYPE,
@@ -28,39 +29,30 @@ MAX_RANGES_BODY = 64 << 20
 _CHUNK = 1 << 18
 
 ServiceFor = Callable[[web.Request], DeltaService]
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
+NAMESPACE = "delta"
 
 
 def _sha(request: web.Request, key: str = "sha256") -> str:
     value = request.match_info[key]
     if not is_sha256_hex(value):
-        raise web.HTTPBadRequest(text=f'{{"error":"bad_digest","message":"not a sha256: {key}"}}',
-                                 content_type="application/json")
+        raise BadRequest(f"not a sha256: {key}", code="bad_digest")
     return value
-
-
-def _immutable_file(served: ServedFile, content_type: str) -> web.FileResponse:
-    """A content-addressed file: its Repr-Digest, cacheable forever."""
-    return web.FileResponse(served.path, headers={
-        "Content-Type": content_type,
-        "Repr-Digest": format_repr_digest(served.sha256),
-        "Cache-Control": "public, max-age=31536000, immutable",
-    })
 
 
 def add_delta_routes(app: web.Application, service_for_request: ServiceFor) -> None:
     """Register the ``/delta/v1/`` routes on ``app``."""
 
+    async def send(request: web.Request, served: ServedFile, content_type: str
+                   ) -> web.StreamResponse:
+        """A content-addressed file: its Repr-Digest, Range, cacheable forever."""
+        answer = BlobAnswer(served.path, served.size, served.sha256, content_type,
+                            immutable=True)
+        return await send_answer(request, answer, NAMESPACE,
+                                 service_for_request(request).metrics)
+
     async def get_blob(request: web.Request) -> web.StreamResponse:
-        sha = _sha(request)
-        try:
-            served = service_for_request(request).blob(sha)
-        except UnknownBlob as exc:
-            return _error(404, "unknown_blob", str(exc))
-        return _immutable_file(served, "application/octet-stream")
+        service = service_for_request(request)
+        return await send(request, service.blob(_sha(request)), "application/octet-stream")
 
     async def get_signature(request: web.Request) -> web.StreamResponse:
         sha = _sha(request)
@@ -68,38 +60,27 @@ def add_delta_routes(app: web.Application, service_for_request: ServiceFor) -> N
         block_size: int | None = None
         if raw is not None:
             if not raw.isdigit():
-                return _error(400, "bad_block_size", "block_size must be an integer")
+                raise BadRequest("block_size must be an integer", code="bad_block_size")
             block_size = int(raw)
-        try:
-            served = await service_for_request(request).signature(sha, block_size)
-        except UnknownBlob as exc:
-            return _error(404, "unknown_blob", str(exc))
-        except BadRequest as exc:
-            return _error(400, "bad_block_size", str(exc))
-        return _immutable_file(served, SIGNATURE_TYPE)
+        service = service_for_request(request)
+        return await send(request, await service.signature(sha, block_size), SIGNATURE_TYPE)
 
     async def get_patch(request: web.Request) -> web.StreamResponse:
         target = _sha(request)
         basis = request.query.get("basis", "")
         if not is_sha256_hex(basis):
-            return _error(400, "bad_basis", "query parameter basis must be a sha256 hex digest")
-        try:
-            served = await service_for_request(request).patch(target, basis)
-        except UnknownBlob as exc:
-            return _error(404, "unknown_blob", str(exc))
-        return _immutable_file(served, PATCH_TYPE)
+            raise BadRequest("query parameter basis must be a sha256 hex digest",
+                             code="bad_basis")
+        service = service_for_request(request)
+        return await send(request, await service.patch(target, basis), PATCH_TYPE)
 
     async def post_ranges(request: web.Request) -> web.StreamResponse:
         sha = _sha(request)
         if request.content_length is not None and request.content_length > MAX_RANGES_BODY:
-            return _error(413, "too_large", "ranges request body too large")
+            raise ServiceError("ranges request body too large", 413)
         body = await request.read()
-        try:
-            payload = await service_for_request(request).ranges(sha, body)
-        except UnknownBlob as exc:
-            return _error(404, "unknown_blob", str(exc))
-        except BadRequest as exc:
-            return _error(400, "bad_ranges", str(exc))
+        service = service_for_request(request)
+        payload = await service.ranges(sha, body)
         try:
             response = web.StreamResponse(headers={
                 "Content-Type": ZSTD_TYPE,
@@ -112,6 +93,7 @@ def add_delta_routes(app: web.Application, service_for_request: ServiceFor) -> N
             with open(payload.path, "rb") as fh:
                 while chunk := fh.read(_CHUNK):
                     await response.write(chunk)
+                    service.metrics.served_bytes.inc(NAMESPACE, len(chunk))
             await response.write_eof()
             return response
         finally:

@@ -20,6 +20,8 @@ from typing import TypeVar
 
 from backports import zstd
 
+from cache_node.answers import BadRequest, NotFound
+from cache_node.metrics import Metrics
 from cache_node.store import BlobRef, BlobStore
 from syncer.delta_patch import make_patch
 from syncer.delta_signature import (
@@ -43,16 +45,10 @@ _COPY = 1 << 20
 T = TypeVar("T")
 
 
-class DeltaServiceError(Exception):
-    """Base: a request the service cannot answer."""
-
-
-class UnknownBlob(DeltaServiceError):
+class UnknownBlob(NotFound):
     """The node has no verified copy of this blob (target or basis)."""
 
-
-class BadRequest(DeltaServiceError):
-    """The request is malformed (bad block size, bad ranges body)."""
+    code = "unknown_blob"
 
 
 @dataclass(frozen=True)
@@ -78,8 +74,9 @@ class RangesPayload:
 
 class DeltaService:
     def __init__(self, store: BlobStore, locate: Callable[[str], Path | None],
-                 work_dir: Path) -> None:
+                 work_dir: Path, metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self.locate = locate
         self.work_dir = work_dir
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +96,8 @@ class DeltaService:
     async def signature(self, sha256: str, block_size: int | None = None) -> ServedFile:
         """The encoded signature of a blob (computed once, then served from the store)."""
         if block_size is not None and not MIN_BLOCK <= block_size <= MAX_BLOCK:
-            raise BadRequest(f"block_size must be within {MIN_BLOCK}..{MAX_BLOCK}")
+            raise BadRequest(f"block_size must be within {MIN_BLOCK}..{MAX_BLOCK}",
+                             code="bad_block_size")
         target = self.blob(sha256)
         name = f"{sha256}/{block_size or 'auto'}"
 
@@ -155,7 +153,7 @@ class DeltaService:
         try:
             ranges = decode_ranges(body, target.size)
         except ValueError as exc:
-            raise BadRequest(str(exc)) from exc
+            raise BadRequest(str(exc), code="bad_ranges") from exc
         return await asyncio.to_thread(self._compress_ranges, target.path, ranges)
 
     def _compress_ranges(self, path: Path, ranges: tuple[tuple[int, int], ...]

@@ -1,20 +1,33 @@
-"""Single-flight upstream fetches that many clients stream from while they grow.
+"""The node's one fetch-and-stream pipeline: single-flight upstream fetches that many clients
+stream from while they grow.
 
-The first miss for a key starts one background task that downloads into a partial file while
-hashing; every concurrent miss for the same key attaches to that task and reads the partial
-file as it grows (a tee through the file system). The task belongs to the coordinator, not to
-any client: a client that disconnects does not cancel it. The last byte of a stream is held
+Every byte a node fetches (pool files, wheels, index files, Glance image data) goes through
+here. A `FetchPlan` names every digest the bytes must match: sha256 always (from the index or
+the upstream tier's `Repr-Digest`), plus md5 and the `os_hash` for images. All of them are
+computed in the one pass that writes the partial file; large batches are written and hashed in
+a worker thread (the digests in parallel threads) while the event loop receives the next one.
+
+The first miss for a key starts the fetch; every concurrent miss joins it (`SingleFlight`) and
+reads the partial file as it grows, by sendfile. The fetch belongs to the coordinator, not to
+any client: a client that disconnects does not cancel it. The last byte of every stream is held
 back until the whole download verified, so a client never receives a complete body of wrong
 bytes: on a failed verification its response is aborted instead.
+
+A tier whose upstream is another edgedepot node verifies what that node vouches for instead of
+recomputing every digest: the upstream's `Repr-Digest` carries its sha-256 and, for images, the
+md5 and os_hash it verified; the plan accepts those when they equal what the plan expects, and
+the bytes are checked against the sha-256 alone (`FetchPlan.accept_vouched`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +35,7 @@ from typing import Any
 import aiohttp
 
 from cache_node.metrics import Metrics
+from cache_node.single_flight import SingleFlight
 from cache_node.store import BlobRef, BlobStore, IntegrityError, PartialWriter, StoreFullError
 from cache_node.upstream import (
     UpstreamClient,
@@ -29,18 +43,24 @@ from cache_node.upstream import (
     UpstreamIntegrityError,
     UpstreamTimeout,
     UpstreamUnavailable,
-    parse_repr_digest,
 )
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 256 << 10
+BATCH = 4 << 20          # bytes handed to one worker-thread write (and hash) at a time
+INLINE_WRITE = 256 << 10  # smaller final batches are written on the loop: no thread hop
 DISK_HEADROOM = 64 << 10
+
+# RFC 9530 algorithm keys <-> hashlib names, for the digests a tier vouches for.
+_RFC_TO_HASHLIB = {"sha-256": "sha256", "sha-512": "sha512", "md5": "md5", "sha-384": "sha384",
+                   "sha-224": "sha224", "sha-1": "sha1"}
+_HASHLIB_TO_RFC = {v: k for k, v in _RFC_TO_HASHLIB.items()}
 
 
 @dataclass(frozen=True)
 class FetchPlan:
-    """What to download and what it must turn out to be."""
+    """What to download and every digest it must turn out to match."""
 
     key: str
     url: str
@@ -49,6 +69,12 @@ class FetchPlan:
     expected_size: int | None
     binds: tuple[tuple[str, str], ...] = ()  # (namespace, name) bound to the blob on success
     require_digest: bool = True
+    # Other digests the bytes must match, as (hashlib name, lowercase hex): md5, sha512, ...
+    expected_others: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()  # e.g. the caller's X-Auth-Token (images)
+    # The upstream is an edgedepot tier: an equal digest in its Repr-Digest stands for itself,
+    # and only sha256 is computed here.
+    accept_vouched: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,15 +91,21 @@ class FetchFailed(Exception):
         self.http_status = http_status
 
 
-@dataclass
+@dataclass(eq=False)
 class Fetch:
+    """One running download; what every client of the same key follows."""
+
     plan: FetchPlan
     partial_path: Path
     blob_path: Callable[[str], Path]
     head: asyncio.Future[FetchHead]
     done: asyncio.Future[BlobRef]
+    _job: Callable[[Fetch], Awaitable[None]]
     written: int = 0
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        await self._job(self)
 
     def notify(self) -> None:
         self._progress.set()
@@ -87,6 +119,12 @@ class Fetch:
     def verified(self) -> bool:
         return self.done.done() and not self.done.cancelled() and self.done.exception() is None
 
+    @property
+    def size(self) -> int | None:
+        if self.head.done() and not self.head.cancelled() and self.head.exception() is None:
+            return self.head.result().size
+        return None
+
 
 class FetchCoordinator:
     """Owns every in-flight download of one node."""
@@ -94,49 +132,52 @@ class FetchCoordinator:
     def __init__(self, store: BlobStore, metrics: Metrics) -> None:
         self.store = store
         self.metrics = metrics
-        self._inflight: dict[str, Fetch] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._flights: SingleFlight[Fetch] = SingleFlight()
 
     @property
     def inflight_count(self) -> int:
-        return len(self._inflight)
+        return len(self._flights)
 
     def get(self, key: str) -> Fetch | None:
-        return self._inflight.get(key)
+        return self._flights.get(key)
+
+    def running(self, key: str) -> bool:
+        return key in self._flights
+
+    def running_keys(self) -> frozenset[str]:
+        return self._flights.keys()
 
     def start(self, plan: FetchPlan, client: UpstreamClient) -> Fetch:
-        existing = self._inflight.get(plan.key)
-        if existing is not None:
+        """Join the download of `plan.key`, or start it."""
+        def make() -> Fetch:
+            loop = asyncio.get_running_loop()
+            partial = self.store.new_partial(tuple(algo for algo, _ in plan.expected_others))
+            fetch = Fetch(plan, partial.path, self.store.blob_path, loop.create_future(),
+                          loop.create_future(),
+                          lambda f: self._run(f, partial, client))
+            # Nobody may be left with an unretrieved exception warning.
+            fetch.head.add_done_callback(_consume)
+            fetch.done.add_done_callback(_consume)
+            return fetch
+
+        fetch, started = self._flights.start(plan.key, make)
+        if not started:
             self.metrics.coalesced.inc(plan.namespace)
-            return existing
-        loop = asyncio.get_running_loop()
-        partial = self.store.new_partial()
-        fetch = Fetch(plan, partial.path, self.store.blob_path, loop.create_future(),
-                      loop.create_future())
-        # Nobody may be left with an unretrieved exception warning.
-        fetch.head.add_done_callback(_consume)
-        fetch.done.add_done_callback(_consume)
-        self._inflight[plan.key] = fetch
-        self.metrics.inflight.set(len(self._inflight))
-        task = asyncio.create_task(self._run(fetch, partial, client), name=f"fetch {plan.key}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
         return fetch
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._flights.close()
 
     async def _run(self, fetch: Fetch, partial: PartialWriter, client: UpstreamClient) -> None:
         plan = fetch.plan
         try:
             if plan.expected_size:
                 self.store.evict_to_quota(incoming=plan.expected_size)
-            expected_sha = await self._download(fetch, partial, client)
+            expected_sha, vouched = await self._download(fetch, partial, client)
+            _check_others(plan, partial, vouched)
             ref = await asyncio.to_thread(self.store.commit_file, partial, expected_sha,
                                           plan.expected_size if plan.expected_size is not None
-                                          else _head_size(fetch))
+                                          else fetch.size)
             self.store.register(ref)
             for namespace, name in plan.binds:
                 self.store.bind(namespace, name, ref.digest)
@@ -146,6 +187,7 @@ class FetchCoordinator:
             _fail(fetch, FetchFailed("node shutting down", 503))
             raise
         except IntegrityError as exc:
+            partial.discard()
             self.metrics.verify_failures.inc(plan.namespace)
             log.error("discarding %s: %s", plan.url, exc)
             _fail(fetch, FetchFailed(f"upstream bytes failed verification: {exc}", 502))
@@ -164,8 +206,6 @@ class FetchCoordinator:
             log.exception("unexpected error fetching %s", plan.url)
             _fail(fetch, FetchFailed(f"internal error: {exc}", 500))
         finally:
-            self._inflight.pop(plan.key, None)
-            self.metrics.inflight.set(len(self._inflight))
             fetch.notify()
 
     def _ensure_room(self, size: int) -> None:
@@ -179,16 +219,55 @@ class FetchCoordinator:
             raise StoreFullError(28, f"store disk is full: {free} bytes free, "
                                      f"{size} needed")
 
+    def _accept_head(self, fetch: Fetch, resp: aiohttp.ClientResponse,
+                     total: int | None) -> tuple[str | None, dict[str, str], int | None]:
+        """Check the first response's length and digests against the plan; publish the head."""
+        plan = fetch.plan
+        upstream = parse_repr_digests(resp.headers.get("Repr-Digest"))
+        upstream_sha = upstream.get("sha256")
+        expected_sha = plan.expected_sha256
+        if expected_sha is None:
+            expected_sha = upstream_sha
+        elif upstream_sha is not None and upstream_sha != expected_sha:
+            raise UpstreamIntegrityError(
+                plan.url, f"upstream digest {upstream_sha} differs from the index's {expected_sha}")
+        if expected_sha is None and plan.require_digest:
+            raise UpstreamIntegrityError(
+                plan.url, "no digest known for this artifact; refusing to serve unverifiable bytes")
+        vouched: dict[str, str] = {}
+        if plan.accept_vouched and upstream_sha is not None:
+            for algo, want in plan.expected_others:
+                have = upstream.get(algo)
+                if have is not None and have != want:
+                    raise UpstreamIntegrityError(
+                        plan.url, f"upstream vouches {algo} {have}, the record says {want}")
+                if have is not None:
+                    vouched[algo] = have
+        length = resp.content_length
+        if total is None:
+            total = length
+        elif length is not None and length != total:
+            raise UpstreamIntegrityError(plan.url, f"upstream length {length} differs from the "
+                                                   f"index's {total}")
+        if total is not None:
+            self._ensure_room(total)
+        fetch.head.set_result(FetchHead(total, expected_sha))
+        return expected_sha, vouched, total
+
     async def _download(self, fetch: Fetch, partial: PartialWriter,
-                        client: UpstreamClient) -> str | None:
+                        client: UpstreamClient) -> tuple[str | None, dict[str, str]]:
         """Stream the upstream body into the partial; resume with Range after a break."""
         plan = fetch.plan
         settings = client.settings
         expected_sha = plan.expected_sha256
+        vouched: dict[str, str] = {}
         total: int | None = plan.expected_size
         failures = 0
+        writer = _BatchWriter(fetch, partial)
         while True:
-            headers = {"Range": f"bytes={partial.size}-"} if partial.size else {}
+            headers = dict(plan.headers)
+            if partial.size:
+                headers["Range"] = f"bytes={partial.size}-"
             try:
                 async with client.open(plan.url, headers, retries=0) as resp:
                     skip = 0
@@ -201,27 +280,9 @@ class FetchCoordinator:
                     else:
                         raise UpstreamUnavailable(plan.url, f"answered {resp.status} {resp.reason}")
                     if not fetch.head.done():
-                        upstream_sha = parse_repr_digest(resp.headers.get("Repr-Digest"))
-                        if expected_sha is None:
-                            expected_sha = upstream_sha
-                        elif upstream_sha is not None and upstream_sha != expected_sha:
-                            raise UpstreamIntegrityError(
-                                plan.url, f"upstream digest {upstream_sha} differs from the "
-                                f"index's {expected_sha}")
-                        if expected_sha is None and plan.require_digest:
-                            raise UpstreamIntegrityError(
-                                plan.url, "no digest known for this artifact; refusing to serve "
-                                "unverifiable bytes")
-                        length = resp.content_length
-                        if total is None:
-                            total = length
-                        elif length is not None and length != total:
-                            raise UpstreamIntegrityError(
-                                plan.url, f"upstream length {length} differs from the "
-                                f"index's {total}")
-                        if total is not None:
-                            self._ensure_room(total)
-                        fetch.head.set_result(FetchHead(total, expected_sha))
+                        expected_sha, vouched, total = self._accept_head(fetch, resp, total)
+                        if vouched:
+                            partial.drop_digests(tuple(vouched))
                     async for chunk in resp.content.iter_chunked(READ_CHUNK):
                         client.count_bytes(len(chunk))
                         if skip:
@@ -230,15 +291,14 @@ class FetchCoordinator:
                             skip -= drop
                             if not chunk:
                                 continue
-                        partial.write(chunk)
-                        fetch.written = partial.size
-                        fetch.notify()
-                        if total is not None and partial.size > total:
+                        await writer.add(chunk)
+                        if total is not None and writer.received > total:
                             raise UpstreamIntegrityError(plan.url, f"more than {total} bytes")
+                    await writer.flush()
                 if total is not None and partial.size < total:
                     raise UpstreamUnavailable(
                         plan.url, f"body ended after {partial.size} of {total} bytes")
-                return expected_sha
+                return expected_sha, vouched
             except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
                     aiohttp.ClientConnectionError) as exc:
                 error: UpstreamError = UpstreamUnavailable(plan.url, f"body interrupted: {exc}")
@@ -246,6 +306,7 @@ class FetchCoordinator:
                 error = UpstreamTimeout(plan.url, f"body stalled for {settings.read_timeout}s")
             except (UpstreamUnavailable, UpstreamTimeout) as exc:
                 error = exc
+            await writer.flush()  # keep what arrived: the retry resumes after it
             failures += 1
             if failures > settings.retries:
                 raise error
@@ -253,10 +314,88 @@ class FetchCoordinator:
             await asyncio.sleep(settings.backoff * (2 ** (failures - 1)))
 
 
-def _head_size(fetch: Fetch) -> int | None:
-    if fetch.head.done() and fetch.head.exception() is None:
-        return fetch.head.result().size
-    return None
+class _BatchWriter:
+    """Writes (and hashes) received chunks in a worker thread, one batch at a time, while the
+    loop keeps receiving: whatever arrived during one write is the next batch, so a fast
+    upstream gets large batches and a slow one has each chunk on disk (and streamed to the
+    clients following the file) as soon as it arrives."""
+
+    def __init__(self, fetch: Fetch, partial: PartialWriter) -> None:
+        self.fetch = fetch
+        self.partial = partial
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.received = partial.size
+        self._job: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+
+    async def add(self, chunk: bytes) -> None:
+        self._raise()
+        self.pending.append(chunk)
+        self.pending_size += len(chunk)
+        self.received += len(chunk)
+        if self._job is None:
+            self._kick()
+        elif self.pending_size >= BATCH:
+            await asyncio.wait([self._job])  # backpressure: one batch in the thread, one here
+            self._raise()
+
+    def _kick(self) -> None:
+        if not self.pending or self._job is not None or self._error is not None:
+            return
+        chunks, self.pending, size = self.pending, [], self.pending_size
+        self.pending_size = 0
+        if size < INLINE_WRITE:
+            self.partial.write_chunks(chunks)  # small: no thread hop
+            self._published()
+            return
+        job = asyncio.ensure_future(asyncio.to_thread(self.partial.write_chunks, chunks))
+        job.add_done_callback(self._done)
+        self._job = job
+
+    def _done(self, job: asyncio.Future[None]) -> None:
+        self._job = None
+        if job.cancelled():
+            self._error = asyncio.CancelledError()
+            return
+        error = job.exception()
+        if error is not None:
+            self._error = error
+            return
+        self._published()
+        self._kick()
+
+    def _published(self) -> None:
+        self.fetch.written = self.partial.size
+        self.fetch.notify()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    async def flush(self) -> None:
+        """Until everything received is on disk (raises what a write raised)."""
+        while True:
+            self._raise()
+            if self._job is not None:
+                await asyncio.wait([self._job])
+            elif self.pending:
+                self._kick()
+            else:
+                break
+        self.received = self.partial.size
+
+
+def _check_others(plan: FetchPlan, partial: PartialWriter, vouched: Mapping[str, str]) -> None:
+    """Every non-sha256 digest the plan names: computed here, or vouched for by the upstream
+    tier (and then covered by its sha-256, which the store checks)."""
+    computed = partial.hexdigests()
+    for algo, want in plan.expected_others:
+        have = vouched.get(algo) or computed.get(algo)
+        if have is None:
+            raise IntegrityError(f"{algo} was neither computed nor vouched for")
+        if have != want:
+            raise IntegrityError(f"{algo} mismatch: expected {want}, got {have}")
 
 
 def _fail(fetch: Fetch, exc: FetchFailed) -> None:
@@ -271,14 +410,37 @@ def _consume(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
+def parse_repr_digests(header: str | None) -> dict[str, str]:
+    """Every digest of a `Repr-Digest` header (RFC 9530) we know, by hashlib name, in hex."""
+    out: dict[str, str] = {}
+    for item in (header or "").split(","):
+        key, _, value = item.strip().partition("=")
+        algo = _RFC_TO_HASHLIB.get(key.strip().lower())
+        if algo is None or not (value.startswith(":") and value.endswith(":")):
+            continue
+        try:
+            out[algo] = base64.b64decode(value[1:-1], validate=True).hex()
+        except (binascii.Error, ValueError):
+            continue
+    return out
+
+
+def format_repr_digests(digests: Mapping[str, str]) -> str:
+    """A `Repr-Digest` header value for hex digests by hashlib name (sha256 first)."""
+    items = sorted(digests.items(), key=lambda kv: kv[0] != "sha256")
+    return ", ".join(f"{_HASHLIB_TO_RFC[algo]}=:{base64.b64encode(bytes.fromhex(hexd)).decode()}:"
+                     for algo, hexd in items if algo in _HASHLIB_TO_RFC and hexd)
+
+
 async def stream_fetch(fetch: Fetch, write: Callable[[bytes], Awaitable[None]],
-                       start: int = 0,
+                       start: int = 0, end: int | None = None,
                        send_range: Callable[[int, int, int], Awaitable[bool]] | None = None,
                        ) -> int:
-    """Feed the growing file to `write`; return the offset reached.
+    """Feed bytes [start, end) of the growing file to the client; return the offset reached.
 
-    With `send_range(fd, offset, count)` (sendfile from the file to the socket; it returns
-    False when the transport cannot sendfile) the bytes never pass through Python.
+    The last byte of the span is sent only once the whole download verified. With
+    `send_range(fd, offset, count)` (sendfile from the file to the socket; it returns False
+    when the transport cannot sendfile) the bytes never pass through Python.
 
     Raises `FetchFailed` if the shared download fails or does not verify; the caller must
     then abort its response so the client sees an error, not a complete wrong body.
@@ -293,14 +455,17 @@ async def stream_fetch(fetch: Fetch, write: Callable[[bytes], Awaitable[None]],
             verified = fetch.verified
             if fetch.done.done() and not verified:
                 fetch.done.result()  # raises FetchFailed
-            limit = fetch.written if verified else max(0, fetch.written - 1)
-            if offset < limit and send_range is not None:
-                if await send_range(fd, offset, limit - offset):
-                    offset = limit
+            stop = fetch.written if end is None else min(end, fetch.written)
+            if not verified:
+                held = (end if end is not None else fetch.written) - 1
+                stop = max(offset, min(stop, held))
+            if offset < stop and send_range is not None:
+                if await send_range(fd, offset, stop - offset):
+                    offset = stop
                     continue
                 send_range = None  # transport cannot sendfile: copy through Python
-            if offset < limit:
-                chunk = os.pread(fd, min(READ_CHUNK, limit - offset), offset)
+            if offset < stop:
+                chunk = os.pread(fd, min(READ_CHUNK, stop - offset), offset)
                 if not chunk:
                     raise FetchFailed("partial file shrank while streaming", 500)
                 await write(chunk)
@@ -308,7 +473,7 @@ async def stream_fetch(fetch: Fetch, write: Callable[[bytes], Awaitable[None]],
                 continue
             if verified:
                 return offset
-            await fetch.wait_beyond(fetch.written)
+            await fetch.wait_beyond(max(offset, fetch.written))
     finally:
         os.close(fd)
 

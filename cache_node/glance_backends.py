@@ -16,11 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import aiohttp
@@ -47,10 +45,22 @@ SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class ImageDigest:
-    """The content address of an image's data."""
+    """The content address of an image's data, and the record digests (md5 `checksum`,
+    `os_hash_value`) the node answering verified those bytes against: what it vouches for."""
 
     sha256: str
     size: int
+    md5: str | None = None
+    os_hash_algo: str | None = None
+    os_hash_value: str | None = None
+
+    @staticmethod
+    def of(sha256: str, size: int, image: GlanceImage) -> ImageDigest:
+        return ImageDigest(sha256, size, image.checksum, image.os_hash_algo, image.os_hash_value)
+
+    def to_json(self) -> dict[str, object]:
+        return {"sha256": self.sha256, "size": self.size, "md5": self.md5,
+                "os_hash_algo": self.os_hash_algo, "os_hash_value": self.os_hash_value}
 
 
 @dataclass(frozen=True)
@@ -61,8 +71,29 @@ class LocalSource:
 
 @dataclass(frozen=True)
 class RemoteSource:
+    """Where to fetch an image's data, with whose token, and whether the upstream is an
+    edgedepot tier whose `Repr-Digest` vouches for the record digests."""
+
     url: str
     headers: tuple[tuple[str, str], ...]
+    client: UpstreamClient
+    vouches: bool
+
+
+class Backend(Protocol):
+    """Where a node's image records and data come from; also what authorizes callers."""
+
+    async def fetch_image(self, caller: Caller, image_id: str) -> GlanceImage: ...
+
+    async def fetch_list(self, caller: Caller, scope: ListScope) -> list[GlanceImage]: ...
+
+    async def fetch_is_admin(self, caller: Caller) -> bool: ...
+
+    async def fetch_digest(self, caller: Caller, image_id: str) -> ImageDigest | None: ...
+
+    def source(self, caller: Caller, image: GlanceImage) -> LocalSource | RemoteSource: ...
+
+    def path_for_digest(self, sha256: str) -> Path | None: ...
 
 
 class DirectoryBackend:
@@ -141,6 +172,13 @@ class DirectoryBackend:
                 return entry.data_path
         return None
 
+    async def fetch_digest(self, caller: Caller, image_id: str) -> ImageDigest | None:
+        image = await self.fetch_image(caller, image_id)
+        entry = self._dir.find(image_id)
+        if entry is None or image.size is None:
+            return None
+        return ImageDigest.of(entry.sha256, image.size, image)
+
     def source(self, caller: Caller, image: GlanceImage) -> LocalSource | RemoteSource:
         entry = self._dir.find(image.id)
         if entry is None:
@@ -151,9 +189,10 @@ class DirectoryBackend:
 class HttpGlanceBackend:
     """A Glance v2 API over HTTP: a real Glance, or the next node's `/glance/` API."""
 
-    def __init__(self, base_url: str, client: UpstreamClient) -> None:
+    def __init__(self, base_url: str, client: UpstreamClient, vouches: bool) -> None:
         self.base_url = base_url.rstrip("/") + "/"
         self.client = client
+        self.vouches = vouches  # an edgedepot tier (cache role), not a real Glance
 
     async def _get_json(self, caller: Caller, path: str) -> Any:
         url = self.base_url + path.lstrip("/")
@@ -225,36 +264,18 @@ class HttpGlanceBackend:
         if not isinstance(sha256, str) or not SHA256_RE.fullmatch(sha256) \
                 or not isinstance(size, int) or isinstance(size, bool):
             return None
-        return ImageDigest(sha256, size)
+        md5, algo, value = (doc.get(k) for k in ("md5", "os_hash_algo", "os_hash_value"))
+        return ImageDigest(sha256, size, md5 if isinstance(md5, str) else None,
+                           algo if isinstance(algo, str) else None,
+                           value if isinstance(value, str) else None)
 
     def source(self, caller: Caller, image: GlanceImage) -> LocalSource | RemoteSource:
         return RemoteSource(f"{self.base_url}v2/images/{image.id}/file",
-                            tuple(caller.upstream_headers().items()))
+                            tuple(caller.upstream_headers().items()), self.client, self.vouches)
+
+    def path_for_digest(self, sha256: str) -> Path | None:
+        return None  # data of a remote Glance lives in the store once fetched
 
 
-Backend = DirectoryBackend | HttpGlanceBackend
-
-
-class HeaderClient(UpstreamClient):
-    """The backend's client (same session and metrics) adding the caller's headers."""
-
-    def __init__(self, base: UpstreamClient, headers: Mapping[str, str]) -> None:
-        super().__init__(base.label, base.settings, on_bytes=base.count_bytes)
-        self._base = base
-        self._extra = dict(headers)
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        return self._base.session
-
-    @asynccontextmanager
-    async def open(self, url: str, headers: Mapping[str, str] | None = None,
-                   method: str = "GET", retries: int | None = None,
-                   ) -> AsyncIterator[aiohttp.ClientResponse]:
-        async with self._base.open(url, {**self._extra, **(headers or {})}, method,
-                                   retries) as resp:
-            yield resp
-
-
-__all__ = ["Backend", "DirectoryBackend", "HeaderClient", "HttpGlanceBackend", "ImageDigest",
-           "LocalSource", "RemoteSource"]
+__all__ = ["Backend", "DirectoryBackend", "HttpGlanceBackend", "ImageDigest", "LocalSource",
+           "RemoteSource"]

@@ -16,36 +16,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
-import os
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache_node.answers import BadRequest, NotFound, ServiceError
+from cache_node.answers import BadRequest, BlobAnswer, NotFound, ServiceError, StreamAnswer
 from cache_node.config import NodeConfig
 from cache_node.fetch import Fetch, FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.glance_auth import Caller, GlanceAuthorizer, ListScope, UpstreamOffline
 from cache_node.glance_backends import (
     Backend,
     DirectoryBackend,
-    HeaderClient,
     HttpGlanceBackend,
     ImageDigest,
     LocalSource,
     RemoteSource,
 )
-from cache_node.glance_delta import (
-    Basis,
-    ImageDeltaFetcher,
-    check_image,
-    digest_bound,
-    hash_chunk,
-    strong_hash,
-)
+from cache_node.glance_delta import Basis, ImageDeltaFetcher, image_digests
 from cache_node.metrics import Metrics
 from cache_node.store import BlobRef, BlobStore
 from cache_node.upstream import UpstreamClient
@@ -66,17 +56,7 @@ NS_DATA = "glance-image"      # image id -> verified image data blob
 NS_RECORD = "glance-record"   # image id -> the image record (JSON) as last confirmed
 CURRENT_VERSION = "2.18"
 SUPPORTED_VERSIONS = tuple(f"2.{n}" for n in range(18, -1, -1))  # newest first
-READ_CHUNK = 256 << 10
-HASH_CHUNK = 4 << 20
-MIN_BATCH = 1 << 20
-
-
-class RangeNotSatisfiable(ServiceError):
-    status = 416
-
-    def __init__(self, size: int) -> None:
-        super().__init__(f"requested range not satisfiable (image has {size} bytes)")
-        self.size = size
+OFFLINE_HEADER = "X-Edgedepot-Offline"
 
 
 # -- values handed to the routes ---------------------------------------------------------------
@@ -93,29 +73,6 @@ class ImageList:
 class ImageView:
     image: GlanceImage
     offline: bool = False
-
-
-@dataclass(frozen=True)
-class LocalImageData:
-    """Verified bytes on local disk (store blob or the origin's own data file)."""
-
-    image: GlanceImage
-    path: Path
-    size: int
-    sha256: str
-    offline: bool = False
-
-
-@dataclass(frozen=True)
-class StreamingImageData:
-    image: GlanceImage
-    fetch: ImageFetch
-
-
-@dataclass(frozen=True)
-class ByteRange:
-    start: int
-    end: int  # exclusive
 
 
 @dataclass(frozen=True)
@@ -145,139 +102,23 @@ class PruneResult:
     bytes: int
 
 
-def parse_range(header: str | None, size: int) -> ByteRange | None:
-    """One `bytes=` range of RFC 9110; None means the whole body. 416 when unsatisfiable."""
-    if not header:
-        return None
-    unit, _, spec = header.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None  # not a single byte range: ignored, as RFC 9110 allows
-    first, sep, last = spec.strip().partition("-")
-    try:
-        if not sep:
-            return None
-        if not first:
-            n = int(last)
-            if n <= 0 or size == 0:
-                raise RangeNotSatisfiable(size)
-            return ByteRange(max(0, size - n), size)
-        start = int(first)
-        end = int(last) + 1 if last else size
-    except ValueError:
-        return None
-    if start >= size or end <= start:
-        raise RangeNotSatisfiable(size)
-    return ByteRange(start, min(end, size))
+IMAGE_TYPE = "application/octet-stream"
+FETCH_PREFIX = "glance:"
 
 
-# -- the first fetch of an image, verified against its record ---------------------------------
-
-class ImageFetch:
-    """Follows a coordinator fetch, hashing md5 and os_hash_algo (in two threads, in parallel)
-    as the bytes land on disk.
-
-    Clients stream the written bytes as they arrive, all but the last one; `result` resolves
-    once the whole image verified and is bound in the store, or fails: the blob is removed
-    and the streams are aborted.
-    """
-
-    def __init__(self, image: GlanceImage, fetch: Fetch) -> None:
-        self.image = image
-        self.fetch = fetch
-        self.hashed = 0
-        self.result: asyncio.Future[BlobRef] = asyncio.get_running_loop().create_future()
-        self.result.add_done_callback(lambda f: None if f.cancelled() else f.exception())
-        self._event = asyncio.Event()
-        self._fd = os.open(fetch.partial_path, os.O_RDONLY)
-
-    @property
-    def verified(self) -> bool:
-        return self.result.done() and not self.result.cancelled() and \
-            self.result.exception() is None
-
-    def _notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait_beyond(self, seen: int) -> None:
-        """Until more than `seen` bytes were written, or the verification ended."""
-        if self.fetch.written > seen or self.result.done():
-            return
-        if not self.fetch.done.done():
-            await self.fetch.wait_beyond(seen)
-        else:
-            await self._event.wait()
-
-    async def run(self, on_verified: Callable[[BlobRef], None],
-                  on_failed: Callable[[BlobRef | None, str], None]) -> None:
-        image, fetch = self.image, self.fetch
-        md5 = hashlib.md5()
-        algo, strong = strong_hash(image.os_hash_algo)
-        ref: BlobRef | None = None
-        try:
-            while True:
-                done = fetch.done.done()
-                if not done and fetch.written - self.hashed < MIN_BATCH:
-                    await fetch.wait_beyond(self.hashed + MIN_BATCH - 1)  # batch small reads
-                    continue
-                if self.hashed < fetch.written:
-                    n = min(HASH_CHUNK, fetch.written - self.hashed)
-                    data = os.pread(self._fd, n, self.hashed)
-                    if not data:
-                        raise FetchFailed("partial image file shrank", 500)
-                    await hash_chunk(data, md5, strong)
-                    self.hashed += len(data)
-                    continue
-                if done:
-                    break
-                await fetch.wait_beyond(self.hashed)
-            ref = fetch.done.result()  # raises FetchFailed
-            problem = check_image(image, ref.size, md5.hexdigest(), strong.hexdigest(), algo)
-            if problem:
-                on_failed(ref, problem)
-                raise FetchFailed(f"image {image.id} failed verification: {problem}", 502)
-            on_verified(ref)
-            self.result.set_result(ref)
-        except FetchFailed as exc:
-            self.result.set_exception(exc)
-        except Exception as exc:
-            log.exception("verifying image %s", image.id)
-            on_failed(ref, str(exc))
-            self.result.set_exception(FetchFailed(f"internal error: {exc}", 500))
-        finally:
-            os.close(self._fd)
-            self._notify()
+def _fetch_key(image_id: str) -> str:
+    return FETCH_PREFIX + image_id
 
 
-async def stream_image(ifetch: ImageFetch, write: Callable[[bytes], Awaitable[None]],
-                       start: int, end: int) -> int:
-    """Send bytes [start, end) of an image still being fetched; the last one only once the
-    whole image verified. Raises FetchFailed (the caller aborts its response)."""
-    offset = start
-    try:
-        fd = os.open(ifetch.fetch.partial_path, os.O_RDONLY)
-    except FileNotFoundError:
-        ref = await ifetch.result
-        fd = os.open(ifetch.fetch.blob_path(ref.digest), os.O_RDONLY)
-    try:
-        while offset < end:
-            if ifetch.result.done() and not ifetch.verified:
-                ifetch.result.result()  # raises FetchFailed
-            written = ifetch.fetch.written
-            cap = min(end, written) if ifetch.verified else min(end - 1, written)
-            if offset < cap:
-                chunk = os.pread(fd, min(READ_CHUNK, cap - offset), offset)
-                if not chunk:
-                    raise FetchFailed("image data vanished while streaming", 500)
-                await write(chunk)
-                offset += len(chunk)
-                continue
-            # Caught up with the download: wait for a batch rather than a trickle.
-            # (offset == written here unless all bytes are in and only the verification is due)
-            await ifetch.wait_beyond(written if written >= end else min(offset + READ_CHUNK, end) - 1)
-        return offset
-    finally:
-        os.close(fd)
+def _image_headers(image: GlanceImage, offline: bool) -> tuple[tuple[str, str], ...]:
+    headers: list[tuple[str, str]] = []
+    if image.checksum:
+        headers.append(("Content-MD5", image.checksum))
+    if offline:
+        headers.append((OFFLINE_HEADER, "1"))
+        headers.append(("Warning", '110 - "upstream unreachable; served from cache under the '
+                                   'offline policy"'))
+    return tuple(headers)
 
 
 # -- the service -------------------------------------------------------------------------------
@@ -293,7 +134,6 @@ class GlanceService:
         self.metrics = metrics
         self.auth = GlanceAuthorizer(backend, auth_ttl, offline_policy)
         self.hits: Counter[str] = Counter()
-        self._inflight: dict[str, ImageFetch] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._records: dict[str, GlanceImage] = {}
 
@@ -351,37 +191,43 @@ class GlanceService:
         return ImageView(decision.image, decision.offline)
 
     # -- data --------------------------------------------------------------------------------
-    async def image_data(self, caller: Caller, image_id: str
-                         ) -> LocalImageData | StreamingImageData:
+    async def image_data(self, caller: Caller, image_id: str) -> BlobAnswer | StreamAnswer:
+        """The image's bytes: a verified file, or the shared fetch clients stream from."""
         decision = await self.auth.image(caller, image_id, self.cached_record(image_id))
         image = decision.image
         if image.status != "active":
             raise ServiceError(f"image {image_id} has no data (status {image.status})", 204)
-        self.metrics.requests.inc(NAMESPACE)
         source = self.backend.source(caller, image) if not decision.offline else None
+        headers = _image_headers(image, decision.offline)
         if isinstance(source, LocalSource):
             size = image.size if image.size is not None else source.path.stat().st_size
             self.hits[image_id] += 1
-            return LocalImageData(image, source.path, size, source.sha256)
+            return BlobAnswer(source.path, size, source.sha256, IMAGE_TYPE,
+                              vouched=image_digests(image), headers=headers)
         ref = self.store.lookup(NS_DATA, image_id)
         if ref is not None:
             self.metrics.hits.inc(NAMESPACE)
             self.hits[image_id] += 1
-            return LocalImageData(image, self.store.blob_path(ref.digest), ref.size, ref.digest,
-                                  decision.offline)
+            return self._stored(image, ref, headers)
         if source is None:
             raise UpstreamOffline(f"upstream unreachable and image {image_id} is not cached")
         self.metrics.misses.inc(NAMESPACE)
         self.hits[image_id] += 1
         ref = await self._try_delta(caller, image)
         if ref is not None:
-            return LocalImageData(image, self.store.blob_path(ref.digest), ref.size, ref.digest)
-        return StreamingImageData(image, self._start(image, source))
+            return self._stored(image, ref, headers)
+        return StreamAnswer(self._start(image, source), IMAGE_TYPE, headers)
+
+    def _stored(self, image: GlanceImage, ref: BlobRef,
+                headers: tuple[tuple[str, str], ...]) -> BlobAnswer:
+        return BlobAnswer(self.store.blob_path(ref.digest), ref.size, ref.digest, IMAGE_TYPE,
+                          vouched=image_digests(image), headers=headers)
 
     async def image_digest(self, caller: Caller, image_id: str) -> ImageDigest:
         """The sha256 and size of an image's data (`/glance/edgedepot/v1/images/{id}/digest`),
-        for a downstream cache's delta fetch. An image not held yet is fetched first (by delta
-        or whole, shared with any download of it): its sha256 is known once it verified."""
+        with the record digests this node verified them against, for a downstream cache's
+        delta fetch. An image not held yet is fetched first (by delta or whole, shared with
+        any download of it): its sha256 is known once it verified."""
         decision = await self.auth.image(caller, image_id, self.cached_record(image_id))
         image = decision.image
         if image.status != "active":
@@ -389,7 +235,7 @@ class GlanceService:
         source = self.backend.source(caller, image) if not decision.offline else None
         if isinstance(source, LocalSource):
             size = image.size if image.size is not None else source.path.stat().st_size
-            return ImageDigest(source.sha256, size)
+            return ImageDigest.of(source.sha256, size, image)
         ref = self.store.lookup(NS_DATA, image_id)
         if ref is None:
             if source is None:
@@ -397,25 +243,21 @@ class GlanceService:
             ref = await self._try_delta(caller, image)
             if ref is None:
                 try:
-                    ref = await asyncio.shield(self._start(image, source).result)
+                    ref = await asyncio.shield(self._start(image, source).done)
                 except FetchFailed as exc:
                     raise ServiceError(str(exc), exc.http_status) from None
-        return ImageDigest(ref.digest, ref.size)
+        return ImageDigest.of(ref.digest, ref.size, image)
 
     def path_for_digest(self, sha256: str) -> Path | None:
         """A file of this node's images with this sha256, for the delta endpoints: the
         origin's directory files (store blobs are found by `Node.locate_blob` itself)."""
-        if isinstance(self.backend, DirectoryBackend):
-            return self.backend.path_for_digest(sha256)
-        return None
+        return self.backend.path_for_digest(sha256)
 
     async def _try_delta(self, caller: Caller, image: GlanceImage) -> BlobRef | None:
         """The image's data built as a delta against a cached image of its family, bound in
         the store; None when there is no basis or it failed (then fetch it whole)."""
-        if self.delta is None or image.id in self._inflight:
+        if self.delta is None or self.fetches.running(_fetch_key(image.id)):
             return None
-        backend = self.backend
-        assert isinstance(backend, HttpGlanceBackend)
         family = family_key(image)  # look up (and so touch) only the family's blobs
         cached = [Basis(other, ref) for other, ref in
                   ((o, self.store.lookup(NS_DATA, o.id)) for o in self._records.values()
@@ -426,60 +268,42 @@ class GlanceService:
             self.store.bind(NS_DATA, image.id, ref.digest)
             self._remember(image)
 
+        backend = self.backend
         return await self.delta.attempt(image, cached,
                                         lambda: backend.fetch_digest(caller, image.id), bind)
 
-    def _start(self, image: GlanceImage, source: RemoteSource) -> ImageFetch:
-        running = self._inflight.get(image.id)
-        if running is not None:
-            self.metrics.coalesced.inc(NAMESPACE)
-            return running
-        backend = self.backend
-        assert isinstance(backend, HttpGlanceBackend)
-        plan = FetchPlan(key=f"glance:{image.id}", url=source.url, namespace=NAMESPACE,
-                         expected_sha256=None, expected_size=image.size, require_digest=False)
-        fetch = self.fetches.start(plan, HeaderClient(backend.client, dict(source.headers)))
-        log.info("fetching image %s (%s bytes) from %s", image.id, image.size, source.url)
-        ifetch = ImageFetch(image, fetch)
-        self._inflight[image.id] = ifetch
-        self._remember(image)
-
-        def verified(ref: BlobRef) -> None:
-            self.store.bind(NS_DATA, image.id, ref.digest)
+    def _start(self, image: GlanceImage, source: RemoteSource) -> Fetch:
+        """Join or start the one fetch of an image's data, verified against every digest of
+        its record (or what the upstream edgedepot tier vouches for) before it is bound."""
+        expected = image_digests(image)
+        if not expected:
+            raise ServiceError(f"image {image.id}: the record has neither checksum nor a "
+                               f"supported os_hash_value; refusing unverifiable data", 502)
+        plan = FetchPlan(key=_fetch_key(image.id), url=source.url, namespace=NAMESPACE,
+                         expected_sha256=None, expected_size=image.size, require_digest=False,
+                         binds=((NS_DATA, image.id),), expected_others=expected,
+                         headers=source.headers, accept_vouched=source.vouches)
+        running = self.fetches.running(plan.key)
+        fetch = self.fetches.start(plan, source.client)
+        if not running:
+            log.info("fetching image %s (%s bytes) from %s", image.id, image.size, source.url)
             self._remember(image)
-
-        def failed(ref: BlobRef | None, problem: str) -> None:
-            self.metrics.verify_failures.inc(NAMESPACE)
-            log.error("discarding data of image %s: %s", image.id, problem)
-            if ref is not None and not digest_bound(self.store, ref.digest):
-                self.store.remove(ref.digest)
-
-        task = asyncio.create_task(ifetch.run(verified, failed), name=f"verify {image.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-        def finished(_task: asyncio.Task[None]) -> None:
-            self._inflight.pop(image.id, None)
-
-        task.add_done_callback(finished)
-        return ifetch
+        return fetch
 
     def _delta_running(self, image_id: str) -> bool:
         return self.delta is not None and image_id in self.delta.running
 
+    def _queued(self) -> set[str]:
+        fetching = {key[len(FETCH_PREFIX):] for key in self.fetches.running_keys()
+                    if key.startswith(FETCH_PREFIX)}
+        return fetching | set(self.delta.running if self.delta is not None else ())
+
     # -- cache management (admin) ------------------------------------------------------------
     async def cache_state(self, caller: Caller) -> CacheState:
         await self.auth.require_admin(caller)
-        self.store.flush_access()
-        rows = self.store.db.execute(
-            "SELECT n.name, b.size, b.last_access, n.updated FROM names n "
-            "JOIN blobs b ON b.digest = n.digest WHERE n.namespace=? ORDER BY n.name",
-            (NS_DATA,)).fetchall()
-        cached = tuple(CachedImage(str(name), self.hits.get(str(name), 0), float(access),
-                                   float(updated), int(size))
-                       for name, size, access, updated in rows)
-        deltas = self.delta.running if self.delta is not None else frozenset()
-        return CacheState(cached, tuple(sorted({*self._inflight, *deltas})))
+        cached = tuple(CachedImage(b.name, self.hits.get(b.name, 0), b.last_access,
+                                   b.updated, b.size) for b in self.store.bound(NS_DATA))
+        return CacheState(cached, tuple(sorted(self._queued())))
 
     async def cache_queue(self, caller: Caller, image_id: str) -> None:
         await self.auth.require_admin(caller)
@@ -489,7 +313,7 @@ class GlanceService:
         if self.store.lookup(NS_DATA, image_id) is not None or decision.offline:
             return
         source = self.backend.source(caller, decision.image)
-        if isinstance(source, RemoteSource) and not self._delta_running(image_id):
+        if isinstance(source, RemoteSource) and image_id not in self._queued():
             task = asyncio.create_task(self._queue(caller, decision.image, source),
                                        name=f"queue {image_id}")
             self._tasks.add(task)
@@ -508,7 +332,7 @@ class GlanceService:
 
     def _drop(self, image_id: str, ref: BlobRef) -> None:
         self.store.unbind(NS_DATA, image_id)
-        if not digest_bound(self.store, ref.digest):
+        if not self.store.is_bound(ref.digest):
             self.store.remove(ref.digest)
         self.hits.pop(image_id, None)
 
@@ -534,8 +358,7 @@ class GlanceService:
         await self.auth.require_admin(caller)
         dropped = 0
         for image_id in list(self._records):
-            if image_id not in self._inflight and not self._delta_running(image_id) \
-                    and self.store.lookup(NS_DATA, image_id) is None:
+            if image_id not in self._queued() and self.store.lookup(NS_DATA, image_id) is None:
                 self.store.unbind(NS_RECORD, image_id)
                 self._records.pop(image_id, None)
                 dropped += 1
@@ -573,7 +396,7 @@ async def make_glance_service(config: NodeConfig, store: BlobStore, fetches: Fet
             on_request=lambda: metrics.upstream_requests.inc(NAMESPACE),
             on_bytes=lambda n: metrics.upstream_bytes.inc(NAMESPACE, n))
         await exit_stack.enter_async_context(client)
-        backend = HttpGlanceBackend(base, client)
+        backend = HttpGlanceBackend(base, client, vouches=config.role == "cache")
     delta: ImageDeltaFetcher | None = None
     if config.role == "cache" and config.upstream:
         # The upstream is an edgedepot node: it serves /delta/v1/ and the image digests.
@@ -586,4 +409,4 @@ async def make_glance_service(config: NodeConfig, store: BlobStore, fetches: Fet
     return service
 
 
-__all__ = ["GlanceService", "make_glance_service", "parse_range", "stream_image"]
+__all__ = ["GlanceService", "image_digests", "make_glance_service"]

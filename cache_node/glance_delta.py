@@ -11,9 +11,11 @@ A cache whose upstream is an edgedepot node fetches an image it does not hold ye
      caller's token). A real Glance publishes md5 and sha512 only: the origin tier answers this
      once it holds the image (it fetches it whole from Glance, once, when first asked);
   3. `syncer.delta_client.DeltaClient` makes the file from `{upstream}delta/v1/blobs/<sha256>`
-     and the basis blob (a patch, or the missing blocks); the result is sha256-verified, then
-     md5 and `os_hash_value` are verified against the record, exactly as a whole fetch is, and
-     only then is the file moved into the store (`BlobStore.adopt_file`) and bound to the image.
+     and the basis blob (a patch, or the missing blocks); the result is sha256-verified, and
+     the md5 and `os_hash_value` the upstream vouched for with that sha256 are checked against
+     the record (computed from the file only when the upstream did not vouch for them), exactly
+     as a whole fetch is; only then is the file moved into the store (`BlobStore.adopt_file`)
+     and bound to the image.
 
 Any failure (no digest upstream, a `DeltaError`, a verification failure, a corrupted basis)
 falls back to the whole fetch. Work files live in `<store_dir>/delta-work/glance/`.
@@ -25,13 +27,13 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cache_node.glance_backends import ImageDigest
 from cache_node.metrics import Metrics
+from cache_node.single_flight import Call, SingleFlight, run_once
 from cache_node.store import BlobRef, BlobStore, IntegrityError, file_sha256
 from distro.glance_images import GlanceImage, family_key
 from syncer.delta_client import DeltaClient, DeltaError, DeltaIntegrityError
@@ -54,55 +56,71 @@ class Basis:
     ref: BlobRef
 
 
-@dataclass(frozen=True)
-class FileHashes:
-    md5: str
-    strong: str
-    algo: str  # "unknown" when the record's os_hash_algo is not supported here
+def supported_hash(os_hash_algo: str | None) -> str | None:
+    """The hashlib name of a record's `os_hash_algo` (default sha512), or None when this
+    Python cannot compute it (such data cannot be verified, so it is refused)."""
+    algo = (os_hash_algo or "sha512").lower()
+    if algo.startswith("shake"):  # variable-length digests: not a Glance os_hash_algo
+        return None
+    try:
+        hashlib.new(algo)
+    except ValueError:
+        return None
+    return algo
 
 
-def check_image(image: GlanceImage, size: int, md5: str, strong: str, algo: str) -> str | None:
-    """What is wrong with data of this size and these digests for this record (None: nothing)."""
+def image_digests(image: GlanceImage) -> tuple[tuple[str, str], ...]:
+    """The digests an image's data must match, as (hashlib name, hex): the record's md5
+    `checksum` and its `os_hash_value` (when this Python can compute `os_hash_algo`)."""
+    out: list[tuple[str, str]] = []
+    if image.checksum:
+        out.append(("md5", image.checksum.lower()))
+    if image.os_hash_value:
+        algo = supported_hash(image.os_hash_algo)
+        if algo is None:
+            return ()  # a digest we cannot check: the data cannot be verified
+        out.append((algo, image.os_hash_value.lower()))
+    return tuple(out)
+
+
+def check_image(image: GlanceImage, size: int, digests: Mapping[str, str]) -> str | None:
+    """What is wrong with data of this size and these digests (hashlib name -> hex) for this
+    record (None: nothing)."""
     if image.size is not None and size != image.size:
         return f"size {size} != record's {image.size}"
     if not image.checksum and not image.os_hash_value:
         return "the image record has neither checksum nor os_hash_value"
-    if image.checksum and md5 != image.checksum.lower():
-        return f"md5 {md5} != record's checksum {image.checksum}"
+    if image.checksum and digests.get("md5") != image.checksum.lower():
+        return f"md5 {digests.get('md5')} != record's checksum {image.checksum}"
     if image.os_hash_value:
-        if algo == "unknown":
+        algo = supported_hash(image.os_hash_algo)
+        if algo is None:
             return f"unsupported os_hash_algo {image.os_hash_algo!r}"
-        if strong != image.os_hash_value.lower():
+        if digests.get(algo) != image.os_hash_value.lower():
             return f"{algo} differs from the record's os_hash_value"
     return None
 
 
-def strong_hash(os_hash_algo: str | None) -> tuple[str, Any]:
-    """The record's `os_hash_algo` (default sha512) and a fresh hasher for it; ("unknown",
-    sha512) when this Python cannot compute it (`check_image` then refuses the data)."""
-    algo = (os_hash_algo or "sha512").lower()
-    if algo.startswith("shake"):  # variable-length digests: not a Glance os_hash_algo
-        return "unknown", hashlib.sha512()
-    try:
-        return algo, hashlib.new(algo)
-    except ValueError:
-        return "unknown", hashlib.sha512()
+def vouched_digests(digest: ImageDigest) -> dict[str, str]:
+    """The record digests an upstream edgedepot tier vouched for with an image's sha256."""
+    out = {}
+    if digest.md5:
+        out["md5"] = digest.md5.lower()
+    algo = supported_hash(digest.os_hash_algo) if digest.os_hash_value else None
+    if algo is not None and digest.os_hash_value:
+        out[algo] = digest.os_hash_value.lower()
+    return out
 
 
-async def hash_chunk(data: bytes, *hashers: Any) -> None:
-    """Feed one chunk to several hashers in parallel threads (hashlib releases the GIL)."""
-    await asyncio.gather(*(asyncio.to_thread(h.update, data) for h in hashers))
-
-
-async def file_hashes(path: Path, os_hash_algo: str | None) -> FileHashes:
-    """md5 and the record's strong hash of a file, read once, hashed in two threads in
-    parallel. The file is opened before this returns to the loop: it may be renamed meanwhile."""
-    algo, strong = strong_hash(os_hash_algo)
-    md5 = hashlib.md5()
+async def file_digests(path: Path, algos: tuple[str, ...]) -> dict[str, str]:
+    """Digests of a file read once, hashed in parallel threads (hashlib releases the GIL).
+    The file is opened before this returns to the loop: it may be renamed meanwhile."""
+    hashers = {algo: hashlib.new(algo) for algo in algos}
     with open(path, "rb") as fh:
         while chunk := await asyncio.to_thread(fh.read, HASH_CHUNK):
-            await hash_chunk(chunk, md5, strong)
-    return FileHashes(md5.hexdigest(), strong.hexdigest(), algo)
+            await asyncio.gather(*(asyncio.to_thread(h.update, chunk)
+                                   for h in hashers.values()))
+    return {algo: h.hexdigest() for algo, h in hashers.items()}
 
 
 def pick_basis(image: GlanceImage, cached: Iterable[Basis]) -> Basis | None:
@@ -126,12 +144,13 @@ class ImageDeltaFetcher:
         self.metrics = metrics
         self.delta_url = delta_url.rstrip("/") + "/"
         self.work_dir = work_dir
-        self._running: dict[str, asyncio.Task[BlobRef | None]] = {}
+        self._flights: SingleFlight[Call[BlobRef | None]] = SingleFlight(
+            on_join=lambda: metrics.coalesced.inc(NAMESPACE))
 
     @property
     def running(self) -> frozenset[str]:
         """Ids of the images being fetched by delta now."""
-        return frozenset(self._running)
+        return self._flights.keys()
 
     async def attempt(self, image: GlanceImage, cached: Iterable[Basis],
                       digest_of: Callable[[], Awaitable[ImageDigest | None]],
@@ -139,24 +158,19 @@ class ImageDeltaFetcher:
         """Build the image from a basis among `cached` and `bind` it; None when there is no
         basis or the attempt failed (the caller then fetches it whole). One attempt per image
         at a time: concurrent callers share it, and a caller leaving does not cancel it."""
-        task = self._running.get(image.id)
-        if task is None:
-            basis = pick_basis(image, cached)
-            if basis is None:
-                return None
-            task = asyncio.create_task(self._attempt(image, basis, digest_of, bind),
-                                       name=f"delta {image.id}")
-            self._running[image.id] = task
-            task.add_done_callback(lambda _t: self._running.pop(image.id, None))
-        else:
-            self.metrics.coalesced.inc(NAMESPACE)
-        return await asyncio.shield(task)
+        running = image.id in self._flights
+        basis = None if running else pick_basis(image, cached)
+        if not running and basis is None:
+            return None
+
+        async def attempt() -> BlobRef | None:
+            assert basis is not None  # only called when this caller starts the attempt
+            return await self._attempt(image, basis, digest_of, bind)
+
+        return await run_once(self._flights, image.id, attempt)
 
     async def close(self) -> None:
-        tasks = list(self._running.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._flights.close()
 
     async def _attempt(self, image: GlanceImage, basis: Basis,
                        digest_of: Callable[[], Awaitable[ImageDigest | None]],
@@ -184,7 +198,7 @@ class ImageDeltaFetcher:
                                    f"says {image.size}")
         if self.store.has(digest.sha256):  # the same bytes are stored under another name
             path = self.store.blob_path(digest.sha256)
-            await self._verify(image, path, digest.size)
+            await self._verify(image, path, digest)
             return BlobRef(digest.sha256, digest.size)
         started = time.monotonic()
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -201,10 +215,11 @@ class ImageDeltaFetcher:
             raise ImageDeltaFailed(f"delta fetch failed: {exc}") from None
         self.metrics.upstream_requests.inc(NAMESPACE, result.requests)
         self.metrics.upstream_bytes.inc(NAMESPACE, result.bytes_received)
-        # md5 + os_hash_value (two threads) while the store adopts the file. DeltaClient
-        # verified its sha256 while building it (all but "identical", a copy of the basis).
+        # The record digests the upstream vouched for with this sha256 (else computed here)
+        # while the store adopts the file. DeltaClient verified its sha256 while building it
+        # (all but "identical", a copy of the basis, which adopt_file hashes).
         verified, adopted = await asyncio.gather(
-            self._verify(image, out, result.size),
+            self._verify(image, out, digest),
             asyncio.to_thread(self.store.adopt_file, out, digest.sha256,
                               verified=result.method != "identical"),
             return_exceptions=True)
@@ -212,7 +227,7 @@ class ImageDeltaFetcher:
             adopted if isinstance(adopted, BaseException) else None
         if problem is not None:
             _discard(out)
-            if isinstance(adopted, BlobRef) and not digest_bound(self.store, adopted.digest):
+            if isinstance(adopted, BlobRef) and not self.store.is_bound(adopted.digest):
                 self.store.remove(adopted.digest)
             if not isinstance(problem, (ImageDeltaFailed, IntegrityError, OSError)):
                 raise problem
@@ -241,18 +256,18 @@ class ImageDeltaFetcher:
             self.metrics.verify_failures.inc(NAMESPACE)
             self.store.remove(basis.ref.digest)
 
-    async def _verify(self, image: GlanceImage, path: Path, size: int) -> None:
-        hashes = await file_hashes(path, image.os_hash_algo)
-        problem = check_image(image, size, hashes.md5, hashes.strong, hashes.algo)
+    async def _verify(self, image: GlanceImage, path: Path, digest: ImageDigest) -> None:
+        """The record's md5 and os_hash: taken from the upstream's vouch for this sha256 when
+        it gave them, computed from the file only when it did not."""
+        digests = vouched_digests(digest)
+        wanted = dict(image_digests(image))
+        missing = tuple(algo for algo in wanted if algo not in digests)
+        if missing:
+            digests.update(await file_digests(path, missing))
+        problem = check_image(image, digest.size, digests)
         if problem:
             self.metrics.verify_failures.inc(NAMESPACE)
             raise ImageDeltaFailed(f"image {image.id} failed verification: {problem}")
-
-
-def digest_bound(store: BlobStore, digest: str) -> bool:
-    """Whether any name (of any namespace) is bound to this blob."""
-    row = store.db.execute("SELECT 1 FROM names WHERE digest=? LIMIT 1", (digest,)).fetchone()
-    return row is not None
 
 
 def _discard(out: Path) -> None:
@@ -261,5 +276,5 @@ def _discard(out: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["Basis", "FileHashes", "ImageDeltaFailed", "ImageDeltaFetcher", "check_image",
-           "digest_bound", "file_hashes", "hash_chunk", "pick_basis", "strong_hash"]
+__all__ = ["Basis", "ImageDeltaFailed", "ImageDeltaFetcher", "check_image", "file_digests",
+           "image_digests", "pick_basis", "supported_hash", "vouched_digests"]

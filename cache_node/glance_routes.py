@@ -9,24 +9,14 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from cache_node.answers import ServiceError
-from cache_node.fetch import FetchFailed
 from cache_node.glance_auth import Caller
-from cache_node.glance_core import (
-    NAMESPACE,
-    GlanceService,
-    LocalImageData,
-    RangeNotSatisfiable,
-    StreamingImageData,
-    parse_range,
-    stream_image,
-)
-from cache_node.upstream import format_repr_digest
+from cache_node.glance_core import NAMESPACE, OFFLINE_HEADER, GlanceService
+from cache_node.responses import send_answer
 from distro.glance_images import image_schema, images_schema
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/glance"
-OFFLINE_HEADER = "X-Edgedepot-Offline"
 
 GetService = Callable[[web.Request], GlanceService | None]
 Route = Callable[[web.Request, GlanceService], Awaitable[web.StreamResponse]]
@@ -38,16 +28,6 @@ def _json(body: object, status: int = 200, offline: bool = False) -> web.Respons
                'cache under the offline policy"'} if offline else None
     return web.Response(text=json.dumps(body), status=status, headers=headers,
                         content_type="application/json")
-
-
-def _error(status: int, message: str, extra: dict[str, str] | None = None) -> web.Response:
-    title = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-             416: "Requested Range Not Satisfiable", 503: "Service Unavailable"}.get(
-        status, "Error")
-    body = {"error": {"code": status, "title": title, "message": message}}
-    resp = web.Response(text=json.dumps(body), status=status, content_type="application/json")
-    resp.headers.update(extra or {})
-    return resp
 
 
 def _caller(request: web.Request) -> Caller:
@@ -69,16 +49,7 @@ def add_glance_routes(app: web.Application, get_service: GetService) -> None:
 
     def handler(fn: Route) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
-            try:
-                return await fn(request, service_of(request))
-            except RangeNotSatisfiable as exc:
-                return _error(416, str(exc), {"Content-Range": f"bytes */{exc.size}"})
-            except ServiceError as exc:
-                if exc.status == 204:
-                    return web.Response(status=204)
-                if exc.status >= 500:
-                    log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
-                return _error(exc.status, str(exc))
+            return await fn(request, service_of(request))  # errors: the app's one shape
         return wrapped
 
     async def versions(request: web.Request, service: GlanceService) -> web.Response:
@@ -105,71 +76,12 @@ def add_glance_routes(app: web.Application, get_service: GetService) -> None:
 
     async def image_file(request: web.Request, service: GlanceService) -> web.StreamResponse:
         answer = await service.image_data(_caller(request), request.match_info["image_id"])
-        headers = {"Content-Type": "application/octet-stream"}
-        if answer.image.checksum:
-            headers["Content-MD5"] = answer.image.checksum
-        if isinstance(answer, LocalImageData):
-            headers["Repr-Digest"] = format_repr_digest(answer.sha256)
-            headers["ETag"] = f'"{answer.sha256}"'
-            headers["X-Edgedepot-Cache"] = "HIT"
-            if answer.offline:
-                headers[OFFLINE_HEADER] = "1"
-            if request.headers.get("Range"):
-                parse_range(request.headers["Range"], answer.size)  # 416 the Glance way
-            service.metrics.served_bytes.inc(NAMESPACE, answer.size)
-            return web.FileResponse(answer.path, headers=headers)
-        return await _stream(request, answer, headers, service)
-
-    async def _stream(request: web.Request, answer: StreamingImageData,
-                      headers: dict[str, str], service: GlanceService) -> web.StreamResponse:
-        ifetch = answer.fetch
-        try:
-            head = await ifetch.fetch.head
-        except FetchFailed as exc:
-            raise ServiceError(str(exc), exc.http_status) from None
-        size = head.size if head.size is not None else answer.image.size
-        if size is None:
-            raise ServiceError("image size unknown upstream", 502)
-        span = parse_range(request.headers.get("Range"), size)
-        start, end = (span.start, span.end) if span else (0, size)
-        response = web.StreamResponse(status=206 if span else 200, headers=headers)
-        response.headers["X-Edgedepot-Cache"] = "MISS"
-        if head.sha256 and not span:
-            response.headers["Repr-Digest"] = format_repr_digest(head.sha256)
-        if span:
-            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-        response.content_length = end - start
-        await response.prepare(request)
-        if request.method == "HEAD":
-            return response
-        sent = 0
-
-        async def write(chunk: bytes) -> None:
-            nonlocal sent
-            await response.write(chunk)
-            sent += len(chunk)
-
-        try:
-            await stream_image(ifetch, write, start, end)
-        except ConnectionError:
-            log.info("client left %s after %d bytes; the fetch goes on", request.path, sent)
-            service.metrics.served_bytes.inc(NAMESPACE, sent)
-            return response
-        except FetchFailed as exc:
-            log.error("aborting image download %s after %d bytes: %s", request.path, sent, exc)
-            service.metrics.errors.inc(NAMESPACE)
-            if request.transport is not None:
-                request.transport.abort()
-            service.metrics.served_bytes.inc(NAMESPACE, sent)
-            return response  # aborted: the client sees a truncated body, never a whole one
-        service.metrics.served_bytes.inc(NAMESPACE, sent)
-        await response.write_eof()
-        return response
+        return await send_answer(request, answer, NAMESPACE, service.metrics)
 
     async def image_digest(request: web.Request, service: GlanceService) -> web.Response:
         """edgedepot's own: the sha256 of an image's data, for a downstream cache's delta."""
         digest = await service.image_digest(_caller(request), request.match_info["image_id"])
-        return _json({"sha256": digest.sha256, "size": digest.size})
+        return _json(digest.to_json())
 
     async def cache_list(request: web.Request, service: GlanceService) -> web.Response:
         state = await service.cache_state(_caller(request))

@@ -2,164 +2,34 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import html
 import json
 import logging
-import os
 import time
-from typing import IO
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
-from cache_node.answers import (
-    Answer,
-    BadRequest,
-    BlobAnswer,
-    BytesAnswer,
-    NotFound,
-    RedirectAnswer,
-    ServiceError,
-    StreamAnswer,
-    safe_relpath,
-)
+from cache_node.answers import Answer, BadRequest, NotFound, ServiceError, safe_relpath
 from cache_node.apt_remote import RemoteAptRepo
 from cache_node.delta_routes import add_delta_routes
-from cache_node.fetch import FetchFailed, stream_fetch
 from cache_node.glance_routes import add_glance_routes
 from cache_node.node import Node
 from cache_node.plans import PlanError, PlanRunner, parse_plan
 from cache_node.pypi_remote import RemotePypiIndex
+from cache_node.responses import error_middleware, send_answer
 from cache_node.store import is_sha256_hex
-from cache_node.upstream import format_repr_digest
 from distro.pypi_index import choose_format
 
 log = logging.getLogger(__name__)
 
 NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
-STALE_HEADER = "X-Edgedepot-Stale"
-IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-def _common_headers(answer: BlobAnswer | BytesAnswer) -> dict[str, str]:
-    headers = {"Content-Type": answer.content_type}
-    if answer.sha256:
-        headers["Repr-Digest"] = format_repr_digest(answer.sha256)
-        headers["ETag"] = f'"{answer.sha256}"'
-    if answer.immutable:
-        headers["Cache-Control"] = IMMUTABLE
-    if answer.stale:
-        headers[STALE_HEADER] = "1"
-        headers["Warning"] = '110 - "Response is Stale"'
-    return headers
-
-
-async def render_answer(request: web.Request, answer: Answer, namespace: str) -> web.StreamResponse:
+async def render_answer(request: web.Request, answer: Answer, namespace: str
+                        ) -> web.StreamResponse:
     node = request.app[NODE_KEY]
-    node.metrics.requests.inc(namespace)
-    if isinstance(answer, RedirectAnswer):
-        raise web.HTTPMovedPermanently(answer.location)
-    if isinstance(answer, BytesAnswer):
-        headers = _common_headers(answer)
-        if answer.last_modified:
-            headers["Last-Modified"] = answer.last_modified
-        if request.headers.get("If-None-Match") == headers.get("ETag"):
-            return web.Response(status=304, headers=headers)
-        ims = request.headers.get("If-Modified-Since")
-        if ims and answer.last_modified and ims == answer.last_modified:
-            return web.Response(status=304, headers=headers)
-        if request.method != "HEAD":
-            node.metrics.served_bytes.inc(namespace, len(answer.body))
-        return web.Response(body=answer.body, headers=headers)
-    if isinstance(answer, BlobAnswer):
-        headers = _common_headers(answer)
-        headers["X-Edgedepot-Cache"] = "HIT"
-        if answer.sha256 and request.headers.get("If-None-Match") == headers.get("ETag"):
-            return web.Response(status=304, headers=headers)
-        if answer.sha256 and "Range" not in request.headers and \
-                node.hot_blobs.eligible(answer.size):
-            body = node.hot_blobs.get(answer.sha256, answer.path, answer.size)
-            if body is not None:
-                if request.method != "HEAD":
-                    node.metrics.served_bytes.inc(namespace, answer.size)
-                return web.Response(body=body if request.method != "HEAD" else None,
-                                    headers=headers)
-        if request.method != "HEAD":
-            node.metrics.served_bytes.inc(namespace, _range_length(request, answer.size))
-        return web.FileResponse(answer.path, headers=headers)
-    return await _stream(request, answer, namespace)
-
-
-def _range_length(request: web.Request, size: int) -> int:
-    """Bytes a FileResponse will send for this request (the whole file unless one Range)."""
-    try:
-        rng = request.http_range
-    except ValueError:
-        return size
-    if rng.start is None and rng.stop is None:
-        return size
-    start, stop, _ = rng.indices(size)
-    return max(0, stop - start)
-
-
-async def _stream(request: web.Request, answer: StreamAnswer, namespace: str) -> web.StreamResponse:
-    node = request.app[NODE_KEY]
-    fetch = answer.fetch
-    try:
-        head = await fetch.head
-    except FetchFailed as exc:
-        raise ServiceError(str(exc), exc.http_status) from None
-    response = web.StreamResponse(headers={"Content-Type": answer.content_type,
-                                           "X-Edgedepot-Cache": "MISS"})
-    if head.size is not None:
-        response.content_length = head.size
-    if head.sha256:
-        response.headers["Repr-Digest"] = format_repr_digest(head.sha256)
-        response.headers["ETag"] = f'"{head.sha256}"'
-    await response.prepare(request)
-    if request.method == "HEAD":
-        return response
-    sent = 0
-    sendfile_from: dict[int, IO[bytes]] = {}
-    loop = asyncio.get_running_loop()
-
-    async def write(chunk: bytes) -> None:
-        nonlocal sent
-        await response.write(chunk)
-        sent += len(chunk)
-
-    async def send_range(fd: int, offset: int, count: int) -> bool:
-        nonlocal sent
-        transport = request.transport
-        if transport is None:
-            raise ConnectionResetError("client went away")
-        fileobj = sendfile_from.get(fd)
-        if fileobj is None:
-            fileobj = sendfile_from[fd] = os.fdopen(os.dup(fd), "rb")
-        try:
-            await loop.sendfile(transport, fileobj, offset, count, fallback=False)
-        except (NotImplementedError, RuntimeError):
-            return False
-        sent += count
-        return True
-
-    try:
-        await stream_fetch(fetch, write,
-                           send_range=send_range if head.size is not None else None)
-    except FetchFailed as exc:
-        log.error("aborting response for %s after %d bytes: %s", request.path, sent, exc)
-        node.metrics.errors.inc(namespace)
-        if request.transport is not None:
-            request.transport.abort()
-        raise
-    finally:
-        node.metrics.served_bytes.inc(namespace, sent)
-        for fileobj in sendfile_from.values():
-            fileobj.close()
-    await response.write_eof()
-    return response
+    return await send_answer(request, answer, namespace, node.metrics, node.hot_blobs)
 
 
 def _relpath(request: web.Request, key: str = "path") -> str:
@@ -333,25 +203,19 @@ in-flight fetches: {node.fetches.inflight_count}</p>
     return web.Response(text=page, content_type="text/html")
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _count_path(request: web.Request) -> None:
     if request.path.startswith(("/apt/", "/pypi/", "/delta/", "/glance/")):
         request.app[NODE_KEY].metrics.count_served_path(request.path)
-    try:
-        response: web.StreamResponse = await handler(request)
-        return response
-    except ServiceError as exc:
-        if exc.status >= 500:
-            node = request.app[NODE_KEY]
-            node.metrics.errors.inc(request.path.split("/")[1] if "/" in request.path else "")
-            log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
-        return web.json_response({"error": str(exc), "status": exc.status}, status=exc.status)
-    except web.HTTPException:
-        raise
+
+
+def _server_error(request: web.Request, status: int, message: str) -> None:
+    node = request.app[NODE_KEY]
+    node.metrics.errors.inc(request.path.split("/")[1] if "/" in request.path else "")
+    log.warning("%s %s -> %d: %s", request.method, request.path, status, message)
 
 
 def build_app(node: Node) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[error_middleware(_count_path, _server_error)])
     app[NODE_KEY] = node
     app.router.add_get("/", status_page)
     app.router.add_get("/healthz", healthz)

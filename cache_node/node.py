@@ -58,7 +58,8 @@ class Node:
         self.plans: PlanRunner | None = None
         self.glance: GlanceService | None = None
         self.hot_blobs = HotBlobs()
-        self.delta = DeltaService(self.store, self.locate_blob, config.store_dir / "delta-work")
+        self.delta = DeltaService(self.store, self.locate_blob, config.store_dir / "delta-work",
+                                  self.metrics)
         self._housekeeping: asyncio.Task[None] | None = None
 
     @property
@@ -138,8 +139,8 @@ class Node:
 
     async def _restore_cache_repos(self) -> None:
         """A restarted cache knows the repositories it served before, for stale serving."""
-        for namespace in self.store.db.execute("SELECT DISTINCT namespace FROM names"):
-            kind, _, name = str(namespace[0]).partition(":")
+        for namespace in self.store.namespaces():
+            kind, _, name = namespace.partition(":")
             if kind == "apt-snapshot" and name not in self.apt:
                 await self.apt_repo(name)
             if kind == "pypi-page" and name not in self.pypi:

@@ -19,13 +19,17 @@ import sqlite3
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1 << 20
+PARALLEL_HASH_MIN = 256 << 10  # batches this large hash their digests in parallel threads
+_HASH_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hash")
 KNOWN_BLOBS_CACHE = 200_000
 
 
@@ -41,6 +45,17 @@ class StoreFullError(OSError):
 class BlobRef:
     digest: str  # sha256 hex
     size: int
+
+
+@dataclass(frozen=True)
+class BoundBlob:
+    """A name bound to a blob, with the blob's size and LRU access time."""
+
+    name: str
+    digest: str
+    size: int
+    last_access: float
+    updated: float  # when the name was (re)bound
 
 
 @dataclass(frozen=True)
@@ -67,31 +82,62 @@ def is_sha256_hex(text: str) -> bool:
 
 
 class PartialWriter:
-    """An append-only partial file that hashes what it writes."""
+    """An append-only partial file that computes every digest asked for in the one pass that
+    writes it (sha256 always; e.g. md5 and sha512 for images).
 
-    def __init__(self, path: Path) -> None:
+    Large batches are hashed in parallel threads (hashlib releases the GIL), so a fetch that
+    must match three digests costs the wall time of the slowest one, not of all three.
+    """
+
+    def __init__(self, path: Path, extra_digests: tuple[str, ...] = ()) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._hash = hashlib.sha256()
+        self._extra = {algo: hashlib.new(algo) for algo in extra_digests if algo != "sha256"}
         self.size = 0
         self.closed = False
 
     def write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
+        self.write_chunks((data,))
+
+    def write_chunks(self, chunks: Sequence[bytes | memoryview]) -> None:
+        """Write and hash chunks in order; call from a worker thread for large batches."""
+        total = 0
         try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            for data in chunks:
+                view = memoryview(data)
+                while view:
+                    n = os.write(self._fd, view)
+                    view = view[n:]
+                total += len(data)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StoreFullError(
                     exc.errno, f"store disk full while writing {self.path.name}") from exc
             raise
-        self._hash.update(data)
-        self.size += len(data)
+        hashers = [self._hash, *self._extra.values()]
+        if len(hashers) > 1 and total >= PARALLEL_HASH_MIN:
+            side = [_HASH_POOL.submit(_update_all, h, chunks) for h in hashers[1:]]
+            _update_all(hashers[0], chunks)
+            for job in side:
+                job.result()
+        else:
+            for h in hashers:
+                _update_all(h, chunks)
+        self.size += total
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+    def drop_digests(self, algos: tuple[str, ...]) -> None:
+        """Stop computing digests the upstream tier vouched for (before the first write)."""
+        for algo in algos:
+            self._extra.pop(algo, None)
+
+    def hexdigests(self) -> dict[str, str]:
+        """Every digest computed: sha256 and the extra ones, by hashlib name."""
+        return {"sha256": self._hash.hexdigest(),
+                **{algo: h.hexdigest() for algo, h in self._extra.items()}}
 
     def finish(self) -> None:
         """fsync and close; call before committing."""
@@ -105,6 +151,11 @@ class PartialWriter:
             os.close(self._fd)
             self.closed = True
         self.path.unlink(missing_ok=True)
+
+
+def _update_all(hasher: Any, chunks: Sequence[bytes | memoryview]) -> None:
+    for data in chunks:
+        hasher.update(data)
 
 
 _SCHEMA = """
@@ -194,8 +245,8 @@ class BlobStore:
         if len(self._known) > KNOWN_BLOBS_CACHE:
             self._known.popitem(last=False)
 
-    def new_partial(self) -> PartialWriter:
-        return PartialWriter(self.partial_dir / f"{uuid.uuid4().hex}.part")
+    def new_partial(self, extra_digests: tuple[str, ...] = ()) -> PartialWriter:
+        return PartialWriter(self.partial_dir / f"{uuid.uuid4().hex}.part", extra_digests)
 
     # -- blobs -----------------------------------------------------------------------------
     def has(self, digest: str) -> bool:
@@ -316,6 +367,25 @@ class BlobStore:
     def names(self, namespace: str) -> Iterator[tuple[str, str]]:
         yield from self.db.execute(
             "SELECT name, digest FROM names WHERE namespace=? ORDER BY name", (namespace,))
+
+    def bound(self, namespace: str) -> list[BoundBlob]:
+        """Every name of a namespace with its blob, by name."""
+        self.flush_access()
+        rows = self.db.execute(
+            "SELECT n.name, n.digest, b.size, b.last_access, n.updated FROM names n "
+            "JOIN blobs b ON b.digest = n.digest WHERE n.namespace=? ORDER BY n.name",
+            (namespace,)).fetchall()
+        return [BoundBlob(str(name), str(digest), int(size), float(access), float(updated))
+                for name, digest, size, access, updated in rows]
+
+    def is_bound(self, digest: str) -> bool:
+        """Whether any name (of any namespace) is bound to this blob."""
+        row = self.db.execute("SELECT 1 FROM names WHERE digest=? LIMIT 1", (digest,)).fetchone()
+        return row is not None
+
+    def namespaces(self) -> list[str]:
+        """Every namespace that has a name bound (what a restarted cache served before)."""
+        return [str(ns) for (ns,) in self.db.execute("SELECT DISTINCT namespace FROM names")]
 
     def unbind(self, namespace: str, name: str) -> None:
         self._name_cache.pop((namespace, name), None)

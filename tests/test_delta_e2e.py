@@ -14,6 +14,7 @@ from aiohttp import web
 
 from cache_node.delta_routes import add_delta_routes
 from cache_node.delta_service import DeltaService
+from cache_node.responses import error_middleware
 from cache_node.store import BlobStore
 from syncer.delta_client import DeltaClient, DeltaIntegrityError, DeltaUnavailable
 
@@ -55,7 +56,7 @@ async def start_server(root: Path) -> DeltaServer:
         return store.blob_path(sha) if store.has(sha) else None
 
     service = DeltaService(store, locate, root / "work")
-    app = web.Application()
+    app = web.Application(middlewares=[error_middleware()])
     add_delta_routes(app, lambda request: service)
     runner = web.AppRunner(app)
     await runner.setup()

@@ -207,7 +207,12 @@ def test_check_image() -> None:
     md5, sha512 = hashlib.md5(data).hexdigest(), hashlib.sha512(data).hexdigest()
     good = GlanceImage(id="i", name="n", size=len(data), checksum=md5, os_hash_algo="sha512",
                        os_hash_value=sha512)
-    assert check_image(good, len(data), md5, sha512, "sha512") is None
-    assert "size" in (check_image(good, 3, md5, sha512, "sha512") or "")
-    assert "md5" in (check_image(good, len(data), "0" * 32, sha512, "sha512") or "")
-    assert "sha512" in (check_image(good, len(data), md5, "0" * 128, "sha512") or "")
+    both = {"md5": md5, "sha512": sha512}
+    assert check_image(good, len(data), both) is None
+    assert "size" in (check_image(good, 3, both) or "")
+    assert "md5" in (check_image(good, len(data), {**both, "md5": "0" * 32}) or "")
+    assert "sha512" in (check_image(good, len(data), {**both, "sha512": "0" * 128}) or "")
+    assert "sha512" in (check_image(good, len(data), {"md5": md5}) or "")  # missing: refused
+    odd = GlanceImage(id="i", name="n", size=len(data), os_hash_algo="whirlpool-x",
+                      os_hash_value="ab")
+    assert "unsupported" in (check_image(odd, len(data), both) or "")

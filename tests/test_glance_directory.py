@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from cache_node.glance_core import parse_range
+from cache_node.answers import RangeNotSatisfiable, parse_range
 from distro.glance_images import (
     DigestMemo,
     GlanceImage,
@@ -108,7 +108,7 @@ def test_parse_range() -> None:
     assert r is not None and (r.start, r.end) == (7, 10)
     r = parse_range("bytes=5-100", 10)
     assert r is not None and (r.start, r.end) == (5, 10)
-    with pytest.raises(Exception, match="not satisfiable"):
+    with pytest.raises(RangeNotSatisfiable, match="not satisfiable"):
         parse_range("bytes=10-", 10)
 
 
