@@ -35,7 +35,8 @@ from cache_node.answers import (
 )
 from cache_node.fetch import FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.metrics import Metrics
-from cache_node.revalidation import SingleFlight, freshness, mark_due, mark_failed, mark_valid
+from cache_node.revalidation import freshness, mark_due, mark_failed, mark_valid
+from cache_node.single_flight import Call, SingleFlight, run_once
 from cache_node.store import BlobStore, IntegrityError
 from cache_node.upstream import UpstreamClient, UpstreamError, UpstreamNotFound
 from distro.debian_repo import (
@@ -120,7 +121,7 @@ class RemoteAptRepo:
         self._ns_index = f"apt-index:{name}"
         self._ns_snapshot = f"apt-snapshot:{name}"
         self._snapshots: dict[str, SuiteSnapshot] = {}
-        self._revalidations: SingleFlight[SuiteSnapshot] = SingleFlight()
+        self._revalidations: SingleFlight[Call[SuiteSnapshot]] = SingleFlight()
         self._pool: dict[str, PoolEntry] = {}
         self._learned: set[str] = set()
         self._bound: dict[tuple[str, str], str] = {}
@@ -205,7 +206,7 @@ class RemoteAptRepo:
                 self.metrics.stale_serves.inc(self.namespace)
                 return snap, True
         try:
-            return await self._revalidations.run(
+            return await run_once(self._revalidations,
                 suite, lambda: self._revalidate(suite, snap)), False
         except UpstreamNotFound:
             if snap is None:

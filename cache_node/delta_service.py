@@ -13,15 +13,15 @@ import asyncio
 import hashlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from backports import zstd
 
 from cache_node.answers import BadRequest, NotFound
 from cache_node.metrics import Metrics
+from cache_node.single_flight import Call, SingleFlight, run_once
 from cache_node.store import BlobRef, BlobStore
 from syncer.delta_patch import make_patch
 from syncer.delta_signature import (
@@ -42,7 +42,6 @@ RANGES_LEVEL = 3  # per request, so cheap
 RANGES_MIN_MATCHES = (0, 7)  # 0: the level's default
 _COPY = 1 << 20
 
-T = TypeVar("T")
 
 
 class UnknownBlob(NotFound):
@@ -81,7 +80,7 @@ class DeltaService:
         self.work_dir = work_dir
         work_dir.mkdir(parents=True, exist_ok=True)
         cleanup_work_dir(work_dir)  # spool files of an earlier run
-        self._inflight: dict[str, asyncio.Task[BlobRef]] = {}
+        self._flights: SingleFlight[Call[BlobRef]] = SingleFlight()
         self.computed_signatures = 0
         self.computed_patches = 0
 
@@ -208,46 +207,29 @@ class DeltaService:
 
     # -- single flight ---------------------------------------------------------------------
     async def _once(self, namespace: str, name: str, compute: Callable[[], BlobRef]) -> BlobRef:
-        """``compute`` (in a worker thread) writes the blob into the store's files; it is then
-        registered here, on the thread that owns the store."""
-        async def run() -> BlobRef:
-            ref = await asyncio.to_thread(compute)
-            self.store.register(ref)
-            return ref
+        """The blob stored under (namespace, name), computed once however many ask.
 
-        return await self._single_flight(namespace, name, run)
-
-    async def _single_flight(self, namespace: str, name: str,
-                             run: Callable[[], Awaitable[BlobRef]]) -> BlobRef:
-        """One computation per key, in its own task: a caller that goes away (client
-        disconnected) does not cancel it for the others, and it still lands in the store."""
+        ``compute`` (in a worker thread) writes the blob into the store's files; it is then
+        registered and bound here, on the thread that owns the store."""
         ref = self.store.lookup(namespace, name)
         if ref is not None:
             return ref
-        key = f"{namespace}/{name}"
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._compute(namespace, name, run))
-            self._inflight[key] = task
 
-            def done(t: asyncio.Task[BlobRef]) -> None:
-                self._inflight.pop(key, None)
-                if not t.cancelled():
-                    t.exception()  # retrieved here; awaiting callers get it too
+        async def run() -> BlobRef:
+            ref = await asyncio.to_thread(compute)
+            self.store.register(ref)
+            self.store.bind(namespace, name, ref.digest)
+            if namespace == SIGNATURE_NAMESPACE:
+                self.computed_signatures += 1
+            else:
+                self.computed_patches += 1
+            log.info("computed %s %s (%d bytes)", namespace, name[:40], ref.size)
+            return ref
 
-            task.add_done_callback(done)
-        return await asyncio.shield(task)
+        return await run_once(self._flights, f"{namespace}/{name}", run)
 
-    async def _compute(self, namespace: str, name: str,
-                       run: Callable[[], Awaitable[BlobRef]]) -> BlobRef:
-        ref = await run()
-        self.store.bind(namespace, name, ref.digest)
-        if namespace == SIGNATURE_NAMESPACE:
-            self.computed_signatures += 1
-        else:
-            self.computed_patches += 1
-        log.info("computed %s %s (%d bytes)", namespace, name[:40], ref.size)
-        return ref
+    async def close(self) -> None:
+        await self._flights.close()
 
 
 def _ranges_compressor(min_match: int) -> zstd.ZstdCompressor:

@@ -96,6 +96,7 @@ class Node:
         if self.plans is not None:
             await self.plans.close()
         await self.fetches.close()
+        await self.delta.close()
         await self._exit.aclose()
         self.store.close()
 

@@ -28,7 +28,8 @@ from cache_node.apt_remote import RefreshReport
 from cache_node.fetch import FetchCoordinator, FetchPlan
 from cache_node.metrics import Metrics
 from cache_node.pypi_local import files_base, render_page
-from cache_node.revalidation import SingleFlight, freshness, mark_due, mark_failed
+from cache_node.revalidation import freshness, mark_due, mark_failed
+from cache_node.single_flight import Call, SingleFlight, run_once
 from cache_node.store import BlobStore
 from cache_node.upstream import UpstreamClient, UpstreamError, UpstreamNotFound
 from distro.debian_repo import MalformedIndexError
@@ -76,7 +77,7 @@ class RemotePypiIndex:
         self._ns_page = f"pypi-page:{name}"
         self._ns_file = f"pypi-file:{name}"
         self._pages: dict[str, _Cached] = {}
-        self._refreshing: SingleFlight[_Cached] = SingleFlight()
+        self._refreshing: SingleFlight[Call[_Cached]] = SingleFlight()
 
     def load_persisted(self) -> None:
         for project, digest in list(self.store.names(self._ns_page)):
@@ -123,7 +124,7 @@ class RemotePypiIndex:
                 self.metrics.stale_serves.inc(self.namespace)
                 return cached, True
         try:
-            return await self._refreshing.run(key, lambda: self._refresh(key)), False
+            return await run_once(self._refreshing, key, lambda: self._refresh(key)), False
         except UpstreamNotFound:
             raise NotFound(f"{self.namespace}: upstream has no project {key!r}") from None
         except (UpstreamError, MalformedIndexError) as exc:

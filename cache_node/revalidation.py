@@ -8,14 +8,11 @@ and not cancelled when one of them goes away.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 RETRY_FAILED_AFTER = 15.0  # seconds a failed revalidation is not retried (capped by the TTL)
 
-T = TypeVar("T")
 Freshness = Literal["fresh", "backing-off", "due"]
 
 
@@ -44,18 +41,3 @@ def mark_failed(entry: Validated) -> None:
 def mark_due(entry: Validated) -> None:
     """Make the next request revalidate now, whatever the TTL (a forced refresh)."""
     entry.validated_at, entry.failed_at = float("-inf"), None
-
-
-class SingleFlight(Generic[T]):
-    """At most one refresh per key at a time; every caller awaits the same task."""
-
-    def __init__(self) -> None:
-        self._tasks: dict[str, asyncio.Task[T]] = {}
-
-    async def run(self, key: str, refresh: Callable[[], Awaitable[T]]) -> T:
-        task = self._tasks.get(key)
-        if task is None:
-            task = asyncio.ensure_future(refresh())
-            self._tasks[key] = task
-            task.add_done_callback(lambda _t: self._tasks.pop(key, None))
-        return await asyncio.shield(task)
