@@ -13,8 +13,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from cache_node.delta_service import BadRequest, DeltaService, ServedFile, UnknownBlob
-from cache_node.store import is_sha256_hex
-from cache_node.upstream import format_repr_digest
+from distro.digests import format_repr_digest, is_sha256_hex
 from syncer.delta_wire import (
     API_PREFIX,
     PATCH_TYPE,

@@ -29,8 +29,8 @@ from cache_node.upstream import (
     UpstreamIntegrityError,
     UpstreamTimeout,
     UpstreamUnavailable,
-    parse_repr_digest,
 )
+from distro.digests import parse_repr_digest
 
 log = logging.getLogger(__name__)
 

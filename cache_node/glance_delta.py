@@ -32,7 +32,8 @@ from typing import Any
 
 from cache_node.glance_backends import ImageDigest
 from cache_node.metrics import Metrics
-from cache_node.store import BlobRef, BlobStore, IntegrityError, file_sha256
+from cache_node.store import BlobRef, BlobStore, IntegrityError
+from distro.digests import file_sha256
 from distro.glance_images import GlanceImage, family_key
 from syncer.delta_client import DeltaClient, DeltaError, DeltaIntegrityError
 

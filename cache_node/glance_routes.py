@@ -20,7 +20,7 @@ from cache_node.glance_core import (
     parse_range,
     stream_image,
 )
-from cache_node.upstream import format_repr_digest
+from distro.digests import format_repr_digest
 from distro.glance_images import image_schema, images_schema
 
 log = logging.getLogger(__name__)

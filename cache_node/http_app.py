@@ -30,11 +30,11 @@ from cache_node.delta_routes import add_delta_routes
 from cache_node.fetch import FetchFailed, stream_fetch
 from cache_node.glance_routes import add_glance_routes
 from cache_node.node import Node
-from cache_node.plans import PlanError, PlanRunner, parse_plan
+from cache_node.plans import PlanRunner
 from cache_node.pypi_remote import RemotePypiIndex
-from cache_node.store import is_sha256_hex
-from cache_node.upstream import format_repr_digest
+from distro.digests import format_repr_digest, is_sha256_hex
 from distro.pypi_index import choose_format
+from distro.wire import PlanError, parse_plan
 
 log = logging.getLogger(__name__)
 
