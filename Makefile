@@ -34,6 +34,7 @@ bench: venv debtools
 lint: venv
 	$(VENV)/bin/ruff check distro cache_node syncer tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -35,7 +35,7 @@ from benchmarks.delta_data import (
     build_packages,
     build_synthetic,
 )
-from syncer.delta_client import file_sha256
+from distro.digests import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable

@@ -18,7 +18,7 @@ from cache_node.delta_routes import add_delta_routes
 from cache_node.delta_service import DeltaService
 from cache_node.responses import error_middleware
 from cache_node.store import BlobStore
-from syncer.delta_client import file_sha256
+from distro.digests import file_sha256
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ from benchmarks.fleet_env import (
     run_key,
 )
 from benchmarks.peers import AptCacherNgPeer
-from cache_node.metrics import parse_metrics
+from distro.wire import parse_metrics
 from syncer.apt_site import AptRoot
 from syncer.node_process import NodeProcess
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from cache_node.answers import Answer, BlobAnswer, NotFound, content_type_for
 from cache_node.config import RepoSource
-from cache_node.store import file_sha256
 from distro.debian_repo import BuiltRepository, SigningKey, build_repository
+from distro.digests import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -47,6 +47,7 @@ from distro.debian_repo import (
     parse_packages,
     parse_release,
 )
+from distro.wire import RefreshReport
 from syncer.delta_client import DeltaClient, DeltaError
 
 log = logging.getLogger(__name__)
@@ -60,20 +61,6 @@ _RECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
     "xz": lambda raw: lzma.compress(raw, preset=6),
     "gz": lambda raw: gzip.compress(raw, 9, mtime=0),
 }
-
-
-@dataclass(frozen=True)
-class RefreshReport:
-    """What one forced revalidation of an index did."""
-
-    kind: str
-    repo: str
-    name: str  # suite or project
-    changed: bool
-    stale: bool
-    bytes_moved: int
-    full_bytes: int  # what fetching the changed files whole would have moved
-    error: str = ""
 
 
 @dataclass

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from distro.sizes import SizeError, parse_size
+
 Role = Literal["origin", "cache"]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -119,21 +120,6 @@ _FLAT_KEYS: dict[str, tuple[str | None, str]] = {
     "glance_offline_policy": ("glance", "offline_policy"),
 }
 FLAT_KEYS: tuple[str, ...] = tuple(_FLAT_KEYS)
-
-
-def parse_size(text: str | int | None, key: str = "quota") -> int | None:
-    """Parse "50G", "512MiB", "1000000" into bytes; empty means no limit."""
-    if text is None or text == "":
-        return None
-    if isinstance(text, int):
-        return text
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise ConfigError(f"{key}: cannot parse size {text!r} (examples: 500M, 50G, 1048576)")
-    number = float(m.group(1))
-    unit = (m.group(2) or "B").upper().rstrip("B").rstrip("I")
-    factor = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
-    return int(number * factor)
 
 
 def parse_repo_spec(spec: str, kind: str) -> RepoSource:
@@ -275,13 +261,17 @@ def validate(tree: Mapping[str, Any]) -> NodeConfig:
     log_level = str(tree.get("log_level", "info")).lower()
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level: unknown level {log_level!r}")
+    try:
+        quota_bytes = parse_size(tree.get("quota"))
+    except SizeError as exc:
+        raise ConfigError(str(exc)) from None
     return NodeConfig(
         role=role,
         listen_host=host.strip("[]"),
         listen_port=int(port_text),
         store_dir=Path(store),
         upstream=upstream,
-        quota_bytes=parse_size(tree.get("quota")),
+        quota_bytes=quota_bytes,
         index_ttl=float(_number(tree, "index", "ttl", float)),
         upstream_client=UpstreamSettings(
             connect_timeout=_number(tree, "upstream_client", "connect_timeout", float),

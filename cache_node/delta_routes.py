@@ -15,7 +15,7 @@ from aiohttp import web
 from cache_node.answers import BadRequest, BlobAnswer, ServiceError
 from cache_node.delta_service import DeltaService, ServedFile
 from cache_node.responses import send_answer
-from cache_node.store import is_sha256_hex
+from distro.digests import is_sha256_hex
 from syncer.delta_wire import (
     API_PREFIX,
     PATCH_TYPE,

@@ -22,8 +22,6 @@ the bytes are checked against the sha-256 alone (`FetchPlan.accept_vouched`).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import os
 import shutil
@@ -44,6 +42,7 @@ from cache_node.upstream import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from distro.digests import parse_repr_digests
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +51,6 @@ BATCH = 4 << 20          # bytes handed to one worker-thread write (and hash) at
 INLINE_WRITE = 256 << 10  # smaller final batches are written on the loop: no thread hop
 DISK_HEADROOM = 64 << 10
 
-# RFC 9530 algorithm keys <-> hashlib names, for the digests a tier vouches for.
-_RFC_TO_HASHLIB = {"sha-256": "sha256", "sha-512": "sha512", "md5": "md5", "sha-384": "sha384",
-                   "sha-224": "sha224", "sha-1": "sha1"}
-_HASHLIB_TO_RFC = {v: k for k, v in _RFC_TO_HASHLIB.items()}
 
 
 @dataclass(frozen=True)
@@ -408,28 +403,6 @@ def _fail(fetch: Fetch, exc: FetchFailed) -> None:
 def _consume(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
-
-
-def parse_repr_digests(header: str | None) -> dict[str, str]:
-    """Every digest of a `Repr-Digest` header (RFC 9530) we know, by hashlib name, in hex."""
-    out: dict[str, str] = {}
-    for item in (header or "").split(","):
-        key, _, value = item.strip().partition("=")
-        algo = _RFC_TO_HASHLIB.get(key.strip().lower())
-        if algo is None or not (value.startswith(":") and value.endswith(":")):
-            continue
-        try:
-            out[algo] = base64.b64decode(value[1:-1], validate=True).hex()
-        except (binascii.Error, ValueError):
-            continue
-    return out
-
-
-def format_repr_digests(digests: Mapping[str, str]) -> str:
-    """A `Repr-Digest` header value for hex digests by hashlib name (sha256 first)."""
-    items = sorted(digests.items(), key=lambda kv: kv[0] != "sha256")
-    return ", ".join(f"{_HASHLIB_TO_RFC[algo]}=:{base64.b64encode(bytes.fromhex(hexd)).decode()}:"
-                     for algo, hexd in items if algo in _HASHLIB_TO_RFC and hexd)
 
 
 async def stream_fetch(fetch: Fetch, write: Callable[[bytes], Awaitable[None]],

@@ -34,7 +34,8 @@ from pathlib import Path
 from cache_node.glance_backends import ImageDigest
 from cache_node.metrics import Metrics
 from cache_node.single_flight import Call, SingleFlight, run_once
-from cache_node.store import BlobRef, BlobStore, IntegrityError, file_sha256
+from cache_node.store import BlobRef, BlobStore, IntegrityError
+from distro.digests import file_sha256
 from distro.glance_images import GlanceImage, family_key
 from syncer.delta_client import DeltaClient, DeltaError, DeltaIntegrityError
 

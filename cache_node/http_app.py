@@ -15,11 +15,12 @@ from cache_node.apt_remote import RemoteAptRepo
 from cache_node.delta_routes import add_delta_routes
 from cache_node.glance_routes import add_glance_routes
 from cache_node.node import Node
-from cache_node.plans import PlanError, PlanRunner, parse_plan
+from cache_node.plans import PlanRunner
 from cache_node.pypi_remote import RemotePypiIndex
 from cache_node.responses import error_middleware, send_answer
-from cache_node.store import is_sha256_hex
+from distro.digests import is_sha256_hex
 from distro.pypi_index import choose_format
+from distro.wire import PlanError, parse_plan
 
 log = logging.getLogger(__name__)
 

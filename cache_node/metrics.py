@@ -101,17 +101,3 @@ class Metrics:
 def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
-
-def parse_metrics(text: str) -> dict[tuple[str, str], float]:
-    """Parse our own exposition back into {(metric, namespace): value}; for tests and tools."""
-    out: dict[tuple[str, str], float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_part, _, value = line.rpartition(" ")
-        namespace = ""
-        if "{" in name_part:
-            name_part, _, labels = name_part.partition("{")
-            namespace = labels.split('namespace="', 1)[1].rsplit('"', 1)[0]
-        out[(name_part, namespace)] = float(value)
-    return out

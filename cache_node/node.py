@@ -23,12 +23,13 @@ from cache_node.glance_auth import Caller
 from cache_node.glance_core import GlanceService, make_glance_service
 from cache_node.hot_blobs import HotBlobs
 from cache_node.metrics import Metrics
-from cache_node.plans import PlanArtifact, PlanRunner
+from cache_node.plans import PlanRunner
 from cache_node.pypi_local import LocalPypiIndex
 from cache_node.pypi_remote import RemotePypiIndex
 from cache_node.store import BlobStore
 from cache_node.upstream import UpstreamClient
 from distro.debian_repo import SigningKey
+from distro.wire import PlanArtifact
 
 log = logging.getLogger(__name__)
 

@@ -10,24 +10,21 @@ of an active plan are pinned against eviction; deleting the plan unpins them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from cache_node.answers import Answer, BlobAnswer, BytesAnswer, ServiceError, StreamAnswer
 from cache_node.fetch import FetchFailed
-from cache_node.store import BlobStore, is_sha256_hex
+from cache_node.store import BlobStore
 from cache_node.upstream import UpstreamError
+from distro.wire import ItemStatus, PlanArtifact, PlanSpec, PlanStatus
 
 log = logging.getLogger(__name__)
 
-ArtifactKind = Literal["apt", "pypi", "glance"]
 ItemState = Literal["pending", "fetching", "done", "failed"]
-KINDS = ("apt", "pypi", "glance")
 MAX_ATTEMPTS = 4
 
 _SCHEMA = """
@@ -42,92 +39,6 @@ CREATE TABLE IF NOT EXISTS plan_items (
     PRIMARY KEY (plan_id, idx)
 );
 """
-
-
-class PlanError(ValueError):
-    """A plan document that cannot be accepted; the message says what is wrong."""
-
-
-@dataclass(frozen=True)
-class PlanArtifact:
-    kind: ArtifactKind
-    repo: str
-    path: str  # apt: path under /apt/<repo>/; pypi: <project>/<filename>; glance: image id
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class PlanSpec:
-    plan_id: str
-    artifacts: tuple[PlanArtifact, ...]
-    concurrency: int = 4
-    bandwidth: int | None = None  # bytes per second this node may pull for the plan
-
-
-@dataclass(frozen=True)
-class ItemStatus:
-    idx: int
-    kind: str
-    repo: str
-    path: str
-    size: int
-    state: str
-    attempts: int
-    error: str | None
-
-
-@dataclass(frozen=True)
-class PlanStatus:
-    plan_id: str
-    state: str  # active | complete | failed
-    total: int
-    done: int
-    failed: int
-    bytes_total: int
-    bytes_done: int
-    rate: float  # bytes/s since the plan started
-    eta_seconds: float | None
-    failures: tuple[ItemStatus, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def parse_plan(document: Any) -> PlanSpec:
-    """Validate a JSON plan document (as pushed over HTTP) into a PlanSpec."""
-    if not isinstance(document, dict):
-        raise PlanError("a plan is a JSON object")
-    plan_id = document.get("plan_id")
-    if not isinstance(plan_id, str) or not plan_id or len(plan_id) > 128 or "/" in plan_id:
-        raise PlanError("plan_id: a non-empty string without '/' (at most 128 characters)")
-    concurrency = document.get("concurrency", 4)
-    if not isinstance(concurrency, int) or not 1 <= concurrency <= 64:
-        raise PlanError("concurrency: an integer from 1 to 64")
-    bandwidth = document.get("bandwidth")
-    if bandwidth is not None and (not isinstance(bandwidth, int) or bandwidth <= 0):
-        raise PlanError("bandwidth: a positive number of bytes per second, or null")
-    raw_items = document.get("artifacts")
-    if not isinstance(raw_items, list):
-        raise PlanError("artifacts: a list")
-    artifacts = []
-    for i, item in enumerate(raw_items):
-        if not isinstance(item, dict):
-            raise PlanError(f"artifacts[{i}]: an object")
-        kind, repo, path = item.get("kind"), item.get("repo"), item.get("path")
-        sha256, size = item.get("sha256"), item.get("size")
-        if kind not in KINDS:
-            raise PlanError(f"artifacts[{i}].kind: one of {', '.join(KINDS)}")
-        if not isinstance(repo, str) or not repo or not isinstance(path, str) or not path:
-            raise PlanError(f"artifacts[{i}]: repo and path are required strings")
-        if ".." in path.split("/") or path.startswith("/"):
-            raise PlanError(f"artifacts[{i}].path: must be relative without '..'")
-        if not isinstance(sha256, str) or not is_sha256_hex(sha256):
-            raise PlanError(f"artifacts[{i}].sha256: 64 lower-case hex digits")
-        if not isinstance(size, int) or size < 0:
-            raise PlanError(f"artifacts[{i}].size: a non-negative integer")
-        artifacts.append(PlanArtifact(kind, repo, path, sha256, size))
-    return PlanSpec(plan_id, tuple(artifacts), concurrency, bandwidth)
 
 
 Resolver = Callable[[PlanArtifact], Awaitable[Answer]]
@@ -313,8 +224,3 @@ class _Pacer:
         if ahead > 0:
             await asyncio.sleep(ahead)
 
-
-def plan_to_json(spec: PlanSpec) -> str:
-    return json.dumps({"plan_id": spec.plan_id, "concurrency": spec.concurrency,
-                       "bandwidth": spec.bandwidth,
-                       "artifacts": [asdict(a) for a in spec.artifacts]})

@@ -24,7 +24,6 @@ from cache_node.answers import (
     StreamAnswer,
     content_type_for,
 )
-from cache_node.apt_remote import RefreshReport
 from cache_node.fetch import FetchCoordinator, FetchPlan
 from cache_node.metrics import Metrics
 from cache_node.pypi_local import files_base, render_page
@@ -47,6 +46,7 @@ from distro.pypi_index import (
     render_root_html,
     render_root_json,
 )
+from distro.wire import RefreshReport
 
 log = logging.getLogger(__name__)
 

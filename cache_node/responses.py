@@ -27,9 +27,10 @@ from cache_node.answers import (
     StreamAnswer,
     parse_range,
 )
-from cache_node.fetch import FetchFailed, format_repr_digests, stream_fetch
+from cache_node.fetch import FetchFailed, stream_fetch
 from cache_node.hot_blobs import HotBlobs
 from cache_node.metrics import Metrics
+from distro.digests import format_repr_digests
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distro.digests import file_sha256, is_sha256_hex
+
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1 << 20
@@ -75,10 +77,6 @@ class FsckReport:
     @property
     def ok(self) -> bool:
         return not self.bad and not self.missing
-
-
-def is_sha256_hex(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 class PartialWriter:
@@ -486,14 +484,6 @@ class BlobStore:
                 self._forget(digest)
         self._recount()
         return FsckReport(checked, tuple(bad), tuple(missing), adopted)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

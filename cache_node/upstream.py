@@ -8,7 +8,6 @@ verified against a digest that was computed over the bytes as stored upstream.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -60,26 +59,6 @@ class UpstreamReply:
     status: int
     headers: Mapping[str, str]
     body: bytes
-
-
-def parse_repr_digest(header: str | None) -> str | None:
-    """Extract the sha-256 from a `Repr-Digest: sha-256=:<base64>:` header (RFC 9530)."""
-    if not header:
-        return None
-    for item in header.split(","):
-        key, _, value = item.strip().partition("=")
-        if key.strip().lower() == "sha-256" and value.startswith(":") and value.endswith(":"):
-            try:
-                raw = base64.b64decode(value[1:-1], validate=True)
-            except ValueError:
-                return None
-            if len(raw) == 32:
-                return raw.hex()
-    return None
-
-
-def format_repr_digest(sha256_hex: str) -> str:
-    return "sha-256=:" + base64.b64encode(bytes.fromhex(sha256_hex)).decode() + ":"
 
 
 class UpstreamClient:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cache_node.apt_remote import RefreshReport
+from distro.wire import RefreshReport
 from syncer.fleet import FleetClient, NodePlanStatus
 from syncer.inventory import Inventory, InventoryError, load_inventory
 from syncer.planner import PlanningError, RegionPlan, plan_regions
@@ -86,11 +86,16 @@ def _status_table(statuses: list[tuple[str, NodePlanStatus]]) -> Table:
         table.add_column(col)
     for region, st in statuses:
         color = {"complete": "green", "active": "yellow"}.get(st.state, "red")
-        failures = "; ".join(f"{f.path}: {f.error}" for f in st.failures[:3]) or st.error
-        eta = f"{st.eta_seconds:.0f}s" if st.eta_seconds is not None else "-"
-        table.add_row(region, st.node, st.plan_id, f"[{color}]{st.state}[/{color}]",
-                      f"{st.done}/{st.total}", f"{_mb(st.bytes_done)}/{_mb(st.bytes_total)}",
-                      f"{st.rate / 1e6:.1f} MB/s", eta, failures[:120])
+        state = f"[{color}]{st.state}[/{color}]"
+        p = st.plan
+        if p is None:
+            table.add_row(region, st.node, st.plan_id, state, "-", "-", "-", "-", st.error[:120])
+            continue
+        failures = "; ".join(f"{f.path}: {f.error}" for f in p.failures[:3]) or st.error
+        eta = f"{p.eta_seconds:.0f}s" if p.eta_seconds is not None else "-"
+        table.add_row(region, st.node, st.plan_id, state, f"{p.done}/{p.total}",
+                      f"{_mb(p.bytes_done)}/{_mb(p.bytes_total)}", f"{p.rate / 1e6:.1f} MB/s",
+                      eta, failures[:120])
     return table
 
 
@@ -107,15 +112,17 @@ async def push_plans(inventory: Inventory, plans: list[RegionPlan], wait: bool, 
         progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                             TimeRemainingColumn(), console=console, transient=False,
                             disable=not console.is_terminal)
-        tasks = {(r, st.node): progress.add_task(f"{r} {st.node}", total=st.bytes_total or 1)
+        tasks = {(r, st.node): progress.add_task(
+                     f"{r} {st.node}", total=(st.plan.bytes_total if st.plan else 0) or 1)
                  for r, st in pushed}
         current = pushed
         with progress:
             while time.monotonic() < deadline:
                 current = [(r, await fleet.status(st.node, st.plan_id)) for r, st in pushed]
                 for r, st in current:
-                    progress.update(tasks[(r, st.node)], completed=st.bytes_done,
-                                    total=st.bytes_total or 1)
+                    if st.plan is not None:
+                        progress.update(tasks[(r, st.node)], completed=st.plan.bytes_done,
+                                        total=st.plan.bytes_total or 1)
                 if all(st.state not in ("active",) for _, st in current):
                     break
                 await asyncio.sleep(0.5)
@@ -127,7 +134,7 @@ def cmd_push(args: argparse.Namespace, console: Console) -> int:
     plans = _plans(inventory, args)
     final = asyncio.run(push_plans(inventory, plans, not args.no_wait, console, args.timeout))
     if args.format == "json":
-        print(json.dumps([{"region": r, **asdict(st)} for r, st in final], indent=2))
+        print(json.dumps([{"region": r, **st.to_json()} for r, st in final], indent=2))
     else:
         console.print(_status_table(final))
     ok_states = ("active", "complete") if args.no_wait else ("complete",)
@@ -148,7 +155,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
     while True:
         statuses = asyncio.run(collect_status(inventory))
         if args.format == "json":
-            print(json.dumps([{"region": r, **asdict(st)} for r, st in statuses], indent=2))
+            print(json.dumps([{"region": r, **st.to_json()} for r, st in statuses], indent=2))
         else:
             if args.watch and console.is_terminal:
                 console.clear()
@@ -166,7 +173,7 @@ class SyncRow:
     report: RefreshReport
 
     def to_json(self) -> dict[str, Any]:
-        return {"region": self.region, "node": self.node, **asdict(self.report)}
+        return {"region": self.region, "node": self.node, **self.report.to_json()}
 
 
 async def sync_indexes(inventory: Inventory) -> list[SyncRow]:

@@ -30,7 +30,7 @@ from typing import Literal
 import aiohttp
 from backports import zstd
 
-from cache_node.store import file_sha256
+from distro.digests import file_sha256, parse_repr_digest
 from syncer.delta_match import BlockPlan, MatchResult, assemble, match_basis, plan_blocks
 from syncer.delta_patch import PatchError, apply_patch
 from syncer.delta_signature import Signature, SignatureError, decode_signature
@@ -40,7 +40,6 @@ from syncer.delta_wire import (
     BlobUrl,
     encode_ranges,
     parse_blob_url,
-    parse_repr_digest,
 )
 
 DeltaPath = Literal["auto", "patch", "blocks"]

@@ -31,7 +31,7 @@ from typing import BinaryIO
 import numpy as np
 from backports import zstd
 
-from cache_node.store import file_sha256
+from distro.digests import file_sha256
 from syncer.delta_match import close_quietly, drop_pages, match_basis
 from syncer.delta_signature import Signature, compute_signature
 

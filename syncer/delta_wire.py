@@ -10,11 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cache_node.upstream import format_repr_digest
-from cache_node.upstream import parse_repr_digest as parse_repr_digest
-
-repr_digest = format_repr_digest  # the node's RFC 9530 Repr-Digest helpers, re-exported
-
 API_PREFIX = "/delta/v1"
 PAYLOAD_SHA256_HEADER = "Edgedepot-Payload-Sha256"
 PAYLOAD_LENGTH_HEADER = "Edgedepot-Payload-Length"

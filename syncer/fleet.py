@@ -9,44 +9,41 @@ from typing import Any
 
 import aiohttp
 
-from cache_node.apt_remote import RefreshReport
-from cache_node.plans import PlanSpec, plan_to_json
-
-
-@dataclass(frozen=True)
-class FailedItem:
-    path: str
-    error: str
+from distro.wire import DocumentError, PlanSpec, PlanStatus, RefreshReport, plan_to_json
 
 
 @dataclass(frozen=True)
 class NodePlanStatus:
-    """One node's truth about one plan; `reachable=False` means we could not ask it."""
+    """What the fleet learnt about one plan on one node: the node's own status document, or why
+    there is none (`reachable=False`: we could not ask the node at all)."""
 
     node: str
     plan_id: str
     reachable: bool
-    state: str  # active | complete | failed | missing | unreachable
-    total: int = 0
-    done: int = 0
-    failed: int = 0
-    bytes_total: int = 0
-    bytes_done: int = 0
-    rate: float = 0.0
-    eta_seconds: float | None = None
-    failures: tuple[FailedItem, ...] = ()
+    plan: PlanStatus | None = None
+    problem: str = ""  # without a document: rejected | missing | error | unreachable | no plans
     error: str = ""
 
+    @property
+    def state(self) -> str:
+        """The plan's own state when the node answered with one, else the problem."""
+        return self.plan.state if self.plan is not None else self.problem
+
+    def to_json(self) -> dict[str, Any]:
+        """Flat, as `distro-sync push|status --format json` prints it."""
+        doc = self.plan.to_json() if self.plan is not None else {"plan_id": self.plan_id}
+        return {"node": self.node, "reachable": self.reachable, **doc, "state": self.state,
+                "error": self.error}
+
     @staticmethod
-    def from_json(node: str, doc: dict[str, Any]) -> NodePlanStatus:
-        failures = tuple(FailedItem(str(f.get("path", "")), str(f.get("error") or ""))
-                         for f in doc.get("failures", []))
-        return NodePlanStatus(node, str(doc["plan_id"]), True, str(doc["state"]),
-                              int(doc["total"]), int(doc["done"]), int(doc["failed"]),
-                              int(doc["bytes_total"]), int(doc["bytes_done"]),
-                              float(doc.get("rate") or 0.0),
-                              None if doc.get("eta_seconds") is None else float(doc["eta_seconds"]),
-                              failures)
+    def answered(node: str, doc: Any) -> NodePlanStatus:
+        """The node answered with a document: its status, or an error if it is not one."""
+        try:
+            plan = PlanStatus.from_json(doc)
+        except DocumentError as exc:
+            plan_id = str(doc.get("plan_id", "-")) if isinstance(doc, dict) else "-"
+            return NodePlanStatus(node, plan_id, True, problem="error", error=str(exc))
+        return NodePlanStatus(node, plan.plan_id, True, plan)
 
 
 @dataclass(frozen=True)
@@ -87,25 +84,25 @@ class FleetClient:
                                         headers={"Content-Type": "application/json"}) as resp:
                 body = await resp.text()
                 if resp.status != 202:
-                    return NodePlanStatus(node, spec.plan_id, True, "rejected",
+                    return NodePlanStatus(node, spec.plan_id, True, problem="rejected",
                                           error=f"{resp.status}: {body[:300]}")
-                return NodePlanStatus.from_json(node, json.loads(body))
+                return NodePlanStatus.answered(node, json.loads(body))
         except (TimeoutError, aiohttp.ClientError) as exc:
-            return NodePlanStatus(node, spec.plan_id, False, "unreachable", error=str(exc) or
-                                  type(exc).__name__)
+            return NodePlanStatus(node, spec.plan_id, False, problem="unreachable",
+                                  error=str(exc) or type(exc).__name__)
 
     async def status(self, node: str, plan_id: str) -> NodePlanStatus:
         try:
             async with self.session.get(f"{node}/admin/plans/{plan_id}") as resp:
                 if resp.status == 404:
-                    return NodePlanStatus(node, plan_id, True, "missing",
+                    return NodePlanStatus(node, plan_id, True, problem="missing",
                                           error="the node has no such plan")
                 if resp.status != 200:
-                    return NodePlanStatus(node, plan_id, True, "error",
+                    return NodePlanStatus(node, plan_id, True, problem="error",
                                           error=f"{resp.status}: {(await resp.text())[:300]}")
-                return NodePlanStatus.from_json(node, await resp.json())
+                return NodePlanStatus.answered(node, await resp.json())
         except (TimeoutError, aiohttp.ClientError) as exc:
-            return NodePlanStatus(node, plan_id, False, "unreachable",
+            return NodePlanStatus(node, plan_id, False, problem="unreachable",
                                   error=str(exc) or type(exc).__name__)
 
     async def plans(self, node: str) -> list[NodePlanStatus]:
@@ -114,18 +111,18 @@ class FleetClient:
             async with self.session.get(f"{node}/admin/plans") as resp:
                 docs: list[dict[str, Any]] = await resp.json()
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            return [NodePlanStatus(node, "-", False, "unreachable",
+            return [NodePlanStatus(node, "-", False, problem="unreachable",
                                    error=str(exc) or type(exc).__name__)]
         if not docs:
-            return [NodePlanStatus(node, "-", True, "no plans")]
-        return [NodePlanStatus.from_json(node, doc) for doc in docs]
+            return [NodePlanStatus(node, "-", True, problem="no plans")]
+        return [NodePlanStatus.answered(node, doc) for doc in docs]
 
     async def refresh(self, node: str) -> list[RefreshReport]:
         """Make the node revalidate every index it mirrors (POST /admin/refresh)."""
         try:
             async with self.session.post(f"{node}/admin/refresh") as resp:
                 docs: list[dict[str, Any]] = await resp.json()
-            return [RefreshReport(**doc) for doc in docs]
+            return [RefreshReport.from_json(doc) for doc in docs]
         except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
             return [RefreshReport("-", "-", "-", False, True, 0, 0,
                                   f"unreachable: {exc or type(exc).__name__}")]

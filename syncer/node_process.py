@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Self
 
+from distro.wire import parse_metrics
+
 CACHE_NODE = str(Path(sys.executable).parent / "cache-node")
 
 
@@ -79,7 +81,6 @@ class NodeProcess:
         return dict(json.loads(self.get("/admin/served")[1]))
 
     def metrics(self) -> dict[tuple[str, str], float]:
-        from cache_node.metrics import parse_metrics
         return parse_metrics(self.get("/metrics")[1].decode())
 
     def metric_total(self, name: str) -> float:

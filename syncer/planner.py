@@ -17,13 +17,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache_node.plans import PlanArtifact, PlanSpec
 from distro.debian_repo import parse_release
 from distro.packages_index import IndexSpec, PackageIndex, load_index
 from distro.pip_resolver import PipResolveError, PipTarget, resolve_pip
 from distro.plans import build_deb_plan
 from distro.pypi_index import JSON_CONTENT_TYPE, normalize_project_name, parse_project_page
 from distro.resolver import ResolutionError, ResolveOptions
+from distro.wire import PlanArtifact, PlanSpec
 from syncer.inventory import Inventory, InventoryError, Profile, suggest_package
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from cache_node.answers import BadRequest, safe_relpath
-from cache_node.config import ConfigError, load_config, parse_size
-from cache_node.upstream import format_repr_digest, parse_repr_digest
+from cache_node.config import ConfigError, load_config
+from distro.digests import format_repr_digest, parse_repr_digest
+from distro.sizes import parse_size
 
 
 def test_flags_override_env_override_file(tmp_path: Path) -> None:

@@ -11,14 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from distro.digests import format_repr_digest, parse_repr_digest
 from syncer.cli import main as cli_main
 from syncer.delta_wire import (
     WireError,
     decode_ranges,
     encode_ranges,
     parse_blob_url,
-    parse_repr_digest,
-    repr_digest,
 )
 from tests.test_delta_e2e import DeltaServer, mutate, random_bytes, start_server
 
@@ -59,7 +58,7 @@ def test_ranges_rejects_bad_input() -> None:
 
 def test_digest_headers_and_urls() -> None:
     sha = hashlib.sha256(b"x").hexdigest()
-    assert parse_repr_digest(repr_digest(sha)) == sha
+    assert parse_repr_digest(format_repr_digest(sha)) == sha
     assert parse_repr_digest("sha-512=:AAAA:") is None
     url = parse_blob_url(f"http://h:1/prefix/delta/v1/blobs/{sha}")
     assert url.base == "http://h:1/prefix" and url.sha256 == sha

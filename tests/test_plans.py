@@ -119,7 +119,7 @@ def test_killed_node_resumes_plan_without_refetching(
 
 
 def test_plan_prefetches_images_through_glance(tmp_path: Path) -> None:
-    from cache_node.plans import plan_to_json
+    from distro.wire import plan_to_json
     from syncer.demo_images import build_image_pair
     from syncer.inventory import parse_inventory
     from syncer.planner import plan_regions
