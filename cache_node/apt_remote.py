@@ -37,8 +37,7 @@ from cache_node.fetch import FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.metrics import Metrics
 from cache_node.revalidation import freshness, mark_due, mark_failed, mark_valid
 from cache_node.single_flight import Call, SingleFlight, run_once
-from cache_node.store import BlobStore, IntegrityError
-from cache_node.upstream import UpstreamClient, UpstreamError, UpstreamNotFound
+from cache_node.store import BlobStore
 from distro.debian_repo import (
     MalformedIndexError,
     PoolEntry,
@@ -47,8 +46,10 @@ from distro.debian_repo import (
     parse_packages,
     parse_release,
 )
+from distro.errors import IntegrityError
 from distro.wire import RefreshReport
 from syncer.delta_client import DeltaClient, DeltaError
+from syncer.http_client import HttpClient, UpstreamError, UpstreamNotFound
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class RemoteAptRepo:
     """One apt repository mirrored from `base_url` (a Debian mirror, an origin or a cache)."""
 
     def __init__(self, name: str, base_url: str, store: BlobStore, fetches: FetchCoordinator,
-                 client: UpstreamClient, metrics: Metrics, index_ttl: float,
+                 client: HttpClient, metrics: Metrics, index_ttl: float,
                  delta_url: str | None = None, work_dir: Path | None = None) -> None:
         self.name = name
         self.delta_url = delta_url  # the upstream node's /delta/v1/ (None: not an edgedepot node)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from distro.sizes import SizeError, parse_size
+from syncer.http_client import ClientSettings
 
 Role = Literal["origin", "cache"]
 
@@ -313,3 +314,10 @@ def _glance_settings(table: dict[str, Any], role: str) -> GlanceSettings:
     if ttl < 0:
         raise ConfigError("glance.auth_ttl: must not be negative")
     return GlanceSettings(Path(images) if images else None, upstream, ttl, policy)
+
+
+def client_settings(config: NodeConfig) -> ClientSettings:
+    """How the node's HTTP clients reach its upstream (timeouts, retries, TLS trust)."""
+    u = config.upstream_client
+    return ClientSettings(connect_timeout=u.connect_timeout, read_timeout=u.read_timeout,
+                          retries=u.retries, backoff=u.backoff)

@@ -34,15 +34,15 @@ import aiohttp
 
 from cache_node.metrics import Metrics
 from cache_node.single_flight import SingleFlight
-from cache_node.store import BlobRef, BlobStore, IntegrityError, PartialWriter, StoreFullError
-from cache_node.upstream import (
-    UpstreamClient,
+from cache_node.store import BlobRef, BlobStore, PartialWriter, StoreFullError
+from distro.digests import parse_repr_digests
+from distro.errors import IntegrityError
+from syncer.http_client import (
+    HttpClient,
     UpstreamError,
-    UpstreamIntegrityError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from distro.digests import parse_repr_digests
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class FetchCoordinator:
     def running_keys(self) -> frozenset[str]:
         return self._flights.keys()
 
-    def start(self, plan: FetchPlan, client: UpstreamClient) -> Fetch:
+    def start(self, plan: FetchPlan, client: HttpClient) -> Fetch:
         """Join the download of `plan.key`, or start it."""
         def make() -> Fetch:
             loop = asyncio.get_running_loop()
@@ -163,7 +163,7 @@ class FetchCoordinator:
     async def close(self) -> None:
         await self._flights.close()
 
-    async def _run(self, fetch: Fetch, partial: PartialWriter, client: UpstreamClient) -> None:
+    async def _run(self, fetch: Fetch, partial: PartialWriter, client: HttpClient) -> None:
         plan = fetch.plan
         try:
             if plan.expected_size:
@@ -192,7 +192,7 @@ class FetchCoordinator:
             _fail(fetch, FetchFailed(f"cache store is full: {exc}", 507))
         except UpstreamError as exc:
             partial.discard()
-            if isinstance(exc, UpstreamIntegrityError):
+            if isinstance(exc, IntegrityError):
                 self.metrics.verify_failures.inc(plan.namespace)
             log.warning("fetch failed: %s", exc)
             _fail(fetch, FetchFailed(str(exc), exc.http_status))
@@ -224,25 +224,22 @@ class FetchCoordinator:
         if expected_sha is None:
             expected_sha = upstream_sha
         elif upstream_sha is not None and upstream_sha != expected_sha:
-            raise UpstreamIntegrityError(
-                plan.url, f"upstream digest {upstream_sha} differs from the index's {expected_sha}")
+            raise _bad(plan, f"upstream digest {upstream_sha} differs from the index's {expected_sha}")
         if expected_sha is None and plan.require_digest:
-            raise UpstreamIntegrityError(
-                plan.url, "no digest known for this artifact; refusing to serve unverifiable bytes")
+            raise _bad(plan, "no digest known for this artifact; refusing to serve unverifiable bytes")
         vouched: dict[str, str] = {}
         if plan.accept_vouched and upstream_sha is not None:
             for algo, want in plan.expected_others:
                 have = upstream.get(algo)
                 if have is not None and have != want:
-                    raise UpstreamIntegrityError(
-                        plan.url, f"upstream vouches {algo} {have}, the record says {want}")
+                    raise _bad(plan, f"upstream vouches {algo} {have}, the record says {want}")
                 if have is not None:
                     vouched[algo] = have
         length = resp.content_length
         if total is None:
             total = length
         elif length is not None and length != total:
-            raise UpstreamIntegrityError(plan.url, f"upstream length {length} differs from the "
+            raise _bad(plan, f"upstream length {length} differs from the "
                                                    f"index's {total}")
         if total is not None:
             self._ensure_room(total)
@@ -250,7 +247,7 @@ class FetchCoordinator:
         return expected_sha, vouched, total
 
     async def _download(self, fetch: Fetch, partial: PartialWriter,
-                        client: UpstreamClient) -> tuple[str | None, dict[str, str]]:
+                        client: HttpClient) -> tuple[str | None, dict[str, str]]:
         """Stream the upstream body into the partial; resume with Range after a break."""
         plan = fetch.plan
         settings = client.settings
@@ -269,7 +266,7 @@ class FetchCoordinator:
                     if resp.status == 206 and partial.size:
                         if not resp.headers.get("Content-Range", "").startswith(
                                 f"bytes {partial.size}-"):
-                            raise UpstreamIntegrityError(plan.url, "bad Content-Range on resume")
+                            raise _bad(plan, "bad Content-Range on resume")
                     elif resp.status == 200:
                         skip = partial.size  # upstream ignored Range: drop what we have
                     else:
@@ -288,7 +285,7 @@ class FetchCoordinator:
                                 continue
                         await writer.add(chunk)
                         if total is not None and writer.received > total:
-                            raise UpstreamIntegrityError(plan.url, f"more than {total} bytes")
+                            raise _bad(plan, f"more than {total} bytes")
                     await writer.flush()
                 if total is not None and partial.size < total:
                     raise UpstreamUnavailable(
@@ -391,6 +388,10 @@ def _check_others(plan: FetchPlan, partial: PartialWriter, vouched: Mapping[str,
             raise IntegrityError(f"{algo} was neither computed nor vouched for")
         if have != want:
             raise IntegrityError(f"{algo} mismatch: expected {want}, got {have}")
+
+
+def _bad(plan: FetchPlan, problem: str) -> IntegrityError:
+    return IntegrityError(f"upstream {plan.url}: {problem}")
 
 
 def _fail(fetch: Fetch, exc: FetchFailed) -> None:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cache_node.answers import NotFound, ServiceError
-from cache_node.upstream import UpstreamTimeout, UpstreamUnavailable
 from distro.glance_images import GlanceImage
+from syncer.http_client import UpstreamTimeout, UpstreamUnavailable
 
 OFFLINE_POLICIES = ("public", "none", "cached")
 MAX_ENTRIES = 50_000

@@ -25,12 +25,6 @@ import aiohttp
 
 from cache_node.answers import BadRequest, NotFound, ServiceError
 from cache_node.glance_auth import Caller, Forbidden, ListScope, Unauthorized
-from cache_node.upstream import (
-    UpstreamClient,
-    UpstreamError,
-    UpstreamNotFound,
-    UpstreamUnavailable,
-)
 from distro.glance_images import (
     LIST_LIMIT_MAX,
     DigestMemo,
@@ -38,6 +32,12 @@ from distro.glance_images import (
     ImageDirectory,
     ImageRecordError,
     load_image_directory,
+)
+from syncer.http_client import (
+    HttpClient,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamUnavailable,
 )
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -76,7 +76,7 @@ class RemoteSource:
 
     url: str
     headers: tuple[tuple[str, str], ...]
-    client: UpstreamClient
+    client: HttpClient
     vouches: bool
 
 
@@ -189,7 +189,7 @@ class DirectoryBackend:
 class HttpGlanceBackend:
     """A Glance v2 API over HTTP: a real Glance, or the next node's `/glance/` API."""
 
-    def __init__(self, base_url: str, client: UpstreamClient, vouches: bool) -> None:
+    def __init__(self, base_url: str, client: HttpClient, vouches: bool) -> None:
         self.base_url = base_url.rstrip("/") + "/"
         self.client = client
         self.vouches = vouches  # an edgedepot tier (cache role), not a real Glance

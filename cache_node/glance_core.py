@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cache_node.answers import BadRequest, BlobAnswer, NotFound, ServiceError, StreamAnswer
-from cache_node.config import NodeConfig
+from cache_node.config import NodeConfig, client_settings
 from cache_node.fetch import Fetch, FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.glance_auth import Caller, GlanceAuthorizer, ListScope, UpstreamOffline
 from cache_node.glance_backends import (
@@ -38,7 +38,6 @@ from cache_node.glance_backends import (
 from cache_node.glance_delta import Basis, ImageDeltaFetcher, image_digests
 from cache_node.metrics import Metrics
 from cache_node.store import BlobRef, BlobStore
-from cache_node.upstream import UpstreamClient
 from distro.glance_images import (
     GlanceImage,
     ImageQueryError,
@@ -48,6 +47,7 @@ from distro.glance_images import (
     scope_params,
     validate_list_params,
 )
+from syncer.http_client import HttpClient
 
 log = logging.getLogger(__name__)
 
@@ -391,8 +391,8 @@ async def make_glance_service(config: NodeConfig, store: BlobStore, fetches: Fet
             base = f"{config.upstream}glance/" if config.upstream else None
         if base is None:
             return None
-        client = UpstreamClient(
-            NAMESPACE, config.upstream_client,
+        client = HttpClient(
+            NAMESPACE, client_settings(config),
             on_request=lambda: metrics.upstream_requests.inc(NAMESPACE),
             on_bytes=lambda n: metrics.upstream_bytes.inc(NAMESPACE, n))
         await exit_stack.enter_async_context(client)

@@ -34,10 +34,11 @@ from pathlib import Path
 from cache_node.glance_backends import ImageDigest
 from cache_node.metrics import Metrics
 from cache_node.single_flight import Call, SingleFlight, run_once
-from cache_node.store import BlobRef, BlobStore, IntegrityError
+from cache_node.store import BlobRef, BlobStore
 from distro.digests import file_sha256
+from distro.errors import IntegrityError
 from distro.glance_images import GlanceImage, family_key
-from syncer.delta_client import DeltaClient, DeltaError, DeltaIntegrityError
+from syncer.delta_client import DeltaClient, DeltaError
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +210,9 @@ class ImageDeltaFetcher:
                 result = await client.fetch(f"{self.delta_url}blobs/{digest.sha256}",
                                             basis=self.store.blob_path(basis.ref.digest),
                                             out=out, basis_sha256=basis.ref.digest)
-        except (DeltaError, OSError) as exc:
+        except (DeltaError, IntegrityError, OSError) as exc:
             _discard(out)
-            if isinstance(exc, DeltaIntegrityError):
+            if isinstance(exc, IntegrityError):
                 await self._check_basis(basis)
             raise ImageDeltaFailed(f"delta fetch failed: {exc}") from None
         self.metrics.upstream_requests.inc(NAMESPACE, result.requests)

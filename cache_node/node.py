@@ -16,7 +16,7 @@ from pathlib import Path
 from cache_node.answers import Answer, BlobAnswer, NotFound
 from cache_node.apt_local import LocalAptRepo
 from cache_node.apt_remote import RemoteAptRepo
-from cache_node.config import NodeConfig, RepoSource
+from cache_node.config import NodeConfig, RepoSource, client_settings
 from cache_node.delta_service import DeltaService
 from cache_node.fetch import FetchCoordinator
 from cache_node.glance_auth import Caller
@@ -27,9 +27,9 @@ from cache_node.plans import PlanRunner
 from cache_node.pypi_local import LocalPypiIndex
 from cache_node.pypi_remote import RemotePypiIndex
 from cache_node.store import BlobStore
-from cache_node.upstream import UpstreamClient
 from distro.debian_repo import SigningKey
 from distro.wire import PlanArtifact
+from syncer.http_client import HttpClient
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,9 @@ class Node:
         self.metrics.store_blobs.set(stats.blob_count)
         self.metrics.inflight.set(self.fetches.inflight_count)
 
-    async def _client(self, namespace: str) -> UpstreamClient:
-        client = UpstreamClient(
-            namespace, self.config.upstream_client,
+    async def _client(self, namespace: str) -> HttpClient:
+        client = HttpClient(
+            namespace, client_settings(self.config),
             on_request=lambda: self.metrics.upstream_requests.inc(namespace),
             on_bytes=lambda n: self.metrics.upstream_bytes.inc(namespace, n))
         return await self._exit.enter_async_context(client)

@@ -19,8 +19,8 @@ from typing import Literal
 from cache_node.answers import Answer, BlobAnswer, BytesAnswer, ServiceError, StreamAnswer
 from cache_node.fetch import FetchFailed
 from cache_node.store import BlobStore
-from cache_node.upstream import UpstreamError
 from distro.wire import ItemStatus, PlanArtifact, PlanSpec, PlanStatus
+from syncer.http_client import UpstreamError
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ from cache_node.pypi_local import files_base, render_page
 from cache_node.revalidation import freshness, mark_due, mark_failed
 from cache_node.single_flight import Call, SingleFlight, run_once
 from cache_node.store import BlobStore
-from cache_node.upstream import UpstreamClient, UpstreamError, UpstreamNotFound
 from distro.debian_repo import MalformedIndexError
 from distro.pypi_index import (
     JSON_CONTENT_TYPE,
@@ -47,6 +46,7 @@ from distro.pypi_index import (
     render_root_json,
 )
 from distro.wire import RefreshReport
+from syncer.http_client import HttpClient, UpstreamError, UpstreamNotFound
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class _Cached:
 
 class RemotePypiIndex:
     def __init__(self, name: str, simple_url: str, store: BlobStore, fetches: FetchCoordinator,
-                 client: UpstreamClient, metrics: Metrics, index_ttl: float) -> None:
+                 client: HttpClient, metrics: Metrics, index_ttl: float) -> None:
         self.name = name
         self.simple_url = simple_url if simple_url.endswith("/") else simple_url + "/"
         self.store = store

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from distro.digests import file_sha256, is_sha256_hex
+from distro.errors import EdgedepotError, IntegrityError
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +36,10 @@ _HASH_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hash")
 KNOWN_BLOBS_CACHE = 200_000
 
 
-class IntegrityError(Exception):
-    """Bytes did not match the digest or size they were promised."""
-
-
-class StoreFullError(OSError):
+class StoreFullError(OSError, EdgedepotError):
     """The disk ran out of space while writing; nothing was stored."""
+
+    http_status = 507
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,8 @@ import email.policy
 import hashlib
 import io
 import json
-import urllib.error
-import urllib.request
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -35,9 +33,13 @@ from packaging.version import Version
 from resolvelib import AbstractProvider, BaseReporter, ResolutionImpossible, Resolver
 
 from distro.debian_repo import MalformedIndexError
+from distro.errors import EdgedepotError
 from distro.pypi_index import JSON_CONTENT_TYPE, DistFile, parse_project_page
 
-__all__ = ["PipPin", "PipPlan", "PipResolveError", "PipTarget", "resolve_pip"]
+__all__ = ["Fetch", "PipPin", "PipPlan", "PipResolveError", "PipTarget", "resolve_pip"]
+
+# (url, Accept or None) -> (body, Content-Type); raises an EdgedepotError when it cannot.
+Fetch = Callable[[str, str | None], tuple[bytes, str]]
 
 
 class PipResolveError(RuntimeError):
@@ -123,18 +125,16 @@ class _Candidate:
 class _Index:
     """HTTP access to a simple index, pages and metadata cached per run."""
 
-    def __init__(self, base_url: str, timeout: float) -> None:
+    def __init__(self, base_url: str, fetch: Fetch) -> None:
         self.base = base_url.rstrip("/") + "/"
-        self.timeout = timeout
+        self.fetch = fetch
         self.pages: dict[str, tuple[DistFile, ...]] = {}
         self.metadata: dict[str, bytes] = {}
 
     def _get(self, url: str, accept: str | None = None) -> tuple[bytes, str]:
-        req = urllib.request.Request(url, headers={"Accept": accept} if accept else {})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return resp.read(), resp.headers.get("Content-Type", "")
-        except (urllib.error.URLError, OSError) as exc:
+            return self.fetch(url, accept)
+        except EdgedepotError as exc:
             raise PipResolveError(f"cannot fetch {url}: {exc}") from None
 
     def files(self, name: str) -> tuple[DistFile, ...]:
@@ -274,8 +274,9 @@ def _order(pins: dict[str, _Candidate], graph: dict[str, list[str]]) -> list[str
 
 
 def resolve_pip(index_url: str | None, requirements: Sequence[str],
-                target: PipTarget | None = None, *, timeout: float = 30.0) -> PipPlan:
-    """Resolve ``requirements`` against the PEP 691 index at ``index_url``."""
+                target: PipTarget | None = None, *, fetch: Fetch) -> PipPlan:
+    """Resolve ``requirements`` against the PEP 691 index at ``index_url``; ``fetch(url,
+    accept)`` returns a page's body and Content-Type (the scheduler's one HTTP client)."""
     if not index_url:
         raise PipResolveError("no index URL given")
     tgt = target or PipTarget()
@@ -283,7 +284,7 @@ def resolve_pip(index_url: str | None, requirements: Sequence[str],
         reqs = [Requirement(r) for r in requirements]
     except InvalidRequirement as exc:
         raise PipResolveError(str(exc)) from None
-    provider = _Provider(_Index(index_url, timeout), tgt)
+    provider = _Provider(_Index(index_url, fetch), tgt)
     try:
         result = Resolver(provider, BaseReporter()).resolve(reqs, max_rounds=2000)
     except ResolutionImpossible as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from distro.install_order import install_order
 from distro.packages_index import IndexSpec, PackageIndex, release_priority
-from distro.pip_resolver import PipPlan, PipTarget, resolve_pip
+from distro.pip_resolver import Fetch, PipPlan, PipResolveError, PipTarget, resolve_pip
 from distro.resolver import Resolution, ResolveOptions, resolve
 
 __all__ = [
@@ -156,10 +156,14 @@ class SitePlan:
 def build_site_plan(name: str, index: PackageIndex, packages: Sequence[str],
                     options: ResolveOptions | None = None, *, pip_index: str | None = None,
                     pip_requirements: Sequence[str] = (),
-                    pip_target: PipTarget | None = None) -> SitePlan:
-    """A site profile (Debian packages + pip requirements) as one ordered plan."""
+                    pip_target: PipTarget | None = None,
+                    pip_fetch: Fetch | None = None) -> SitePlan:
+    """A site profile (Debian packages + pip requirements) as one ordered plan; `pip_fetch`
+    reads the pip index (needed when there are pip requirements)."""
     deb, _resolution = build_deb_plan(index, packages, options)
     pip = None
     if pip_requirements:
-        pip = resolve_pip(pip_index, pip_requirements, pip_target)
+        if pip_fetch is None:
+            raise PipResolveError("pip requirements need a way to read the index")
+        pip = resolve_pip(pip_index, pip_requirements, pip_target, fetch=pip_fetch)
     return SitePlan(name, deb, pip)

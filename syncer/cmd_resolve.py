@@ -55,10 +55,13 @@ def run(args: argparse.Namespace) -> int:
     site = SitePlan("resolve", plan, None)
     if args.pip:
         from distro.pip_resolver import PipResolveError, PipTarget, resolve_pip
+        from syncer.blocking_http import BlockingHttp
 
         try:
-            site = SitePlan("resolve", plan, resolve_pip(args.pip_index, args.pip, PipTarget(
-                python_version=args.python_version, platform=args.platform)))
+            with BlockingHttp() as http:
+                site = SitePlan("resolve", plan, resolve_pip(args.pip_index, args.pip, PipTarget(
+                    python_version=args.python_version, platform=args.platform),
+                    fetch=http.get))
         except PipResolveError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +32,7 @@ import aiohttp
 from backports import zstd
 
 from distro.digests import file_sha256, parse_repr_digest
+from distro.errors import EdgedepotError, IntegrityError
 from syncer.delta_match import BlockPlan, MatchResult, assemble, match_basis, plan_blocks
 from syncer.delta_patch import PatchError, apply_patch
 from syncer.delta_signature import Signature, SignatureError, decode_signature
@@ -41,6 +43,7 @@ from syncer.delta_wire import (
     encode_ranges,
     parse_blob_url,
 )
+from syncer.http_client import ClientSettings, HttpClient, UpstreamError
 
 DeltaPath = Literal["auto", "patch", "blocks"]
 Method = Literal["patch", "blocks", "whole", "identical"]
@@ -48,21 +51,13 @@ STATE_VERSION = 1
 CHUNK = 1 << 16
 
 
-class DeltaError(Exception):
-    """Base of the delta client's errors."""
+class DeltaError(EdgedepotError):
+    """Base of the delta client's errors (bytes that fail verification raise the one
+    `IntegrityError` instead; nothing is stored and transfer state is discarded)."""
 
 
 class DeltaTransferError(DeltaError):
     """The transfer broke off (connection lost, server stopped); calling again resumes it."""
-
-
-class DeltaIntegrityError(DeltaError):
-    """Bytes from the node failed verification; nothing was stored, transfer state discarded."""
-
-
-class RebuildMismatch(DeltaIntegrityError):
-    """The file rebuilt from basis blocks and payload did not hash to the target: a (very
-    unlikely) false block match. ``auto`` then fetches the whole blob instead."""
 
 
 class DeltaUnavailable(DeltaError):
@@ -152,34 +147,28 @@ def _trim(ranges: tuple[tuple[int, int], ...], skip: int) -> tuple[tuple[int, in
 
 
 class DeltaClient:
-    """An async context manager owning one aiohttp session for delta fetches."""
+    """An async context manager for delta fetches over the one HTTP client wrapper: a shared
+    `HttpClient` (the node's) or one of its own."""
 
-    def __init__(self, *, timeout: aiohttp.ClientTimeout | None = None,
+    def __init__(self, http: HttpClient | None = None, *,
+                 settings: ClientSettings | None = None,
                  headers: dict[str, str] | None = None) -> None:
-        self._timeout = timeout or aiohttp.ClientTimeout(total=None, sock_connect=30,
-                                                         sock_read=600)
-        self._headers = headers or {}
-        self._session: aiohttp.ClientSession | None = None
+        self._own = http is None
+        self.http = http or HttpClient("delta", settings or ClientSettings(
+            connect_timeout=30, read_timeout=600, retries=0), headers=headers)
         self._received = 0
         self._sent = 0
         self._requests = 0
 
     async def __aenter__(self) -> DeltaClient:
-        self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers,
-                                              auto_decompress=False)
+        if self._own:
+            await self.http.__aenter__()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("DeltaClient is used outside 'async with'")
-        return self._session
+        if self._own:
+            await self.http.__aexit__(exc_type, exc, tb)
 
     # -- the one entry point ---------------------------------------------------------------
     async def fetch(self, url: str, basis: Path | None, out: Path, *, path: DeltaPath = "auto",
@@ -206,12 +195,13 @@ class DeltaClient:
             except DeltaUnavailable:
                 if path == "patch":
                     raise
-        try:
-            return await self._via_blocks(blob, basis, files, block_size, started)
-        except RebuildMismatch:
-            if path != "auto":
-                raise
-        return await self._whole(blob, files, started)
+        result = await self._via_blocks(blob, basis, files, block_size, started)
+        if result is not None:
+            return result
+        if path != "auto":
+            raise IntegrityError(f"the file rebuilt from basis blocks did not hash to "
+                                 f"{blob.sha256}; discarded")
+        return await self._whole(blob, files, started)  # a (very unlikely) false block match
 
     # -- paths -----------------------------------------------------------------------------
     async def _via_patch(self, blob: BlobUrl, basis: Path, basis_sha: str, files: _Files,
@@ -237,7 +227,7 @@ class DeltaClient:
         if patch_sha is not None and await asyncio.to_thread(file_sha256, files.spool) \
                 != patch_sha:
             files.discard()
-            raise DeltaIntegrityError("patch bytes do not match the node's Repr-Digest; "
+            raise IntegrityError("patch bytes do not match the node's Repr-Digest; "
                                       "discarded, run again")
         try:
             info = await asyncio.to_thread(
@@ -245,14 +235,16 @@ class DeltaClient:
                 expected_target=blob.sha256, expected_basis=basis_sha)
         except PatchError as exc:
             files.discard()
-            raise DeltaIntegrityError(f"patch rejected: {exc}") from exc
+            raise IntegrityError(f"patch rejected: {exc}") from exc
         os.replace(files.partial, files.out)
         files.discard()
         return self._result(files, blob.sha256, "patch", info.target_size, have, started,
                             reused=info.target_size)
 
     async def _via_blocks(self, blob: BlobUrl, basis: Path, files: _Files,
-                          block_size: int | None, started: float) -> DeltaResult:
+                          block_size: int | None, started: float) -> DeltaResult | None:
+        """The blob rebuilt from basis blocks and the missing ranges; None when the rebuilt
+        file does not hash to the target (a false block match: nothing kept)."""
         sig = await self._signature(blob, files, block_size)
         match: MatchResult = await asyncio.to_thread(match_basis, sig, basis)
         plan = plan_blocks(sig, match)
@@ -265,8 +257,7 @@ class DeltaClient:
         digest = await asyncio.to_thread(self._assemble, sig, match, plan, basis, files)
         if digest != blob.sha256:
             files.discard()
-            raise RebuildMismatch(f"rebuilt file hashed to {digest}, expected "
-                                  f"{blob.sha256}; discarded")
+            return None
         os.replace(files.partial, files.out)
         files.discard()
         return self._result(files, blob.sha256, "blocks", sig.target_size, have, started,
@@ -283,7 +274,7 @@ class DeltaClient:
         digest = await asyncio.to_thread(file_sha256, files.spool)
         if digest != blob.sha256:
             files.discard()
-            raise DeltaIntegrityError(f"fetched file hashed to {digest}, expected "
+            raise IntegrityError(f"fetched file hashed to {digest}, expected "
                                       f"{blob.sha256}; discarded")
         os.replace(files.spool, files.out)
         files.discard()
@@ -306,10 +297,10 @@ class DeltaClient:
             sig = decode_signature(data, expected_sha256=blob.sha256)
         except SignatureError as exc:
             files.discard()
-            raise DeltaIntegrityError(f"bad signature from node: {exc}") from exc
+            raise IntegrityError(f"bad signature from node: {exc}") from exc
         if block_size is not None and sig.block_size != block_size:
             files.discard()
-            raise DeltaIntegrityError(f"signature has block size {sig.block_size}, "
+            raise IntegrityError(f"signature has block size {sig.block_size}, "
                                       f"asked for {block_size}")
         if st.get("sig") != key:
             files.sig.write_bytes(data)
@@ -339,14 +330,14 @@ class DeltaClient:
                         data = dec.decompress(chunk)
                         got += len(data)
                         if got > want_len:
-                            raise DeltaIntegrityError("ranges payload is longer than asked")
+                            raise IntegrityError("ranges payload is longer than asked")
                         digest.update(data)
                         fh.write(data)
                 except zstd.ZstdError as exc:
                     fh.close()
                     files.discard()
-                    raise DeltaIntegrityError(f"ranges payload is corrupt: {exc}") from exc
-                except DeltaIntegrityError:
+                    raise IntegrityError(f"ranges payload is corrupt: {exc}") from exc
+                except IntegrityError:
                     fh.close()
                     files.discard()
                     raise
@@ -359,7 +350,7 @@ class DeltaClient:
                                      "call again to resume")
         if digest.hexdigest() != want_sha:
             files.discard()
-            raise DeltaIntegrityError("ranges payload does not match its "
+            raise IntegrityError("ranges payload does not match its "
                                       f"{PAYLOAD_SHA256_HEADER}; discarded, run again")
 
     def _assemble(self, sig: Signature, match: MatchResult, plan: BlockPlan, basis: Path,
@@ -422,7 +413,7 @@ class _CountedRequest:
                  data: bytes | None) -> None:
         self.client = client
         self.args = (method, url, params, headers, data)
-        self.resp: aiohttp.ClientResponse | None = None
+        self.opened: AbstractAsyncContextManager[aiohttp.ClientResponse] | None = None
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
         method, url, params, headers, data = self.args
@@ -431,16 +422,17 @@ class _CountedRequest:
         c._sent += len(method) + len(url) + 64 + sum(len(k) + len(v) + 4 for k, v in
                                                        (headers or {}).items())
         c._sent += len(data) if data else 0
+        self.opened = c.http.open(url, headers, method, retries=0, params=params, data=data,
+                                  statuses="any")
         try:
-            self.resp = await c.session.request(method, url, params=params, headers=headers,
-                                                data=data)
-        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            raise DeltaTransferError(f"{method} {url}: {exc!r}; call again to resume") from exc
-        c._received += 17 + sum(len(k) + len(v) + 4 for k, v in self.resp.raw_headers)
-        return self.resp
+            resp = await self.opened.__aenter__()
+        except UpstreamError as exc:
+            self.opened = None
+            raise DeltaTransferError(f"{method} {url}: {exc}; call again to resume") from exc
+        c._received += 17 + sum(len(k) + len(v) + 4 for k, v in resp.raw_headers)
+        return resp
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self.resp is not None:
-            self.resp.release()
-
+        if self.opened is not None:
+            await self.opened.__aexit__(exc_type, exc, tb)

@@ -9,7 +9,16 @@ from typing import Any
 
 import aiohttp
 
-from distro.wire import DocumentError, PlanSpec, PlanStatus, RefreshReport, plan_to_json
+from distro.errors import EdgedepotError
+from distro.wire import (
+    DocumentError,
+    PlanSpec,
+    PlanStatus,
+    RefreshReport,
+    parse_metrics,
+    plan_to_json,
+)
+from syncer.http_client import ClientSettings, HttpClient, UpstreamError
 
 
 @dataclass(frozen=True)
@@ -57,62 +66,77 @@ class NodeHealth:
 
 
 class FleetClient:
-    """An async context manager owning the one ClientSession used to reach every node."""
+    """Reaches every node of the fleet through the one HTTP client wrapper (one session,
+    bounded connections); never raises for a node that cannot be asked: it says so."""
 
-    def __init__(self, timeout: float = 15.0) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+    def __init__(self, timeout: float = 15.0, settings: ClientSettings | None = None) -> None:
+        self.http = HttpClient("fleet", settings or ClientSettings(
+            connect_timeout=min(timeout, 10.0), read_timeout=timeout, retries=0,
+            total_timeout=timeout))
 
     async def __aenter__(self) -> FleetClient:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        await self.http.__aenter__()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.http.__aexit__(exc_type, exc, tb)
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "use FleetClient as an async context manager"
-        return self._session
+    async def _call(self, method: str, url: str, body: bytes | None = None,
+                    headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """(status, body) of one request; raises `Unreachable` when there is no answer."""
+        try:
+            async with self.http.open(url, headers, method, retries=0, data=body,
+                                      statuses="any") as resp:
+                return resp.status, await resp.read()
+        except UpstreamError as exc:
+            raise Unreachable(str(exc)) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise Unreachable(str(exc) or type(exc).__name__) from None
+
+    async def _json(self, method: str, url: str, body: bytes | None = None,
+                    headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        status, raw = await self._call(method, url, body, headers)
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
 
     async def push(self, node: str, spec: PlanSpec) -> NodePlanStatus:
         try:
-            async with self.session.put(f"{node}/admin/plans/{spec.plan_id}",
-                                        data=plan_to_json(spec),
-                                        headers={"Content-Type": "application/json"}) as resp:
-                body = await resp.text()
-                if resp.status != 202:
-                    return NodePlanStatus(node, spec.plan_id, True, problem="rejected",
-                                          error=f"{resp.status}: {body[:300]}")
-                return NodePlanStatus.answered(node, json.loads(body))
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            status, doc = await self._json("PUT", f"{node}/admin/plans/{spec.plan_id}",
+                                           plan_to_json(spec).encode(),
+                                           {"Content-Type": "application/json"})
+        except Unreachable as exc:
             return NodePlanStatus(node, spec.plan_id, False, problem="unreachable",
-                                  error=str(exc) or type(exc).__name__)
+                                  error=str(exc))
+        if status != 202:
+            return NodePlanStatus(node, spec.plan_id, True, problem="rejected",
+                                  error=f"{status}: {str(doc)[:300]}")
+        return NodePlanStatus.answered(node, doc)
 
     async def status(self, node: str, plan_id: str) -> NodePlanStatus:
         try:
-            async with self.session.get(f"{node}/admin/plans/{plan_id}") as resp:
-                if resp.status == 404:
-                    return NodePlanStatus(node, plan_id, True, problem="missing",
-                                          error="the node has no such plan")
-                if resp.status != 200:
-                    return NodePlanStatus(node, plan_id, True, problem="error",
-                                          error=f"{resp.status}: {(await resp.text())[:300]}")
-                return NodePlanStatus.answered(node, await resp.json())
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            return NodePlanStatus(node, plan_id, False, problem="unreachable",
-                                  error=str(exc) or type(exc).__name__)
+            status, doc = await self._json("GET", f"{node}/admin/plans/{plan_id}")
+        except Unreachable as exc:
+            return NodePlanStatus(node, plan_id, False, problem="unreachable", error=str(exc))
+        if status == 404:
+            return NodePlanStatus(node, plan_id, True, problem="missing",
+                                  error="the node has no such plan")
+        if status != 200:
+            return NodePlanStatus(node, plan_id, True, problem="error",
+                                  error=f"{status}: {str(doc)[:300]}")
+        return NodePlanStatus.answered(node, doc)
 
     async def plans(self, node: str) -> list[NodePlanStatus]:
         """Every plan the node holds, or one 'unreachable' status when it cannot be asked."""
         try:
-            async with self.session.get(f"{node}/admin/plans") as resp:
-                docs: list[dict[str, Any]] = await resp.json()
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            return [NodePlanStatus(node, "-", False, problem="unreachable",
-                                   error=str(exc) or type(exc).__name__)]
+            status, docs = await self._json("GET", f"{node}/admin/plans")
+        except Unreachable as exc:
+            return [NodePlanStatus(node, "-", False, problem="unreachable", error=str(exc))]
+        if status != 200 or not isinstance(docs, list):
+            return [NodePlanStatus(node, "-", True, problem="error",
+                                   error=f"{status}: {str(docs)[:300]}")]
         if not docs:
             return [NodePlanStatus(node, "-", True, problem="no plans")]
         return [NodePlanStatus.answered(node, doc) for doc in docs]
@@ -120,42 +144,38 @@ class FleetClient:
     async def refresh(self, node: str) -> list[RefreshReport]:
         """Make the node revalidate every index it mirrors (POST /admin/refresh)."""
         try:
-            async with self.session.post(f"{node}/admin/refresh") as resp:
-                docs: list[dict[str, Any]] = await resp.json()
+            status, docs = await self._json("POST", f"{node}/admin/refresh")
+            if status != 200 or not isinstance(docs, list):
+                raise Unreachable(f"answered {status}: {str(docs)[:200]}")
             return [RefreshReport.from_json(doc) for doc in docs]
-        except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
-            return [RefreshReport("-", "-", "-", False, True, 0, 0,
-                                  f"unreachable: {exc or type(exc).__name__}")]
+        except (Unreachable, DocumentError, TypeError) as exc:
+            return [RefreshReport("-", "-", "-", False, True, 0, 0, f"unreachable: {exc}")]
 
     async def health(self, node: str) -> NodeHealth:
         try:
-            async with self.session.get(f"{node}/healthz") as resp:
-                doc = await resp.json()
-            async with self.session.get(f"{node}/metrics") as resp:
-                text = await resp.text()
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            return NodeHealth(node, False, error=str(exc) or type(exc).__name__)
-        stale = 0
-        for line in text.splitlines():
-            if line.startswith("edgedepot_stale_serves_total"):
-                stale += int(float(line.rsplit(" ", 1)[1]))
+            _, doc = await self._json("GET", f"{node}/healthz")
+            _, text = await self._call("GET", f"{node}/metrics")
+        except Unreachable as exc:
+            return NodeHealth(node, False, error=str(exc))
+        if not isinstance(doc, dict):
+            return NodeHealth(node, False, error=f"unexpected /healthz: {str(doc)[:200]}")
+        stale = sum(v for (name, _), v in parse_metrics(text.decode(errors="replace")).items()
+                    if name == "edgedepot_stale_serves_total")
         return NodeHealth(node, True, int(doc.get("store_bytes", 0)), int(doc.get("blobs", 0)),
-                          stale)
+                          int(stale))
 
     async def present(self, node: str, digests: list[str]) -> set[str] | None:
         """The digests the node already stores, or None if it cannot be asked."""
         try:
-            async with self.session.post(f"{node}/admin/has", json={"sha256": digests}) as resp:
-                if resp.status != 200:
-                    return None
-                doc = await resp.json()
-        except (TimeoutError, aiohttp.ClientError, ValueError):
+            status, doc = await self._json("POST", f"{node}/admin/has",
+                                           json.dumps({"sha256": digests}).encode(),
+                                           {"Content-Type": "application/json"})
+        except Unreachable:
+            return None
+        if status != 200 or not isinstance(doc, dict):
             return None
         return {str(d) for d in doc.get("present", [])}
 
-    async def get_bytes(self, url: str, headers: dict[str, str] | None = None) -> bytes:
-        async with self.session.get(url, headers=headers) as resp:
-            if resp.status != 200:
-                raise aiohttp.ClientResponseError(resp.request_info, resp.history,
-                                                  status=resp.status, message=url)
-            return await resp.read()
+
+class Unreachable(EdgedepotError):
+    """A node gave no answer (connection refused, timeout, broken body)."""

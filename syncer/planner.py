@@ -11,19 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import lzma
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from distro.debian_repo import parse_release
+from distro.errors import EdgedepotError
 from distro.packages_index import IndexSpec, PackageIndex, load_index
 from distro.pip_resolver import PipResolveError, PipTarget, resolve_pip
 from distro.plans import build_deb_plan
 from distro.pypi_index import JSON_CONTENT_TYPE, normalize_project_name, parse_project_page
 from distro.resolver import ResolutionError, ResolveOptions
 from distro.wire import PlanArtifact, PlanSpec
+from syncer.blocking_http import BlockingHttp
+from syncer.http_client import ClientSettings
 from syncer.inventory import Inventory, InventoryError, Profile, suggest_package
 
 
@@ -44,19 +45,27 @@ class RegionPlan:
         return sum(a.size for a in self.spec.artifacts)
 
 
-def _get(url: str, timeout: float = 60.0) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            data: bytes = resp.read()
-            return data
-    except (urllib.error.URLError, OSError) as exc:
-        raise PlanningError(f"cannot fetch {url}: {exc}") from None
+class _Origin:
+    """The origin as the planner reads it, through the scheduler's one HTTP client."""
+
+    def __init__(self, base: str, http: BlockingHttp) -> None:
+        self.base = base
+        self.http = http
+
+    def get(self, url: str, accept: str | None = None) -> bytes:
+        return self.fetch(url, accept)[0]
+
+    def fetch(self, url: str, accept: str | None = None) -> tuple[bytes, str]:
+        try:
+            return self.http.get(url, accept)
+        except EdgedepotError as exc:
+            raise PlanningError(f"cannot fetch {url}: {exc}") from None
 
 
 class AptIndexCache:
     """Downloads (once per run) and loads the origin's Packages index for a repo/suite/arch."""
 
-    def __init__(self, origin: str, work_dir: Path) -> None:
+    def __init__(self, origin: _Origin, work_dir: Path) -> None:
         self.origin = origin
         self.work_dir = work_dir
         self._loaded: dict[tuple[str, str, str], PackageIndex] = {}
@@ -65,11 +74,11 @@ class AptIndexCache:
         key = (repo, suite, arch)
         if key in self._loaded:
             return self._loaded[key]
-        base = f"{self.origin}/apt/{repo}/dists/{suite}/"
+        base = f"{self.origin.base}/apt/{repo}/dists/{suite}/"
         try:
-            release_bytes = _get(base + "InRelease")
+            release_bytes = self.origin.get(base + "InRelease")
         except PlanningError:
-            release_bytes = _get(base + "Release")
+            release_bytes = self.origin.get(base + "Release")
         release = parse_release(release_bytes, base + "Release")
         paths: list[Path] = []
         for component in release.components or ("main",):
@@ -77,7 +86,7 @@ class AptIndexCache:
                 entry = release.entry(f"{component}/binary-{arch}/{name}")
                 if entry is None:
                     continue
-                data = _get(base + entry.path)
+                data = self.origin.get(base + entry.path)
                 if hashlib.sha256(data).hexdigest() != entry.sha256:
                     raise PlanningError(f"{base}{entry.path}: sha256 differs from the Release")
                 if name.endswith(".xz"):
@@ -116,57 +125,57 @@ def _apt_artifacts(profile: Profile, indexes: AptIndexCache) -> list[PlanArtifac
     return out
 
 
-def _pip_artifacts(origin: str, profile: Profile) -> list[PlanArtifact]:
+def _pip_artifacts(origin: _Origin, profile: Profile) -> list[PlanArtifact]:
     out: list[PlanArtifact] = []
     if profile.pip is None:
         return out
     pip = profile.pip
-    url = f"{origin}/pypi/{pip.index}/simple/"
+    url = f"{origin.base}/pypi/{pip.index}/simple/"
     try:
-        plan = resolve_pip(url, pip.requirements, PipTarget(pip.python_version, pip.platform))
+        plan = resolve_pip(url, pip.requirements, PipTarget(pip.python_version, pip.platform),
+                           fetch=origin.http.get)
     except PipResolveError as exc:
         raise PlanningError(f"profile {profile.name}: {exc}") from None
     for pin in plan.pins:
         project = normalize_project_name(pin.name)
         out.append(PlanArtifact("pypi", pip.index, f"{project}/{pin.filename}", pin.sha256,
                                 pin.size or 0))
-        metadata = _metadata_of(url, project, pin.filename)
+        metadata = _metadata_of(origin, url, project, pin.filename)
         if metadata is not None:  # pip reads it first (PEP 658): pre-warm it too
             out.append(PlanArtifact("pypi", pip.index,
                                     f"{project}/{pin.filename}.metadata", *metadata))
     return out
 
 
-def _metadata_of(index_url: str, project: str, filename: str) -> tuple[str, int] | None:
+def _metadata_of(origin: _Origin, index_url: str, project: str, filename: str
+                 ) -> tuple[str, int] | None:
     """(sha256, size) of a file's PEP 658 metadata as the index announces it, if any."""
     page_url = f"{index_url}{project}/"
-    req = urllib.request.Request(page_url, headers={"Accept": JSON_CONTENT_TYPE})
+    body, content_type = origin.fetch(page_url, JSON_CONTENT_TYPE)
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            page = parse_project_page(resp.read(), resp.headers.get("Content-Type", ""),
-                                      page_url=page_url, source=page_url)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        page = parse_project_page(body, content_type, page_url=page_url, source=page_url)
+    except ValueError as exc:
         raise PlanningError(f"cannot read {page_url}: {exc}") from None
     for dist in page.files:
         if dist.filename == filename and dist.metadata_sha256 and dist.metadata_url:
-            data = _get(dist.metadata_url)
+            data = origin.get(dist.metadata_url)
             if hashlib.sha256(data).hexdigest() != dist.metadata_sha256:
                 raise PlanningError(f"{dist.metadata_url}: sha256 differs from the index")
             return dist.metadata_sha256, len(data)
     return None
 
 
-def _image_artifacts(origin: str, profile: Profile) -> list[PlanArtifact]:
+def _image_artifacts(origin: _Origin, profile: Profile) -> list[PlanArtifact]:
     """Images named (or given by id) in the region's profiles, as anonymous callers see them
     at the origin: public and community images."""
     out: list[PlanArtifact] = []
-    base = f"{origin}/glance"
+    base = f"{origin.base}/glance"
     for wanted in profile.images:
-        doc = json.loads(_get(f"{base}/v2/images?{urllib.parse.urlencode({'name': wanted})}"))
+        doc = json.loads(origin.get(f"{base}/v2/images?{urllib.parse.urlencode({'name': wanted})}"))
         found = [str(i["id"]) for i in doc.get("images", [])]
         if not found:
             try:
-                found = [str(json.loads(_get(f"{base}/v2/images/{wanted}"))["id"])]
+                found = [str(json.loads(origin.get(f"{base}/v2/images/{wanted}"))["id"])]
             except (PlanningError, KeyError, ValueError):
                 raise PlanningError(
                     f"profile {profile.name}: no public or community image named or with "
@@ -174,7 +183,7 @@ def _image_artifacts(origin: str, profile: Profile) -> list[PlanArtifact]:
         if len(found) > 1:
             raise PlanningError(f"profile {profile.name}: image name {wanted!r} is "
                                 f"ambiguous ({', '.join(found)}); give the id")
-        digest = json.loads(_get(f"{base}/edgedepot/v1/images/{found[0]}/digest"))
+        digest = json.loads(origin.get(f"{base}/edgedepot/v1/images/{found[0]}/digest"))
         out.append(PlanArtifact("glance", "glance", found[0], str(digest["sha256"]),
                                 int(digest["size"])))
     return out
@@ -191,9 +200,15 @@ def _dedupe(artifacts: list[PlanArtifact]) -> tuple[PlanArtifact, ...]:
     return tuple(out)
 
 
-def plan_regions(inventory: Inventory, work_dir: Path, regions: list[str] | None = None
-                 ) -> list[RegionPlan]:
-    indexes = AptIndexCache(inventory.origin, work_dir)
+def plan_regions(inventory: Inventory, work_dir: Path, regions: list[str] | None = None,
+                 settings: ClientSettings | None = None) -> list[RegionPlan]:
+    with BlockingHttp(settings) as http:
+        return _plan_regions(inventory, _Origin(inventory.origin, http), work_dir, regions)
+
+
+def _plan_regions(inventory: Inventory, origin: _Origin, work_dir: Path,
+                  regions: list[str] | None) -> list[RegionPlan]:
+    indexes = AptIndexCache(origin, work_dir)
     # A profile is resolved once, however many regions use it.
     by_profile: dict[str, tuple[list[PlanArtifact], list[PlanArtifact], list[PlanArtifact]]] = {}
 
@@ -201,8 +216,8 @@ def plan_regions(inventory: Inventory, work_dir: Path, regions: list[str] | None
                                             list[PlanArtifact]]:
         if profile.name not in by_profile:
             by_profile[profile.name] = (_apt_artifacts(profile, indexes),
-                                        _pip_artifacts(inventory.origin, profile),
-                                        _image_artifacts(inventory.origin, profile))
+                                        _pip_artifacts(origin, profile),
+                                        _image_artifacts(origin, profile))
         return by_profile[profile.name]
 
     plans = []

@@ -16,7 +16,8 @@ from cache_node.delta_routes import add_delta_routes
 from cache_node.delta_service import DeltaService
 from cache_node.responses import error_middleware
 from cache_node.store import BlobStore
-from syncer.delta_client import DeltaClient, DeltaIntegrityError, DeltaUnavailable
+from distro.errors import IntegrityError
+from syncer.delta_client import DeltaClient, DeltaUnavailable
 
 
 @dataclass
@@ -214,7 +215,7 @@ async def test_a_located_file_that_does_not_verify_is_not_served(
     sha = server.add_file(repo_file)
     repo_file.write_bytes(b"changed behind our back" * 1000)
     async with DeltaClient() as client:  # whole file: the client's own check catches it
-        with pytest.raises(DeltaIntegrityError, match="hashed to"):
+        with pytest.raises(IntegrityError, match="hashed to"):
             await client.fetch(server.url(sha), tmp_path / "none", tmp_path / "o.bin")
     basis = tmp_path / "basis.bin"
     basis.write_bytes(b"original content" * 900)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from cache_node.delta_service import DeltaService, RangesPayload, ServedFile
-from syncer.delta_client import DeltaClient, DeltaIntegrityError, DeltaTransferError
+from distro.errors import IntegrityError
+from syncer.delta_client import DeltaClient, DeltaTransferError
 from syncer.delta_patch import PatchError, apply_patch, make_patch
 from syncer.delta_signature import (
     SignatureError,
@@ -134,7 +135,7 @@ async def test_corrupt_stored_patch_is_rejected(server: DeltaServer, tmp_path: P
     served.path.write_bytes(bytes(data))
     out = tmp_path / "out.bin"
     async with DeltaClient() as client:
-        with pytest.raises(DeltaIntegrityError, match="Repr-Digest"):
+        with pytest.raises(IntegrityError, match="Repr-Digest"):
             await client.fetch(server.url(sha), basis_path, out, path="patch")
     assert not out.exists() and leftovers(tmp_path, "out.bin.") == []
 
@@ -165,7 +166,7 @@ async def test_corrupt_range_payload_is_rejected(server: DeltaServer, tmp_path: 
     for fault, message in ((flip, "corrupt|does not match"), (lie, "does not match")):
         monkeypatch.setattr(DeltaService, "_compress_ranges", fault)
         async with DeltaClient() as client:
-            with pytest.raises(DeltaIntegrityError, match=message):
+            with pytest.raises(IntegrityError, match=message):
                 await client.fetch(server.url(sha), basis_path, out, path="blocks")
         assert not out.exists() and leftovers(tmp_path, "out.bin.") == []
     monkeypatch.setattr(DeltaService, "_compress_ranges", original)
@@ -190,7 +191,7 @@ async def test_signature_of_wrong_blob_is_rejected(server: DeltaServer, tmp_path
     monkeypatch.setattr(DeltaService, "signature", wrong)
     out = tmp_path / "out.bin"
     async with DeltaClient() as client:
-        with pytest.raises(DeltaIntegrityError, match="signature is of blob"):
+        with pytest.raises(IntegrityError, match="signature is of blob"):
             await client.fetch(server.url(sha), basis_path, out, path="blocks")
     assert not out.exists() and leftovers(tmp_path, "out.bin.") == []
 
@@ -258,7 +259,7 @@ async def test_false_block_match_falls_back_to_whole(server: DeltaServer, tmp_pa
     monkeypatch.setattr(dc.DeltaClient, "_assemble", lambda self, *a: "f" * 64)
     out = tmp_path / "out.bin"
     async with DeltaClient() as client:
-        with pytest.raises(dc.RebuildMismatch):
+        with pytest.raises(IntegrityError, match="rebuilt from basis blocks"):
             await client.fetch(server.url(sha), basis_path, out, path="blocks")
         assert not out.exists() and leftovers(tmp_path, "out.bin.") == []
         result = await client.fetch(server.url(sha), basis_path, out, path="auto")

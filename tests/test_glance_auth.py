@@ -16,8 +16,8 @@ from cache_node.glance_auth import (
     Unauthorized,
     UpstreamOffline,
 )
-from cache_node.upstream import UpstreamUnavailable
 from distro.glance_images import GlanceImage, ImageQueryError, list_page
+from syncer.http_client import UpstreamUnavailable
 
 PUBLIC = GlanceImage(id="p", name="public", visibility="public", owner="x")
 PRIVATE_A = GlanceImage(id="a", name="private-a", visibility="private", owner="proj-a")

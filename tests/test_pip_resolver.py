@@ -13,6 +13,7 @@ import pytest
 
 from distro.pip_resolver import PipResolveError, PipTarget, resolve_pip
 from distro.sample_wheels import SampleWheel, build_sample_wheels, sample_wheel_set
+from syncer.blocking_http import BlockingHttp
 from tests.support import NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -36,9 +37,16 @@ def pip_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         node.stop()
 
 
-def test_pins_with_hashes_in_dependency_order(pip_origin: tuple[str, Path]) -> None:
+@pytest.fixture
+def http() -> Iterator[BlockingHttp]:
+    """The scheduler's one HTTP client, as the resolver's way to read the index."""
+    with BlockingHttp() as client:
+        yield client
+
+
+def test_pins_with_hashes_in_dependency_order(http: BlockingHttp, pip_origin: tuple[str, Path]) -> None:
     url, wheels = pip_origin
-    plan = resolve_pip(url, ["edge-agent"], PipTarget("3.11"))
+    plan = resolve_pip(url, ["edge-agent"], PipTarget("3.11"), fetch=http.get)
     assert [(p.name, p.version) for p in plan.pins] == [
         ("edge-proto", "0.3.0"), ("edge-common", "1.1.0"), ("edge-agent", "2.0.0")]
     for pin in plan.pins:
@@ -49,26 +57,26 @@ def test_pins_with_hashes_in_dependency_order(pip_origin: tuple[str, Path]) -> N
     assert json.loads(plan.to_json())["pins"][2]["name"] == "edge-agent"
 
 
-def test_constraints_markers_and_extras(pip_origin: tuple[str, Path]) -> None:
+def test_constraints_markers_and_extras(http: BlockingHttp, pip_origin: tuple[str, Path]) -> None:
     url, _ = pip_origin
-    plan = resolve_pip(url, ["edge-agent", "edge-common<1.1"])
+    plan = resolve_pip(url, ["edge-agent", "edge-common<1.1"], fetch=http.get)
     assert {(p.name, p.version) for p in plan.pins} == {
         ("edge-proto", "0.3.0"), ("edge-common", "1.0.0"), ("edge-agent", "2.0.0")}
-    marker = resolve_pip(url, ["edge-marker"])
+    marker = resolve_pip(url, ["edge-marker"], fetch=http.get)
     assert [p.name for p in marker.pins] == ["edge-proto", "edge-marker"]
-    extra = resolve_pip(url, ["edge-extra"])
+    extra = resolve_pip(url, ["edge-extra"], fetch=http.get)
     assert {p.name for p in extra.pins} == {"edge-extra", "edge-common", "edge-proto"}
 
 
-def test_unsatisfiable(pip_origin: tuple[str, Path]) -> None:
+def test_unsatisfiable(http: BlockingHttp, pip_origin: tuple[str, Path]) -> None:
     url, _ = pip_origin
     with pytest.raises(PipResolveError, match="edge-common>5"):
-        resolve_pip(url, ["edge-agent", "edge-common>5"])
+        resolve_pip(url, ["edge-agent", "edge-common>5"], fetch=http.get)
     with pytest.raises(PipResolveError):
-        resolve_pip(url, ["no-such-project"])
+        resolve_pip(url, ["no-such-project"], fetch=http.get)
 
 
-def test_matches_real_pip(pip_origin: tuple[str, Path], tmp_path: Path) -> None:
+def test_matches_real_pip(http: BlockingHttp, pip_origin: tuple[str, Path], tmp_path: Path) -> None:
     url, _ = pip_origin
     report = tmp_path / "report.json"
     proc = subprocess.run(
@@ -81,11 +89,11 @@ def test_matches_real_pip(pip_origin: tuple[str, Path], tmp_path: Path) -> None:
                i["download_info"]["archive_info"]["hashes"]["sha256"])
               for i in json.loads(report.read_text())["install"]}
     ver = f"{sys.version_info.major}.{sys.version_info.minor}"
-    plan = resolve_pip(url, ["edge-agent", "edge-marker"], PipTarget(ver))
+    plan = resolve_pip(url, ["edge-agent", "edge-marker"], PipTarget(ver), fetch=http.get)
     assert {(p.name, p.version, p.sha256) for p in plan.pins} == theirs
 
 
-def test_site_plan_and_cli(pip_origin: tuple[str, Path], tmp_path: Path,
+def test_site_plan_and_cli(http: BlockingHttp, pip_origin: tuple[str, Path], tmp_path: Path,
                            capsys: pytest.CaptureFixture[str]) -> None:
     from distro.packages_index import load_index
     from distro.plans import build_site_plan
@@ -97,7 +105,7 @@ def test_site_plan_and_cli(pip_origin: tuple[str, Path], tmp_path: Path,
     packages.write_text(stanza("python3-agent", Depends="python3") + "\n" + stanza("python3"))
     index = load_index([packages], cache_dir=tmp_path / "cache")
     site = build_site_plan("compute", index, ["python3-agent"], pip_index=url,
-                           pip_requirements=["edge-agent"])
+                           pip_requirements=["edge-agent"], pip_fetch=http.get)
     kinds = [a[0] for a in site.artifacts]
     assert kinds == ["deb", "deb", "pip", "pip", "pip"]
     assert site.artifacts[0][1] == "pool/python3_1.0_amd64.deb"

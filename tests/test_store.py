@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache_node.store import BlobStore, IntegrityError
+from cache_node.store import BlobStore
+from distro.errors import IntegrityError
 
 
 def sha(data: bytes) -> str:
