@@ -51,8 +51,8 @@ from benchmarks.fleet_env import (
 )
 from benchmarks.peers import AptCacherNgPeer
 from distro.wire import parse_metrics
-from syncer.apt_site import AptRoot
-from syncer.node_process import NodeProcess
+from syncer.demo.apt_site import AptRoot
+from syncer.demo.node_process import NodeProcess
 
 REGIONS = ("north", "south")
 REPO = "bench"  # the origin serves /apt/bench/ (matches benchmarks.peers' apt-cacher-ng remap)

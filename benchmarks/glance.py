@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.glance                # 1 GiB image, 20 concurrent clients
     .venv/bin/python -m benchmarks.glance --size-mb 128  # quicker
 
-Setup, all on 127.0.0.1: a real Glance (tests/glance_server.py: glance from PyPI under
+Setup, all on 127.0.0.1: a real Glance (tests/plugin/glance_server.py: glance from PyPI under
 gunicorn, sqlite, file store) holds one public raw image of random bytes. An origin node caches
 it from that Glance (`--glance-upstream`), a regional cache node from the origin (`--upstream`),
 as in production. Every timed download is made by `curl` to /dev/null and checked
@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.peers import NginxInstance
-from tests.glance_node import GlanceNode
-from tests.glance_server import GlanceServer, Grant
+from tests.plugin.glance_node import GlanceNode
+from tests.plugin.glance_server import GlanceServer, Grant
 
 TOKEN = "bench-admin"
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -33,7 +33,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from distro.apt_oracle import AptOracle, find_apt_lists
+from tests.plugin.apt_oracle import AptOracle, find_apt_lists
 
 CONTROLLER = ("keystone glance-api placement-api nova-api nova-conductor nova-scheduler "
               "neutron-server openstack-dashboard mariadb-server rabbitmq-server memcached")
@@ -112,7 +112,7 @@ def run_case(case: str, targets: list[str], recommends: bool, repeat: int, index
         run, sim_out, _rc = _measure(["apt-get", *rec_flag, "-s", "-q", "install", *targets],
                                      apt_env)
         a_sim.append(run)
-    from distro.apt_oracle import _INST
+    from tests.plugin.apt_oracle import _INST
 
     theirs = {(m[0], m[1], m[2]) for m in _INST.findall(sim_out)}
     plan = json.loads(plan_text)
