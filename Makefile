@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEB_TOOLS := dpkg-dev gnupg apt xz-utils zstd
-BENCH_TOOLS := apt-cacher-ng nginx-light wrk
+# every peer the benchmarks compare against (benchmarks/*.py), plus what they drive it with
+BENCH_TOOLS := apt-cacher-ng nginx-light wrk rsync zsync curl zstd
 
-.PHONY: venv debtools test demo bench lint clean
+.PHONY: venv debtools benchtools test demo bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,9 +27,12 @@ test: venv debtools
 demo: venv debtools
 	$(VENV)/bin/distro-sync demo
 
-bench: venv debtools
+benchtools: debtools
 	@missing=""; for p in $(BENCH_TOOLS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+bench: venv benchtools
 	$(PY) -m benchmarks.cache_node
 
 lint: venv

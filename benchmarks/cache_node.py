@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -57,6 +57,15 @@ REFERENCE_PEER = "nginx-cache"  # cold wall-time ratios are relative to it
 LIMIT_PEER = "nginx-direct"
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One measurement as it is logged the moment it is made: peer, phase, result."""
+
+    peer: str
+    phase: str  # "cold c=10 rep 2", "warm large c=64"
+    result: ColdRep | WarmPoint
+
+
 class Runner:
     def __init__(self, cfg: BenchConfig, dataset: Dataset, console: Console, workroot: Path):
         self.cfg = cfg
@@ -67,6 +76,10 @@ class Runner:
         self.cold: list[ColdResult] = []
         self.warm: list[WarmResult] = []
         self.problems: list[Problem] = []
+        # Every rep and warm point is in the JSONL file as soon as it is measured (the console
+        # line is printed below), so an aborted run keeps what it measured.
+        self.log: report.RowLog[Measured] = report.RowLog("cache_node", cfg.results_dir,
+                                                          show=False)
 
     def make_peer(self, name: str) -> Peer:
         workdir = self.workroot / name
@@ -88,6 +101,7 @@ class Runner:
     def problem(self, peer: Peer, phase: str, message: str) -> None:
         diag = peer.diagnostics()
         self.problems.append(Problem(peer.name, phase, message, diag))
+        self.log.fail(f"{peer.name} {phase}", message)
         self.console.print(f"[red]{peer.name} {phase}: {message}[/]")
         if diag:
             self.console.print(diag, markup=False, highlight=False)
@@ -171,7 +185,9 @@ class Runner:
                              f"{run.failures} failed requests ({kinds}); e.g. "
                              + " | ".join(run.failure_samples[:2]))
             finished = True
-            return ColdRep(run, upstream)
+            rep_result = ColdRep(run, upstream)
+            self.log.add(Measured(peer.name, f"cold c={conc} rep {rep + 1}", rep_result))
+            return rep_result
         finally:
             if not (keep and finished):
                 peer.stop()
@@ -203,8 +219,9 @@ class Runner:
                     if not runs[peer.name]:
                         continue
                     m = WrkMeasurement(conns, paths, tuple(runs[peer.name]))
-                    points[peer.name].append(
-                        WarmPoint(kind, conns, m.rps, m.mb_per_s, m.errors, m.p99_ms, m))
+                    point = WarmPoint(kind, conns, m.rps, m.mb_per_s, m.errors, m.p99_ms, m)
+                    points[peer.name].append(point)
+                    self.log.add(Measured(peer.name, f"warm {kind} c={conns}", point))
                     self.console.print(
                         f"warm {peer.name:14} {kind:5} c={conns:<3}: {m.rps:10.0f} ok req/s "
                         f"{m.mb_per_s:8.0f} MB/s errors={m.errors}", highlight=False)
@@ -271,6 +288,7 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> Benchmark
     timestamp = time.strftime("%Y%m%dT%H%M%S")
     workroot = Path(tempfile.mkdtemp(prefix="edgedepot-bench-"))
     runner = Runner(cfg, ds, console, workroot)
+    console.print(f"measurements go to {runner.log.path} as they are made")
     runner.problems.extend(problems)
     try:
         runner.run(peers)

@@ -1,8 +1,8 @@
 """The benchmark's Debian repository: built once with the project's builders, cached on disk.
 
-The repository is built with :mod:`distro.sample_repo` (synthetic but real ``.deb`` files) and
-:mod:`distro.debian_repo` (``dists/`` + ``pool/``), under ``benchmarks/.data/<key>/``, keyed by
-the parameters, so reruns reuse it. A ``manifest.json`` written last marks a complete build.
+The repository is built with :mod:`syncer.demo.sample_repo` (synthetic but real ``.deb``
+files) and :mod:`distro.debian_repo` (``dists/`` + ``pool/``), under ``benchmarks/.data/<key>/``,
+keyed by the parameters, so reruns reuse it. A ``manifest.json`` written last marks a complete build.
 
 The manifest lists the files a client fetches, in the order a client fetches them: ``InRelease``,
 ``Release``, every ``Packages`` variant, then every pool file in ``Packages`` order, each with the
@@ -182,8 +182,9 @@ def build_dataset(params: DatasetParams, base: Path, log: bool = True) -> Datase
     if cached is not None:
         return cached
     # Imported here: the builders are heavy and only needed on a cache miss.
-    from distro.debian_repo import build_repository, make_throwaway_key, stop_gpg_agent
-    from distro.sample_repo import build_sample_debs, sample_graph
+    from distro.debian_repo import build_repository, stop_gpg_agent
+    from syncer.demo.sample_repo import build_sample_debs, sample_graph
+    from syncer.demo.signing import make_throwaway_key
 
     if target.exists():
         shutil.rmtree(target)

@@ -7,7 +7,8 @@ Every transfer goes through one byte-counting TCP proxy on loopback in front of 
 peak RSS (from wait4 of the client process), origin CPU per client (the server's process tree,
 during the client's run), and origin one-time CPU (signature / patch / .zsync computed before).
 The physical limit (``zstd --patch-from``) and the whole file (``zstd -3``) are sizes of local
-files, not transfers.
+files, not transfers. Each row is appended to ``benchmarks/results/delta-<timestamp>.jsonl`` and
+printed as soon as it is measured; a method that fails becomes a row saying why.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +37,8 @@ from benchmarks.delta_data import (
     build_packages,
     build_synthetic,
 )
+from benchmarks.peers import rsync_daemon_config
+from benchmarks.report import RowLog
 from distro.digests import file_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +63,11 @@ class Row:
     @property
     def wire(self) -> int:
         return self.wire_down + self.wire_up
+
+
+def failed(dataset: str, method: str) -> Callable[[str], Row]:
+    """The row a method that could not be measured becomes."""
+    return lambda why: Row(dataset, method, 0, 0, 0.0, 0.0, 0.0, None, None, False, why)
 
 
 # -- byte-counting proxy ---------------------------------------------------------------------------
@@ -231,39 +240,37 @@ class Server:
 
 # -- methods -------------------------------------------------------------------------------------
 
-def bench_edgedepot(pair: Pair, work: Path) -> list[Row]:
+def bench_edgedepot(pair: Pair, work: Path, log: RowLog[Row]) -> None:
     port = free_port()
     server = Server([PY, "-m", "benchmarks.delta_origin", "--root", str(work / "origin"),
                      "--port", str(port), str(pair.basis), str(pair.target)], port, cwd=ROOT)
-    rows = []
     try:
         target_sha = file_sha256(pair.target)
         basis_sha = file_sha256(pair.basis)
         base = f"http://127.0.0.1:{port}/delta/v1/blobs/{target_sha}"
         for method in ("blocks", "patch"):  # the patch reuses the stored signature
-            before = server.cpu()
-            url = base + ("/signature" if method == "blocks" else f"/patch?basis={basis_sha}")
-            with urllib.request.urlopen(url, timeout=3600) as resp:
-                resp.read()
-            once = server.cpu() - before
-            out = work / f"edgedepot-{method}.out"
-            server.proxy.reset()
-            before = server.cpu()
-            run = run_client([PY, "-m", "syncer.cli", "delta",
-                              f"http://127.0.0.1:{server.proxy.port}/delta/v1/blobs/{target_sha}",
-                              "--basis", str(pair.basis), "--basis-sha256", basis_sha,
-                              "-o", str(out), "--path", method], cwd=ROOT)
-            per_client = server.cpu() - before
-            ok = run.code == 0 and file_sha256(out) == target_sha
             label = "known-basis patch" if method == "patch" else "block-hash"
-            rows.append(Row(pair.name, f"edgedepot {label}",
+            with log.guard(f"edgedepot {label}", failed(pair.name, f"edgedepot {label}")):
+                before = server.cpu()
+                url = base + ("/signature" if method == "blocks" else f"/patch?basis={basis_sha}")
+                with urllib.request.urlopen(url, timeout=3600) as resp:
+                    resp.read()
+                once = server.cpu() - before
+                out = work / f"edgedepot-{method}.out"
+                server.proxy.reset()
+                before = server.cpu()
+                run = run_client([PY, "-m", "syncer.cli", "delta",
+                                  f"http://127.0.0.1:{server.proxy.port}/delta/v1/blobs/{target_sha}",
+                                  "--basis", str(pair.basis), "--basis-sha256", basis_sha,
+                                  "-o", str(out), "--path", method], cwd=ROOT)
+                per_client = server.cpu() - before
+                ok = run.code == 0 and file_sha256(out) == target_sha
+                log.add(Row(pair.name, f"edgedepot {label}",
                             server.proxy.down, server.proxy.up, run.wall_s, run.cpu_s,
-                            run.rss_mib, per_client, once, ok,
-                            "" if ok else run.output[-300:]))
-            out.unlink(missing_ok=True)
+                            run.rss_mib, per_client, once, ok, "" if ok else run.output[-300:]))
+                out.unlink(missing_ok=True)
     finally:
         server.stop()
-    return rows
 
 
 def bench_rsync(pair: Pair, work: Path, block: int | None) -> Row:
@@ -274,9 +281,7 @@ def bench_rsync(pair: Pair, work: Path, block: int | None) -> Row:
         os.link(pair.target, link) if _same_fs(pair.target, src) else shutil.copy(pair.target,
                                                                                    link)
     port = free_port()
-    conf = work / "rsyncd.conf"
-    conf.write_text(f"use chroot = no\npid file = {work}/rsyncd.pid\nlog file = {work}/rsyncd.log"
-                    f"\n[data]\npath = {src}\nread only = yes\n")
+    conf = rsync_daemon_config(work, "data", src)
     server = Server(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={port}",
                      "--address=127.0.0.1"], port)
     try:
@@ -374,16 +379,23 @@ def datasets(names: list[str], quick: bool) -> list[Pair]:
     return pairs
 
 
-def bench_pair(pair: Pair, quick: bool) -> list[Row]:
+def bench_pair(pair: Pair, quick: bool, log: RowLog[Row]) -> list[Row]:
+    """Every method on one pair; each row is logged as it is measured, failures included."""
+    first = len(log.rows)
     with tempfile.TemporaryDirectory(prefix=f"delta-{pair.name}-", dir=DATA_DIR) as tmp:
         work = Path(tmp)
-        rows = local_sizes(pair, work)
-        rows += bench_edgedepot(pair, work)
-        rows.append(bench_rsync(pair, work, 4096))
-        if not quick:
-            rows.append(bench_rsync(pair, work, None))
-        rows.append(bench_zsync(pair, work))
-    return rows
+        with log.guard("local sizes", failed(pair.name, "physical limit / whole file")):
+            for row in local_sizes(pair, work):
+                log.add(row)
+        with log.guard("edgedepot", failed(pair.name, "edgedepot delta origin")):
+            bench_edgedepot(pair, work, log)
+        for block in (4096, None) if not quick else (4096,):
+            name = f"rsync -z -B{block}" if block else "rsync -z"
+            with log.guard(name, failed(pair.name, name)):
+                log.add(bench_rsync(pair, work, block))
+        with log.guard("zsync", failed(pair.name, "zsync")):
+            log.add(bench_zsync(pair, work))
+    return log.rows[first:]
 
 
 def _f(value: float | None, digits: int = 2) -> str:
@@ -409,8 +421,9 @@ def table_rows(rows: list[Row]) -> list[tuple[str, ...]]:
 
 
 def verdicts(pair: Pair, rows: list[Row]) -> list[str]:
-    by = {r.method: r for r in rows}
-    limit = by["physical limit: zstd --patch-from (file size)"].wire
+    by = {r.method: r for r in rows if r.ok}
+    limit_row = by.get("physical limit: zstd --patch-from (file size)")
+    limit = limit_row.wire if limit_row else 0
     patch = by.get("edgedepot known-basis patch")
     blocks = by.get("edgedepot block-hash")
     rsync = by.get("rsync -z -B4096")
@@ -430,7 +443,7 @@ def verdicts(pair: Pair, rows: list[Row]) -> list[str]:
                    f"{zsync.client_cpu_s / gib:.2f} s/GiB: "
                    f"{'PASS' if blocks.client_cpu_s <= zsync.client_cpu_s else 'FAIL'} "
                    f"(includes {startup:.2f} s of Python start-up and imports per run)")
-    if pair.name == "image":
+    if pair.name == "image" and (patch or blocks):
         worst = max((r.client_rss_mib for r in (patch, blocks) if r), default=0.0)
         out.append(f"edgedepot client peak RSS {worst:.0f} MiB (target < 256): "
                    f"{'PASS' if worst < 256 else 'FAIL'}")
@@ -495,18 +508,30 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"missing tools: {', '.join(missing)}")
     DATA_DIR.mkdir(parents=True, exist_ok=True)
+    log: RowLog[Row] = RowLog("delta")
+    log.note(datasets=names, quick=args.quick)
+    print(f"rows go to {log.path} as they are measured", file=sys.stderr)
     measure_startup()
-    results = []
-    for pair in datasets([n.strip() for n in names if n.strip()], args.quick):
-        print(f"benchmarking {pair.name}: {pair.label} ...", file=sys.stderr)
-        results.append((pair, bench_pair(pair, args.quick)))
-    print_rich(results)
-    print()
-    print(markdown(results))
-    if args.json:
-        args.json.write_text(json.dumps([{"dataset": p.label, "rows": [asdict(r) for r in rows]}
-                                         for p, rows in results], indent=1))
-    return 0 if all(r.ok for _, rows in results for r in rows) else 1
+    results: list[tuple[Pair, list[Row]]] = []
+    try:
+        for name in [n.strip() for n in names if n.strip()]:
+            pairs: list[Pair] = []
+            with log.guard(f"dataset {name}", failed(name, "building the dataset")):
+                pairs = datasets([name], args.quick)
+            for pair in pairs:
+                print(f"benchmarking {pair.name}: {pair.label} ...", file=sys.stderr)
+                results.append((pair, bench_pair(pair, args.quick, log)))
+    finally:
+        print_rich(results)
+        print()
+        print(markdown(results))
+        for what, reason in log.failures:
+            print(f"- FAILED {what}: {reason}")
+        print(f"\nresults: {log.path}")
+        if args.json:
+            args.json.write_text(json.dumps([{"dataset": p.label, "rows": [asdict(r) for r in rows]}
+                                             for p, rows in results], indent=1))
+    return 0 if all(r.ok for _, rows in results for r in rows) and not log.failures else 1
 
 
 if __name__ == "__main__":

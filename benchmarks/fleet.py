@@ -50,9 +50,10 @@ from benchmarks.fleet_env import (
     run_key,
 )
 from benchmarks.peers import AptCacherNgPeer
+from benchmarks.report import RowLog
 from distro.wire import parse_metrics
-from syncer.apt_site import AptRoot
-from syncer.node_process import NodeProcess
+from syncer.demo.apt_site import AptRoot
+from syncer.demo.node_process import NodeProcess
 
 REGIONS = ("north", "south")
 REPO = "bench"  # the origin serves /apt/bench/ (matches benchmarks.peers' apt-cacher-ng remap)
@@ -488,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     wan, why = open_wan([*REGIONS, "operator"], spec, work)
     origin: OriginProcess | None = None
     results: list[ScenarioResult] = []
+    log: RowLog[ScenarioResult] = RowLog("fleet", RESULTS, show=False)
+    log.note(params=asdict(params), sites_per_region=sites, wan_mode=wan.mode, wan=wan.describe())
+    console.print(f"scenario results go to {log.path} as they are measured")
     try:
         console.print(f"WAN: {wan.describe()}" + (f" ({why})" if why else ""))
         origin = OriginProcess(wan, ["--role", "origin", "--store", str(work / "origin"),
@@ -499,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(wan, origin.proc.pid, data, facts, work, sites, args.attempts, console)
         for name in args.scenario or SCENARIOS:
             console.print(f"[bold]{LABELS[name]}[/bold]")
-            results.append(run_scenario(name, ctx))
+            with log.guard(LABELS[name]):  # a failing scenario is reported, the others still run
+                results.append(log.add(run_scenario(name, ctx)))
+        for what, reason in log.failures:
+            console.print(f"[red]FAILED {what}[/red]: {reason}")
         header = (f"fleet benchmark {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {data.deb_count} .debs "
                   f"({_mb(data.deb_bytes)}), profile `{data.top_package}`, "
                   f"{len(REGIONS)} regions x {sites} sites (up to {args.attempts} apt-get runs "
@@ -515,10 +522,11 @@ def main(argv: list[str] | None = None) -> int:
                               "total_seconds": sc.total_seconds,
                               "regions": [{**asdict(r), "ratio": r.ratio} for r in sc.regions]}
                              for sc in results],
-               "targets": [asdict(v) for v in verdicts(results)], "markdown": md}
+               "targets": [asdict(v) for v in verdicts(results)], "markdown": md,
+               "failed": [{"scenario": w, "error": r} for w, r in log.failures]}
         out.write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
         console.print(f"wrote {out}")
-        return 0
+        return 1 if log.failures else 0
     finally:
         if origin is not None:
             origin.stop()

@@ -1,6 +1,6 @@
 """The fleet benchmark's environment: the package set and the emulated WAN.
 
-Package set: built with :func:`distro.sample_repo.build_sample_apt_repo` under
+Package set: built with :func:`syncer.demo.sample_repo.build_sample_apt_repo` under
 ``benchmarks/.data/fleet-debs<N>-bytes<B>-seed<S>/`` (``debs/``, ``gnupg/`` with the signing
 key, the public keyring) and reused while ``fleet.json`` (written last) is present. Each run
 copies the GnuPG home to a short directory under /tmp (gpg-agent socket path limits) and
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distro.debian_repo import SigningKey, stop_gpg_agent
-from distro.sample_repo import build_sample_apt_repo
-from syncer.node_process import NodeProcess
+from syncer.demo.node_process import NodeProcess
+from syncer.demo.sample_repo import build_sample_apt_repo
 
 ORIGIN_PORT = 8080  # below 32768: apt-cacher-ng cannot connect to higher ports
 

@@ -2,8 +2,9 @@
 
     .venv/bin/python -m benchmarks.glance                # 1 GiB image, 20 concurrent clients
     .venv/bin/python -m benchmarks.glance --size-mb 128  # quicker
+    .venv/bin/python -m benchmarks.glance --quick        # 64 MiB, 4 clients
 
-Setup, all on 127.0.0.1: a real Glance (tests/glance_server.py: glance from PyPI under
+Setup, all on 127.0.0.1: a real Glance (tests/plugin/glance_server.py: glance from PyPI under
 gunicorn, sqlite, file store) holds one public raw image of random bytes. An origin node caches
 it from that Glance (`--glance-upstream`), a regional cache node from the origin (`--upstream`),
 as in production. Every timed download is made by `curl` to /dev/null and checked
@@ -20,7 +21,8 @@ the image's md5 (timing downloads into files would measure the disk). Rows:
     second, empty cache (whole) vs `rsync -z` from an rsync daemon on 127.0.0.1 onto a copy of
     v1 (the target: delta bytes on the wire <= 1.1x rsync's "bytes sent + received").
     `--only-delta` runs just these rows (no Glance, no nginx needed).
-Results are printed as Markdown and written to benchmarks/results/glance-<timestamp>.json.
+Each row is appended to benchmarks/results/glance-<timestamp>.jsonl and printed as soon as it is
+measured; a path that fails becomes a row saying why. The table is printed as Markdown at the end.
 """
 
 from __future__ import annotations
@@ -35,15 +37,16 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.peers import NginxInstance
-from tests.glance_node import GlanceNode
-from tests.glance_server import GlanceServer, Grant
+from benchmarks.peers import NginxInstance, rsync_daemon_config
+from benchmarks.report import RowLog
+from tests.plugin.glance_node import GlanceNode
+from tests.plugin.glance_server import GlanceServer, Grant
 
 TOKEN = "bench-admin"
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,11 @@ class Row:
     mb_per_s: float | None
     upstream_ratio: str
     note: str = ""
+
+
+def failed(scenario: str, via: str) -> Callable[[str], Row]:
+    """The row a path that could not be measured becomes."""
+    return lambda why: Row(scenario, via, 0.0, None, "-", f"FAILED: {why}")
 
 
 def _make_image(path: Path, size: int) -> str:
@@ -129,12 +137,11 @@ def _clear(node: GlanceNode) -> None:
                     f"{node.glance}/v2/cache"], check=True)
 
 
-def run(size: int, clients: int, work: Path) -> list[Row]:
+def run(size: int, clients: int, work: Path, log: RowLog[Row]) -> None:
     image_path = work / "image.raw"
     print(f"writing a {size >> 20} MiB image ...", flush=True)
     checksum = _make_image(image_path, size)
     mib = size / (1 << 20)
-    rows: list[Row] = []
     with GlanceServer(work / "glance", {TOKEN: Grant("bench", ("admin", "member", "reader"))}) \
             as glance:
         print("uploading it to Glance ...", flush=True)
@@ -155,40 +162,51 @@ def run(size: int, clients: int, work: Path) -> list[Row]:
                 cached = f"{cache.glance}/v2/images/{image_id}/file"
                 local = f"http://127.0.0.1:{nginx.port}/image.raw"
                 print("cold and warm downloads ...", flush=True)
-                t = _timed_download(direct, size)
-                rows.append(Row("cold, 1 client", "Glance direct", t, mib / t, "1.00"))
-                t = _timed_download(cached, size)
-                ratio = _upstream_bytes(origin) / size
-                rows.append(Row("cold, 1 client", "cache -> origin -> Glance", t, mib / t,
-                                f"{ratio:.2f}", "both tiers verify sha256, md5 and sha512"))
+                with log.guard("cold Glance direct", failed("cold, 1 client", "Glance direct")):
+                    t = _timed_download(direct, size)
+                    log.add(Row("cold, 1 client", "Glance direct", t, mib / t, "1.00"))
+                via = "cache -> origin -> Glance"
+                with log.guard("cold cache", failed("cold, 1 client", via)):
+                    t = _timed_download(cached, size)
+                    ratio = _upstream_bytes(origin) / size
+                    log.add(Row("cold, 1 client", via, t, mib / t, f"{ratio:.2f}",
+                                "both tiers verify sha256, md5 and sha512"))
                 for url, token in ((direct, TOKEN), (cached, TOKEN), (local, None)):
-                    _verified_download(url, work, checksum, token)
-                warm_cache = min(_timed_download(cached, size) for _ in range(5))
-                rows.append(Row("warm, 1 client", "cache (store hit)", warm_cache,
+                    with log.guard(f"verified download {url}",
+                                   failed("verified download", url)):
+                        _verified_download(url, work, checksum, token)
+                warm_cache: float | None = None
+                with log.guard("warm cache", failed("warm, 1 client", "cache (store hit)")):
+                    warm_cache = min(_timed_download(cached, size) for _ in range(5))
+                    log.add(Row("warm, 1 client", "cache (store hit)", warm_cache,
                                 mib / warm_cache, "0.00"))
-                t = min(_timed_download(direct, size) for _ in range(5))
-                rows.append(Row("warm, 1 client", "Glance direct", t, mib / t, "1.00"))
-                t = min(_timed_download(local, size, token=None) for _ in range(5))
-                rows.append(Row("warm, 1 client", "nginx, local file", t, mib / t, "-",
-                                f"cache/nginx speed = {t / warm_cache:.2f}x (target >= 0.9x)"))
+                with log.guard("warm Glance direct", failed("warm, 1 client", "Glance direct")):
+                    t = min(_timed_download(direct, size) for _ in range(5))
+                    log.add(Row("warm, 1 client", "Glance direct", t, mib / t, "1.00"))
+                with log.guard("warm nginx", failed("warm, 1 client", "nginx, local file")):
+                    t = min(_timed_download(local, size, token=None) for _ in range(5))
+                    speed = f"cache/nginx speed = {t / warm_cache:.2f}x (target >= 0.9x)" \
+                        if warm_cache else "cache not measured"
+                    log.add(Row("warm, 1 client", "nginx, local file", t, mib / t, "-", speed))
                 print(f"{clients} concurrent cold downloads ...", flush=True)
-                _clear(cache)
-                _clear(origin)
-                before = (_upstream_bytes(cache), _upstream_bytes(origin))
-                t = _concurrent(cached, clients, size)
-                cache_ratio = (_upstream_bytes(cache) - before[0]) / size
-                origin_ratio = (_upstream_bytes(origin) - before[1]) / size
-                rows.append(Row(f"cold, {clients} clients", "cache -> origin -> Glance", t,
-                                clients * mib / t,
+                scenario = f"cold, {clients} clients"
+                with log.guard("concurrent cache", failed(scenario, via)):
+                    _clear(cache)
+                    _clear(origin)
+                    before = (_upstream_bytes(cache), _upstream_bytes(origin))
+                    t = _concurrent(cached, clients, size)
+                    cache_ratio = (_upstream_bytes(cache) - before[0]) / size
+                    origin_ratio = (_upstream_bytes(origin) - before[1]) / size
+                    _verified_download(cached, work, checksum)
+                    log.add(Row(scenario, via, t, clients * mib / t,
                                 f"{cache_ratio:.2f} / {origin_ratio:.2f}",
                                 "upstream ratio: cache<-origin / origin<-Glance (target 1.00)"))
-                _verified_download(cached, work, checksum)
-                t = _concurrent(direct, clients, size)
-                rows.append(Row(f"cold, {clients} clients", "Glance direct", t, clients * mib / t,
+                with log.guard("concurrent Glance direct", failed(scenario, "Glance direct")):
+                    t = _concurrent(direct, clients, size)
+                    log.add(Row(scenario, "Glance direct", t, clients * mib / t,
                                 f"{clients:.2f}", "Glance reads its store once per client"))
         finally:
             nginx.stop()
-    return rows
 
 
 # -- update v1 -> v2: delta vs whole vs rsync -z ------------------------------------------------
@@ -224,9 +242,7 @@ def _free_port() -> int:
 def _rsync(images: Path, v1: Path, work: Path) -> tuple[float, int]:
     """`rsync -z` of v2 from a loopback rsync daemon onto a copy of v1: (seconds, wire bytes)."""
     port = _free_port()
-    conf = work / "rsyncd.conf"
-    conf.write_text(f"use chroot = no\npid file = {work}/rsyncd.pid\n[images]\n"
-                    f"path = {images}\nread only = yes\n")
+    conf = rsync_daemon_config(work, "images", images)
     daemon = subprocess.Popen(["rsync", "--daemon", "--no-detach", "--address", "127.0.0.1",
                                "--port", str(port), "--config", str(conf)],
                               stderr=subprocess.DEVNULL)
@@ -242,8 +258,10 @@ def _rsync(images: Path, v1: Path, work: Path) -> tuple[float, int]:
         started = time.monotonic()
         proc = subprocess.run(["rsync", "-z", "--stats", "--no-whole-file",
                                f"rsync://127.0.0.1:{port}/images/v2.img", str(dest / "v2.img")],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True, check=False)
         seconds = time.monotonic() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"rsync exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
     finally:
         daemon.terminate()
         daemon.wait()
@@ -258,7 +276,7 @@ def _counter(node: GlanceNode, name: str) -> float:
     return node.metrics().get((name, "glance"), 0.0)
 
 
-def run_delta(size: int, work: Path) -> list[Row]:
+def run_delta(size: int, work: Path, log: RowLog[Row]) -> None:
     from distro.glance_images import write_image
 
     images = work / "delta-images"
@@ -273,8 +291,10 @@ def run_delta(size: int, work: Path) -> list[Row]:
                 created_at="2026-02-01T00:00:00Z")
     checksum = _md5(images / "v2.img")
     mib = v2_size / (1 << 20)
-    rows: list[Row] = []
-    with GlanceNode(["--role", "origin", "--store", str(work / "d-origin"), "--images",
+    scenario = "update v1 -> v2"
+    wire: int | None = None
+    with log.guard("edgedepot nodes", failed(scenario, "edgedepot nodes")), \
+         GlanceNode(["--role", "origin", "--store", str(work / "d-origin"), "--images",
                      str(images)], work / "d-origin.log") as origin, \
          GlanceNode(["--role", "cache", "--store", str(work / "d-cache"), "--upstream",
                      origin.url], work / "d-cache.log") as cache, \
@@ -284,45 +304,52 @@ def run_delta(size: int, work: Path) -> list[Row]:
                      origin.url], work / "d-cache3.log") as cache3:
         listing = json.loads(cache.get("/glance/v2/images")[1])
         ids = {str(i["name"]): str(i["id"]) for i in listing["images"]}
-        print("v1 through the cache, then v2 by delta ...", flush=True)
-        _timed_download(f"{cache.glance}/v2/images/{ids['v1']}/file", size, token=None)
-        before = {n: _counter(cache, n) for n in ("edgedepot_upstream_bytes_total",
-                                                  "edgedepot_delta_saved_bytes_total",
-                                                  "edgedepot_delta_fetches_total")}
-        t_delta = _timed_download(f"{cache.glance}/v2/images/{ids['v2']}/file", v2_size,
-                                  token=None)
-        after = {n: _counter(cache, n) for n in before}
-        if after["edgedepot_delta_fetches_total"] != before["edgedepot_delta_fetches_total"] + 1:
-            raise RuntimeError("v2 did not arrive by delta; see d-cache.log")
-        wire = v2_size - int(after["edgedepot_delta_saved_bytes_total"]
-                             - before["edgedepot_delta_saved_bytes_total"])
-        upstream = int(after["edgedepot_upstream_bytes_total"]
-                       - before["edgedepot_upstream_bytes_total"])
-        _verified_download(f"{cache.glance}/v2/images/{ids['v2']}/file", work, checksum, None)
-        print("v2 whole through an empty cache ...", flush=True)
-        t_whole = _timed_download(f"{cache2.glance}/v2/images/{ids['v2']}/file", v2_size,
-                                  token=None)
-        whole = int(_counter(cache2, "edgedepot_upstream_bytes_total"))
-        print("v1, then v2 by delta through another cache (patch computed already) ...",
-              flush=True)
-        _timed_download(f"{cache3.glance}/v2/images/{ids['v1']}/file", size, token=None)
-        t_again = _timed_download(f"{cache3.glance}/v2/images/{ids['v2']}/file", v2_size,
-                                  token=None)
-    print("rsync -z ...", flush=True)
-    t_rsync, rsync_bytes = _rsync(images, images / "v1.img", work)
-    rows.append(Row("update v1 -> v2", "cache, delta from origin", t_delta, mib / t_delta,
-                    f"{wire / v2_size:.4f}",
-                    f"{wire:,} B on the wire ({upstream:,} B received incl. records); "
-                    f"delta/rsync = {wire / rsync_bytes:.2f}x (target <= 1.1x)"))
-    rows.append(Row("update v1 -> v2", "2nd cache, delta (origin has the patch)", t_again,
-                    mib / t_again, f"{wire / v2_size:.4f}",
-                    "the origin computes a patch once per pair, for all caches"))
-    rows.append(Row("update v1 -> v2", "cache, whole (no basis)", t_whole, mib / t_whole,
-                    f"{whole / v2_size:.2f}", f"{whole:,} B received"))
-    rows.append(Row("update v1 -> v2", "rsync -z, daemon on loopback", t_rsync, mib / t_rsync,
-                    f"{rsync_bytes / v2_size:.4f}",
-                    f"{rsync_bytes:,} B on the wire (bytes sent + received)"))
-    return rows
+        with log.guard("delta", failed(scenario, "cache, delta from origin")):
+            print("v1 through the cache, then v2 by delta ...", flush=True)
+            _timed_download(f"{cache.glance}/v2/images/{ids['v1']}/file", size, token=None)
+            before = {n: _counter(cache, n) for n in ("edgedepot_upstream_bytes_total",
+                                                      "edgedepot_delta_saved_bytes_total",
+                                                      "edgedepot_delta_fetches_total")}
+            t_delta = _timed_download(f"{cache.glance}/v2/images/{ids['v2']}/file", v2_size,
+                                      token=None)
+            after = {n: _counter(cache, n) for n in before}
+            if after["edgedepot_delta_fetches_total"] != \
+                    before["edgedepot_delta_fetches_total"] + 1:
+                raise RuntimeError("v2 did not arrive by delta; see d-cache.log")
+            wire = v2_size - int(after["edgedepot_delta_saved_bytes_total"]
+                                 - before["edgedepot_delta_saved_bytes_total"])
+            upstream = int(after["edgedepot_upstream_bytes_total"]
+                           - before["edgedepot_upstream_bytes_total"])
+            _verified_download(f"{cache.glance}/v2/images/{ids['v2']}/file", work, checksum,
+                               None)
+            log.add(Row(scenario, "cache, delta from origin", t_delta, mib / t_delta,
+                        f"{wire / v2_size:.4f}",
+                        f"{wire:,} B on the wire ({upstream:,} B received incl. records)"))
+        with log.guard("whole", failed(scenario, "cache, whole (no basis)")):
+            print("v2 whole through an empty cache ...", flush=True)
+            t_whole = _timed_download(f"{cache2.glance}/v2/images/{ids['v2']}/file", v2_size,
+                                      token=None)
+            whole = int(_counter(cache2, "edgedepot_upstream_bytes_total"))
+            log.add(Row(scenario, "cache, whole (no basis)", t_whole, mib / t_whole,
+                        f"{whole / v2_size:.2f}", f"{whole:,} B received"))
+        via = "2nd cache, delta (origin has the patch)"
+        with log.guard("delta again", failed(scenario, via)):
+            print("v1, then v2 by delta through another cache (patch computed already) ...",
+                  flush=True)
+            _timed_download(f"{cache3.glance}/v2/images/{ids['v1']}/file", size, token=None)
+            t_again = _timed_download(f"{cache3.glance}/v2/images/{ids['v2']}/file", v2_size,
+                                      token=None)
+            log.add(Row(scenario, via, t_again, mib / t_again,
+                        "-" if wire is None else f"{wire / v2_size:.4f}",
+                        "the origin computes a patch once per pair, for all caches"))
+    via = "rsync -z, daemon on loopback"
+    with log.guard("rsync", failed(scenario, via)):
+        print("rsync -z ...", flush=True)
+        t_rsync, rsync_bytes = _rsync(images, images / "v1.img", work)
+        versus = "" if wire is None else \
+            f"; edgedepot delta/rsync = {wire / rsync_bytes:.2f}x (target <= 1.1x)"
+        log.add(Row(scenario, via, t_rsync, mib / t_rsync, f"{rsync_bytes / v2_size:.4f}",
+                    f"{rsync_bytes:,} B on the wire (bytes sent + received){versus}"))
 
 
 def markdown(rows: list[Row], size: int, clients: int) -> str:
@@ -340,35 +367,40 @@ def markdown(rows: list[Row], size: int, clients: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mb", type=int, default=1024)
-    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--size-mb", type=int, default=None, help="default 1024 (--quick: 64)")
+    parser.add_argument("--clients", type=int, default=None, help="default 20 (--quick: 4)")
     parser.add_argument("--delta-size-mb", type=int, default=None,
                         help="size of the v1 -> v2 pair (default: --size-mb)")
     parser.add_argument("--only-delta", action="store_true",
                         help="only the update v1 -> v2 rows")
+    parser.add_argument("--quick", action="store_true",
+                        help="small and fast: 64 MiB images, 4 concurrent clients")
     parser.add_argument("--keep-workdir", action="store_true")
     args = parser.parse_args(argv)
+    args.size_mb = args.size_mb or (64 if args.quick else 1024)
+    args.clients = args.clients or (4 if args.quick else 20)
     needs = ["curl", "rsync"] + ([] if args.only_delta else ["nginx"])
     if any(shutil.which(tool) is None for tool in needs):
-        print(f"needs {', '.join(needs)} (make bench installs nginx-light)")
+        print(f"needs {', '.join(needs)} (make benchtools installs them)")
         return 2
     size = args.size_mb << 20
     delta_size = (args.delta_size_mb or args.size_mb) << 20
+    log: RowLog[Row] = RowLog("glance")
+    log.note(size=size, delta_size=delta_size, clients=args.clients, cpus=os.cpu_count())
+    print(f"rows go to {log.path} as they are measured", flush=True)
     work = Path(tempfile.mkdtemp(prefix="edgedepot-glance-bench-", dir="/var/tmp"))
     try:
-        rows = [] if args.only_delta else run(size, args.clients, work)
-        rows += run_delta(delta_size, work)
+        if not args.only_delta:
+            with log.guard("Glance rows", failed("Glance rows", "real Glance")):
+                run(size, args.clients, work, log)
+        with log.guard("update rows", failed("update v1 -> v2", "setup")):
+            run_delta(delta_size, work, log)
     finally:
         if not args.keep_workdir:
             shutil.rmtree(work, ignore_errors=True)
-    text = markdown(rows, size, args.clients)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"glance-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps({"size": size, "clients": args.clients,
-                               "rows": [asdict(r) for r in rows]}, indent=2))
-    print(f"\nresults: {out}")
-    return 0
+        print(markdown(log.rows, size, args.clients))
+        print(f"\nresults: {log.path}")
+    return 1 if log.failures else 0
 
 
 if __name__ == "__main__":

@@ -76,6 +76,21 @@ def wait_tcp(port: int, proc: ManagedProcess, timeout: float = 15.0) -> None:
     raise PeerError(f"{proc.name} did not listen on port {port} within {timeout}s")
 
 
+def rsync_daemon_config(work: Path, module: str, path: Path) -> Path:
+    """An rsyncd.conf serving ``path`` read-only as ``module``, run as the owner of the files.
+
+    Started as root, an rsync daemon drops to ``nobody`` by default and then cannot read files
+    in a private temporary directory ("Permission denied", exit 23); an explicit uid/gid of the
+    files' owner (root when root wrote them) reads them as the benchmark wrote them.
+    """
+    st = path.stat()
+    conf = work / f"rsyncd-{module}.conf"
+    conf.write_text(f"use chroot = no\nuid = {st.st_uid}\ngid = {st.st_gid}\n"
+                    f"pid file = {work}/rsyncd-{module}.pid\nlog file = {work}/rsyncd-{module}.log\n"
+                    f"[{module}]\npath = {path}\nread only = yes\n")
+    return conf
+
+
 def http_get_text(url: str, timeout: float = 10.0) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:

@@ -1,15 +1,28 @@
-"""Result types of the cache-node benchmark and their renderings (rich tables, Markdown, JSON).
+"""Reporting shared by every benchmark, and the cache-node benchmark's result types.
 
-Every table is built once as plain rows of strings (:class:`TableData`) and rendered from those
-rows both to the terminal (rich) and to Markdown, so the two always show the same numbers.
+:class:`RowLog` is how every benchmark module keeps its measurements: each row is appended to
+``benchmarks/results/<bench>-<timestamp>.jsonl`` and printed the moment it is measured, and a
+peer or phase that fails becomes a row saying why. A run that dies later (a peer crashes, a
+tool is missing, Ctrl-C) has still kept and shown every number it measured.
+
+For the cache-node benchmark, every table is built once as plain rows of strings
+(:class:`TableData`) and rendered from those rows both to the terminal (rich) and to Markdown,
+so the two always show the same numbers.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
-from dataclasses import asdict, dataclass
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -19,6 +32,80 @@ from benchmarks.peers import UpstreamStats
 from benchmarks.warm import WrkMeasurement
 
 RATIO_TOLERANCE = 0.005  # "1.00" at two decimals
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+R = TypeVar("R")
+
+
+def _plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+
+
+def _one_line(row: Any) -> str:
+    fields = _plain(row)
+    if not isinstance(fields, dict):
+        return str(fields)
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in fields.items() if not isinstance(v, (dict, list, tuple)))[:400]
+
+
+class RowLog(Generic[R]):
+    """Every row of one benchmark run, written out the moment it is measured.
+
+    ``add`` appends the row as one JSON line (flushed and fsync'd) and prints it; ``guard``
+    runs one measurement and turns its exception into a row (``failed_row(reason)``) or, when
+    the benchmark has no row shape for it, a ``{"failed": ..., "error": ...}`` line, and the
+    run goes on. ``rows`` holds the rows for the final table.
+    """
+
+    def __init__(self, bench: str, results_dir: Path | None = None,
+                 line: Callable[[R], str] = _one_line,
+                 echo: Callable[[str], None] | None = None, show: bool = True) -> None:
+        self.rows: list[R] = []
+        self.failures: list[tuple[str, str]] = []
+        directory = results_dir or RESULTS_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{bench}-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+        self._line = line
+        self._echo = echo or (lambda text: print(text, file=sys.stderr, flush=True))
+        self._show = show  # False: the benchmark prints its own line per row
+        self._write({"bench": bench, "started": time.time(), "argv": sys.argv})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def add(self, row: R) -> R:
+        self.rows.append(row)
+        self._write({"row": _plain(row)})
+        if self._show:
+            self._echo(f"  row: {self._line(row)}")
+        return row
+
+    def note(self, **fields: Any) -> None:
+        """Context worth keeping with the rows (parameters, environment, verdicts)."""
+        self._write({"note": fields})
+
+    def fail(self, what: str, reason: str, failed_row: Callable[[str], R] | None = None) -> None:
+        self.failures.append((what, reason))
+        if self._show:
+            self._echo(f"  FAILED {what}: {reason}")
+        if failed_row is not None:
+            self.add(failed_row(reason))
+        else:
+            self._write({"failed": what, "error": reason})
+
+    @contextmanager
+    def guard(self, what: str, failed_row: Callable[[str], R] | None = None) -> Iterator[None]:
+        """Measure ``what``; if it raises, record why (as a row) and carry on with the run."""
+        try:
+            yield
+        except Exception as exc:  # a failing peer must not lose the other measurements
+            reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:500]
+            self._write({"traceback": traceback.format_exc(limit=8), "what": what})
+            self.fail(what, reason, failed_row)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from distro.apt_oracle import AptOracle, find_apt_lists
+from benchmarks.report import RowLog
+from tests.plugin.apt_oracle import AptOracle, find_apt_lists
 
 CONTROLLER = ("keystone glance-api placement-api nova-api nova-conductor nova-scheduler "
               "neutron-server openstack-dashboard mariadb-server rabbitmq-server memcached")
@@ -112,7 +113,7 @@ def run_case(case: str, targets: list[str], recommends: bool, repeat: int, index
         run, sim_out, _rc = _measure(["apt-get", *rec_flag, "-s", "-q", "install", *targets],
                                      apt_env)
         a_sim.append(run)
-    from distro.apt_oracle import _INST
+    from tests.plugin.apt_oracle import _INST
 
     theirs = {(m[0], m[1], m[2]) for m in _INST.findall(sim_out)}
     plan = json.loads(plan_text)
@@ -158,13 +159,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     index = [ls.packages for ls in lists]
     results: list[CaseResult] = []
+    log: RowLog[CaseResult] = RowLog("resolver", show=False)
+    console.print(f"cases go to {log.path} as they are measured")
     with tempfile.TemporaryDirectory(prefix="resolver-bench-") as tmp:
         work = Path(tmp)
         oracle = AptOracle(work / "apt-root", lists)
         for case in args.cases.split(","):
             for recommends in (False, True):
-                results.append(run_case(case, CASES[case].split(), recommends, args.repeat,
-                                         index, oracle, work, console))
+                with log.guard(f"{case} recommends={recommends}"):
+                    results.append(log.add(run_case(case, CASES[case].split(), recommends,
+                                                    args.repeat, index, oracle, work, console)))
+    for what, reason in log.failures:
+        console.print(f"[red]FAILED {what}[/red]: {reason}")
+    if not results:
+        return 1
     rows = table_rows(results)
     table = Table(title=f"resolver vs apt-get (medians of {args.repeat}; wall s per process)")
     for col in rows[0]:
@@ -177,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in results], default=lambda o: o.__dict__,
                                         indent=2))
-    ok = all(r.identical for r in results)
+    ok = all(r.identical for r in results) and not log.failures
     return 0 if ok else 1
 
 

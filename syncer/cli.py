@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 SUBCOMMAND_MODULES = (
-    "syncer.cmd_demo",
+    "syncer.demo.cmd",
     "syncer.cmd_resolve",
     "syncer.cmd_delta",
     "syncer.cmd_fleet",

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from distro.debian_repo import parse_packages
-from distro.sample_repo import SampleAptRepo
-from tests.support import AptRoot, NodeProcess, sha256_file
+from syncer.demo.sample_repo import SampleAptRepo
+from tests.plugin.support import AptRoot, NodeProcess, sha256_file
 
 pytestmark = pytest.mark.integration
 
@@ -42,12 +42,13 @@ def test_apt_install_through_cache_verifies_signature(
 def test_apt_rejects_repository_signed_by_another_key(
         sample_apt: SampleAptRepo, cache: NodeProcess, tmp_path: Path) -> None:
     """The signature really passes through: a wrong keyring makes apt refuse the index."""
-    from distro.debian_repo import export_public_key, make_throwaway_key
+    from distro.debian_repo import export_public_key
+    from syncer.demo.signing import make_throwaway_key
     other = make_throwaway_key(tmp_path / "other-gnupg", "someone else")
     keyring = export_public_key(other, tmp_path / "other.gpg")
     apt = AptRoot(tmp_path / "apt", keyring)
     apt.set_source(f"{cache.url}/apt/main")
-    from tests.conftest import release_key
+    from tests.plugin.fixtures import release_key
     release_key(other)
     proc = apt.run("update", check=False)
     text = proc.stdout + proc.stderr

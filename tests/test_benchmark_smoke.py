@@ -71,4 +71,8 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     path = report.write_json(res, cfg.results_dir)
     doc = json.loads(path.read_text())
     assert doc["cold"][0]["peer"] == "edgedepot"
+    # Each rep was also logged as it was measured, in the same results directory.
+    (log,) = cfg.results_dir.glob("cache_node-*.jsonl")
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["row"]["peer"] for r in logged if "row" in r} >= {"edgedepot", "nginx-direct"}
     assert elapsed < 60, f"harness smoke run took {elapsed:.0f}s"

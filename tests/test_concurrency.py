@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from distro.debian_repo import parse_packages, parse_release
-from tests.support import NodeProcess
+from tests.plugin.support import NodeProcess
 
 pytestmark = pytest.mark.integration
 

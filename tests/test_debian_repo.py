@@ -28,12 +28,12 @@ from distro.debian_repo import (
     build_repository,
     decompress_index,
     export_public_key,
-    make_throwaway_key,
     parse_packages,
     parse_release,
     stop_gpg_agent,
 )
-from distro.sample_repo import SampleDeb, build_deb, build_sample_debs, sample_graph
+from syncer.demo.sample_repo import SampleDeb, build_deb, build_sample_debs, sample_graph
+from syncer.demo.signing import make_throwaway_key
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dpkg-deb") is None or shutil.which("gpg") is None,

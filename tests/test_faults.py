@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from distro.debian_repo import BuiltRepository, PoolEntry, build_repository, parse_release
-from distro.sample_repo import SampleAptRepo, SampleDeb, build_deb
-from tests.support import CACHE_NODE, FakeUpstream, Fault, NodeProcess
+from syncer.demo.sample_repo import SampleAptRepo, SampleDeb, build_deb
+from tests.plugin.support import CACHE_NODE, FakeUpstream, Fault, NodeProcess
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from distro.sample_repo import SampleAptRepo
-from tests.support import AptRoot, NodeProcess
+from syncer.demo.sample_repo import SampleAptRepo
+from tests.plugin.support import AptRoot, NodeProcess
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from distro.glance_images import (
     load_image_directory,
     write_image,
 )
-from tests.glance_node import GlanceNode
+from tests.plugin.glance_node import GlanceNode
 
 pytestmark = pytest.mark.integration
 

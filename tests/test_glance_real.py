@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.glance_node import GlanceNode
-from tests.glance_server import GlanceServer, GlanceUnavailable, Grant, ensure_glance_venv
+from tests.plugin.glance_node import GlanceNode
+from tests.plugin.glance_server import GlanceServer, GlanceUnavailable, Grant, ensure_glance_venv
 
 # The first test also builds the Glance venv on a fresh machine (a few minutes, once).
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]

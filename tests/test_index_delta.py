@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from distro.debian_repo import parse_release
-from distro.sample_repo import SampleAptRepo, SampleDeb, build_deb
-from tests.support import AptRoot, NodeProcess
+from syncer.demo.sample_repo import SampleAptRepo, SampleDeb, build_deb
+from tests.plugin.support import AptRoot, NodeProcess
 
 pytestmark = pytest.mark.integration
 

@@ -46,8 +46,12 @@ def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
      "syncer.inventory -> cache_node.config"),
     ("distro/versions.py", "import syncer.inventory", "Layers run one way",
      "distro.versions -> syncer.inventory"),
-    ("cache_node/store.py", "import tests.conftest", "The product never imports tests",
-     "cache_node.store -> tests.conftest"),
+    ("cache_node/store.py", "import tests.plugin.fixtures", "The product never imports tests",
+     "cache_node.store -> tests.plugin.fixtures"),
+    ("cache_node/node.py", "import syncer.demo.sample_repo", "never depend on the demo",
+     "cache_node.node -> syncer.demo.sample_repo"),
+    ("tests/plugin/support.py", "import benchmarks.report", "Benchmarks import fixtures",
+     "tests.plugin.support -> benchmarks.report"),
 ])
 def test_an_arrow_pointing_up_breaks_the_contract(tree_copy: Path, module: str, import_line: str,
                                                   contract: str, chain: str) -> None:
@@ -61,3 +65,16 @@ def test_an_arrow_pointing_up_breaks_the_contract(tree_copy: Path, module: str, 
     assert proc.returncode != 0, proc.stdout
     assert f"{contract}" in proc.stdout and "BROKEN" in proc.stdout, proc.stdout
     assert chain in proc.stdout, proc.stdout
+
+
+def test_every_product_package_is_packaged() -> None:
+    """A subpackage missing from [tool.setuptools] packages would be absent from the wheel
+    (the editable install used by the tests would not notice)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {str(init.parent.relative_to(ROOT)).replace("/", ".")
+             for top in ("distro", "cache_node", "syncer") for init in (ROOT / top).rglob("__init__.py")}
+    assert found == listed
+    assert "syncer.demo" in listed

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from distro.debian_repo import BuiltRepository
-from distro.sample_repo import SampleAptRepo
-from tests.support import AptRoot, FakeUpstream, NodeProcess, sha256_file
+from syncer.demo.sample_repo import SampleAptRepo
+from tests.plugin.support import AptRoot, FakeUpstream, NodeProcess, sha256_file
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from distro.pypi_index import JSON_CONTENT_TYPE, parse_project_page
-from tests.support import NodeProcess
+from tests.plugin.support import NodeProcess
 
 pytestmark = pytest.mark.integration
 

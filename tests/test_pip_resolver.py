@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from distro.pip_resolver import PipResolveError, PipTarget, resolve_pip
-from distro.sample_wheels import SampleWheel, build_sample_wheels, sample_wheel_set
 from syncer.blocking_http import BlockingHttp
-from tests.support import NodeProcess
+from syncer.demo.sample_wheels import SampleWheel, build_sample_wheels, sample_wheel_set
+from tests.plugin.support import NodeProcess
 
 pytestmark = pytest.mark.integration
 

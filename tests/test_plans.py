@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from distro.debian_repo import parse_packages
-from tests.support import NodeProcess
+from tests.plugin.support import NodeProcess
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +120,7 @@ def test_killed_node_resumes_plan_without_refetching(
 
 def test_plan_prefetches_images_through_glance(tmp_path: Path) -> None:
     from distro.wire import plan_to_json
-    from syncer.demo_images import build_image_pair
+    from syncer.demo.images import build_image_pair
     from syncer.inventory import parse_inventory
     from syncer.planner import plan_regions
 

@@ -34,7 +34,7 @@ from distro.pypi_index import (
     scan_distribution_dir,
     wheel_metadata,
 )
-from distro.sample_wheels import build_sample_sdist, build_sample_wheels
+from syncer.demo.sample_wheels import build_sample_sdist, build_sample_wheels
 
 PAGE_URL = "http://cache.test/simple/edge-agent/"
 SHA_A = "a" * 64

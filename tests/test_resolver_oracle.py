@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from distro.apt_oracle import AptListSet, AptOracle, OracleResult, find_apt_lists
 from distro.install_order import install_order, order_violations
 from distro.packages_index import PackageIndex, load_index
 from distro.resolver import ResolutionError, ResolveOptions, resolve
+from tests.plugin.apt_oracle import AptListSet, AptOracle, OracleResult, find_apt_lists
 
 CONTROLLER = ("keystone glance-api placement-api nova-api nova-conductor nova-scheduler "
               "neutron-server openstack-dashboard mariadb-server rabbitmq-server memcached")

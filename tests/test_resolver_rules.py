@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from distro.apt_oracle import AptListSet, AptOracle
 from distro.packages_index import IndexSpec, PackageIndex, load_index
 from distro.resolver import ResolutionError, ResolveOptions, resolve
+from tests.plugin.apt_oracle import AptListSet, AptOracle
 
 HAVE_APT = shutil.which("apt-get") is not None
 _SHA = "0" * 64

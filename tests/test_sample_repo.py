@@ -1,4 +1,4 @@
-"""Tests for distro.sample_repo: the sample dependency graph and real .deb building."""
+"""Tests for syncer.demo.sample_repo: the sample dependency graph and real .deb building."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from debian.debian_support import Version
 
 from distro.debian_repo import stop_gpg_agent
-from distro.sample_repo import (
+from syncer.demo.sample_repo import (
     TOP_PACKAGE,
     SampleDeb,
     build_deb,

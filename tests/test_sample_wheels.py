@@ -1,4 +1,4 @@
-"""distro.sample_wheels: well-formed wheels that real pip installs, from a directory and from
+"""syncer.demo.sample_wheels: well-formed wheels that real pip installs, from a directory and from
 an index served with distro.pypi_index on loopback."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from distro.pypi_index import (
     render_root_json,
     scan_distribution_dir,
 )
-from distro.sample_wheels import (
+from syncer.demo.sample_wheels import (
     SampleWheel,
     build_sample_sdist,
     build_sample_wheels,

@@ -9,7 +9,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from syncer.node_process import NodeProcess
+from syncer.demo.node_process import NodeProcess
 
 FAMILY = "edge-os"
 

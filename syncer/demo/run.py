@@ -26,13 +26,13 @@ from rich.console import Console
 from rich.table import Table
 
 from distro.debian_repo import stop_gpg_agent
-from distro.sample_repo import SampleAptRepo, SampleDeb, build_deb, build_sample_apt_repo
-from distro.sample_wheels import build_sample_wheels
-from syncer.apt_site import AptRoot
 from syncer.cmd_fleet import push_plans, sync_indexes
-from syncer.demo_images import build_image_pair, fetch_image
+from syncer.demo.apt_site import AptRoot
+from syncer.demo.images import build_image_pair, fetch_image
+from syncer.demo.node_process import NodeProcess
+from syncer.demo.sample_repo import SampleAptRepo, SampleDeb, build_deb, build_sample_apt_repo
+from syncer.demo.sample_wheels import build_sample_wheels
 from syncer.inventory import load_inventory
-from syncer.node_process import NodeProcess
 from syncer.planner import plan_regions
 
 REGIONS = ("north", "south")

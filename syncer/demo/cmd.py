@@ -8,7 +8,7 @@ from typing import Any
 
 
 def run(args: argparse.Namespace) -> int:
-    from syncer.demo import run_demo
+    from syncer.demo.run import run_demo
 
     return run_demo(args.workdir, clients=args.clients, n_packages=args.packages,
                     total_bytes=int(args.total_mb * 1_000_000))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from syncer.apt_site import AptRoot
-from syncer.node_process import CACHE_NODE, NodeProcess
+from syncer.demo.apt_site import AptRoot
+from syncer.demo.node_process import CACHE_NODE, NodeProcess
 
 __all__ = ["CACHE_NODE", "AptRoot", "FakeUpstream", "Fault", "NodeProcess", "sha256_file"]
 

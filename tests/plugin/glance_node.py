@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from syncer.node_process import NodeProcess
+from syncer.demo.node_process import NodeProcess
 
 
 class GlanceNode(NodeProcess):

@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distro.debian_repo import SigningKey, export_public_key, make_throwaway_key
+from distro.debian_repo import SigningKey, export_public_key
+from syncer.demo.signing import make_throwaway_key
 
 TOP_PACKAGE = "edge-compute-node"
 _EPOCH = 1_700_000_000  # fixed mtimes make builds reproducible
