@@ -1,6 +1,8 @@
 """`cache-node serve` and `cache-node fsck`.
 
-An invalid configuration ends in one line on stderr (`config error: ...`) and exit 2.
+Operator mistakes end in one line on stderr and a non-zero exit, never a traceback:
+exit 2 for an invalid configuration (`config error: ...`), exit 1 when a valid configuration
+cannot start here (`cannot listen on ...`, `cannot write to store directory ...`).
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from cache_node.config import SETTINGS, ConfigError, ConfigSources, ListenAddress, NodeConfig
+from cache_node.config import SETTINGS, ConfigError, ConfigSources, NodeConfig
 from cache_node.http_app import build_app
 from cache_node.node import Node
+from cache_node.startup import StartupError, bind_listener, bound_url, check_store_dir
 from cache_node.store import BlobStore
 
 log = logging.getLogger("cache_node")
@@ -70,7 +73,7 @@ def _unwired(config: NodeConfig) -> list[str]:
     return [f"{name} is validated but not in effect yet" for name, on in pending if on]
 
 
-async def _serve(config: NodeConfig, listen: ListenAddress) -> None:
+async def _serve(config: NodeConfig, sock: socket.socket) -> None:
     node = Node(config)
     try:
         await node.start()
@@ -82,15 +85,9 @@ async def _serve(config: NodeConfig, listen: ListenAddress) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     try:
         await runner.setup()
-        sock = socket.socket(socket.AF_INET6 if ":" in listen.host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((listen.host, listen.port))
-        sock.listen(1024)
         site = web.SockSite(runner, sock)
         await site.start()
-        host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
-        print(f"listening on http://{shown}:{port}", flush=True)
+        print(f"listening on {bound_url(sock)}", flush=True)
         log.info("%s node serving, store %s", config.role, config.store_dir)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -103,6 +100,15 @@ async def _serve(config: NodeConfig, listen: ListenAddress) -> None:
         await node.stop()
 
 
+def _preflight(config: NodeConfig) -> socket.socket:
+    """Everything that can be checked before the repositories are built; StartupError."""
+    check_store_dir(config.store_dir)
+    if config.listen is None:
+        raise StartupError("cannot start: only tls.listen is set and TLS serving is not wired "
+                           "yet; give listen HOST:PORT too")
+    return bind_listener(config.listen)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = config_sources(args, os.environ).load()
@@ -111,17 +117,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     for warning in (*config.warnings, *_unwired(config)):
         print(f"config warning: {warning}", file=sys.stderr)
-    if config.listen is None:
-        print("cannot start: only tls.listen is set and TLS serving is not wired yet; give "
-              "listen HOST:PORT too", file=sys.stderr)
+    try:
+        sock = _preflight(config)
+    except StartupError as exc:
+        print(_one_line(str(exc)), file=sys.stderr)
         return 1
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(_serve(config, config.listen))
-    except OSError as exc:
-        print(f"cache-node: cannot start: {exc}", file=sys.stderr)
+        asyncio.run(_serve(config, sock))
+    except StartupError as exc:
+        print(_one_line(str(exc)), file=sys.stderr)
         return 1
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"cannot start: {(exc.strerror or str(exc)).lower()}{where}", file=sys.stderr)
+        return 1
+    finally:
+        sock.close()
     return 0
 
 
