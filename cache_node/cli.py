@@ -1,8 +1,9 @@
-"""`cache-node serve` and `cache-node fsck`.
+"""`cache-node serve`, `cache-node fsck` and `cache-node keygen`.
 
 Operator mistakes end in one line on stderr and a non-zero exit, never a traceback:
 exit 2 for an invalid configuration (`config error: ...`), exit 1 when a valid configuration
-cannot start here (`cannot listen on ...`, `cannot write to store directory ...`).
+cannot start here (`cannot listen on ...`, `cannot write to store directory ...`,
+`signing key ... not found in GnuPG home ...`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from aiohttp import web
 
 from cache_node.config import SETTINGS, ConfigError, ConfigSources, NodeConfig
 from cache_node.http_app import build_app
+from cache_node.keys import check_signing_key, format_fingerprint, generate_signing_key
 from cache_node.node import Node
 from cache_node.startup import StartupError, bind_listener, bound_url, check_store_dir
 from cache_node.store import BlobStore
+from distro.debian_repo import SigningKey
 
 log = logging.getLogger("cache_node")
 
@@ -103,6 +106,9 @@ async def _serve(config: NodeConfig, sock: socket.socket) -> None:
 def _preflight(config: NodeConfig) -> socket.socket:
     """Everything that can be checked before the repositories are built; StartupError."""
     check_store_dir(config.store_dir)
+    if config.role == "origin" and config.signing.enabled:
+        assert config.signing.gnupg_home is not None
+        check_signing_key(SigningKey(config.signing.gnupg_home, config.signing.key_id))
     if config.listen is None:
         raise StartupError("cannot start: only tls.listen is set and TLS serving is not wired "
                            "yet; give listen HOST:PORT too")
@@ -165,6 +171,29 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    try:
+        key = generate_signing_key(Path(args.gnupg_home), args.name, args.email, args.algorithm,
+                                   Path(args.export_dir) if args.export_dir else None)
+    except StartupError as exc:
+        print(_one_line(str(exc)), file=sys.stderr)
+        return 1
+    print(f"created repository signing key in GnuPG home {key.gnupg_home}\n"
+          f"  owner:       {key.uid}\n"
+          f"  key id:      {key.key_id}\n"
+          f"  fingerprint: {format_fingerprint(key.fingerprint)}\n"
+          f"  public key:  {key.binary_path} (binary, for apt signed-by=)\n"
+          f"               {key.armored_path} (ASCII-armored)\n"
+          f"\norigin node.toml:\n{key.config_lines()}"
+          f"\nor flags: --gnupg-home {key.gnupg_home} --signing-key {key.fingerprint}\n"
+          f"\nsites fetch http://NODE:8080/keys/repository.gpg, check that\n"
+          f"  gpg --show-keys --with-fingerprint repository.gpg\n"
+          f"shows {format_fingerprint(key.fingerprint)}, install it as\n"
+          f"/usr/share/keyrings/edgedepot.gpg and use\n"
+          f"  deb [signed-by=/usr/share/keyrings/edgedepot.gpg] http://NODE:8080/apt/NAME SUITE main")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cache-node", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,9 +204,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     fsck.add_argument("--config", type=Path)
     fsck.add_argument("--store", help="the node's --store directory")
     fsck.add_argument("--no-repair", action="store_true", help="report only, remove nothing")
+    keygen = sub.add_parser("keygen", help="create a repository signing key (gpg, no passphrase)")
+    keygen.add_argument("--gnupg-home", required=True, metavar="DIR",
+                        help="GnuPG home to create the key in (created 0700 if missing)")
+    keygen.add_argument("--name", default="edgedepot repository signing key",
+                        help="key owner's name")
+    keygen.add_argument("--email", default="archive@edgedepot.invalid", help="key owner's email")
+    keygen.add_argument("--algorithm", choices=("ed25519", "rsa4096"), default="ed25519")
+    keygen.add_argument("--export-dir", metavar="DIR",
+                        help="where to write repository.gpg and repository.asc "
+                             "(default: the GnuPG home)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command == "keygen":
+        return cmd_keygen(args)
     return cmd_fsck(args)
 
 
