@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from cache_node.config import (
     parse_size,
 )
 from cache_node.upstream import format_repr_digest, parse_repr_digest
+from tests.pki import write_cert_and_key
 
 
 def test_flags_override_env_override_file(tmp_path: Path) -> None:
@@ -98,31 +98,6 @@ def test_repr_digest_round_trip() -> None:
 
 # --------------------------------------------------------------------------- issue 10 settings
 
-def _cert_and_key(directory: Path, name: str, *, days: int = 30,
-                  passphrase: bytes | None = None) -> tuple[Path, Path]:
-    """A self-signed certificate and its key as PEM files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=10)).not_valid_after(now + timedelta(days))
-            .sign(key, hashes.SHA256()))
-    enc: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase
-        else serialization.NoEncryption())
-    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8, enc))
-    return cert_path, key_path
-
-
 CACHE = {"role": "cache", "upstream": "https://origin.example:8443", "store": "/tmp/s"}
 
 
@@ -139,8 +114,8 @@ def test_every_setting_has_a_packaged_default_and_loading_is_repeatable() -> Non
 
 
 def test_tls_listener_validated(tmp_path: Path) -> None:
-    cert, key = _cert_and_key(tmp_path, "node")
-    other_cert, other_key = _cert_and_key(tmp_path, "other")
+    cert, key = write_cert_and_key(tmp_path, "node")
+    other_cert, other_key = write_cert_and_key(tmp_path, "other")
     tls = {**CACHE, "tls_listen": "[::1]:8443", "tls_cert": str(cert), "tls_key": str(key)}
     config = load_config(None, {}, tls)
     assert config.listen is None, "a node may listen on TLS only"
@@ -164,18 +139,18 @@ def test_tls_listener_validated(tmp_path: Path) -> None:
 
 
 def test_encrypted_and_expired_keys_refused(tmp_path: Path) -> None:
-    cert, key = _cert_and_key(tmp_path, "locked", passphrase=b"secret")
+    cert, key = write_cert_and_key(tmp_path, "locked", passphrase=b"secret")
     with pytest.raises(ConfigError, match="is encrypted"):
         load_config(None, {}, {**CACHE, "upstream_client_cert": str(cert),
                                "upstream_client_key": str(key)})
-    old_cert, old_key = _cert_and_key(tmp_path, "old", days=-2)
+    old_cert, old_key = write_cert_and_key(tmp_path, "old", days=-2)
     with pytest.raises(ConfigError, match="expired on"):
         load_config(None, {}, {**CACHE, "tls_listen": "127.0.0.1:0", "tls_cert": str(old_cert),
                                "tls_key": str(old_key)})
 
 
 def test_upstream_tls_validated(tmp_path: Path) -> None:
-    cert, key = _cert_and_key(tmp_path, "client")
+    cert, key = write_cert_and_key(tmp_path, "client")
     config = load_config(None, {}, {**CACHE, "upstream_ca": str(cert),
                                     "upstream_client_cert": str(cert),
                                     "upstream_client_key": str(key)})
