@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cache_node.config import ListenAddress, load_config, load_defaults
+from cache_node.config import SETTINGS, ListenAddress, load_config, load_defaults
 from tests.pki import write_cert_and_key
 from tests.support import CACHE_NODE
 
@@ -68,3 +68,13 @@ def test_unit_file_stops_after_draining_and_verifies(tmp_path: Path) -> None:
     proc = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 0 and "edgedepot-node.service" not in proc.stderr, proc.stderr
+
+
+def test_readme_documents_every_setting() -> None:
+    """The configuration table names each setting's TOML key, flag and environment variable."""
+    readme = (DEPLOY.parent / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    for setting in SETTINGS:
+        row = next((r for r in rows if r.startswith(f"| `{setting.key}` |")), None)
+        assert row is not None, f"README lacks a row for {setting.key}"
+        assert f"`{setting.flag}" in row and f"`{setting.env}`" in row, row
