@@ -336,3 +336,26 @@ def test_unsigned_origin_has_no_key(debs: Path, tmp_path: Path) -> None:
                               "--upstream", origin.url], tmp_path / "cache.log") as cache:
         assert origin.get("/keys/repository.gpg")[0] == 404
         assert cache.get("/keys/repository.gpg")[0] == 404
+
+
+def test_origin_restart_serves_earlier_build_when_building_fails(
+        debs: Path, gnupg_home: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """prepare(): a failed first build falls back to the tree an earlier run built; with no
+    such tree the node cannot start, and says so in one line."""
+    from cache_node.apt_local import LocalAptRepo
+    from cache_node.config import RepoSource
+    from cache_node.startup import StartupError
+    from distro.debian_repo import SigningKey
+
+    fingerprint = keygen(gnupg_home)
+    source = RepoSource("main", str(debs))
+    LocalAptRepo(source, tmp_path / "built", SigningKey(gnupg_home, fingerprint)).prepare()
+    inrelease = (tmp_path / "built/main/dists/stable/InRelease").read_bytes()
+    broken = SigningKey(tmp_path / "no-gnupg", fingerprint)
+    repo = LocalAptRepo(source, tmp_path / "built", broken)
+    repo.prepare()
+    assert (tmp_path / "built/main/dists/stable/InRelease").read_bytes() == inrelease
+    assert repo.path_for_digest(next(iter(repo._by_digest))) is not None
+    assert "serving the repository built earlier" in caplog.text
+    with pytest.raises(StartupError, match=r"^cannot build apt repository main from "):
+        LocalAptRepo(source, tmp_path / "other", broken).prepare()
