@@ -281,8 +281,10 @@ def run_scenario(name: str, ctx: Context) -> ScenarioResult:
         for region in REGIONS:
             upstream = ctx.wan.links[region].origin_url
             if name in ("prewarm", "cold"):
+                # apt only: no Glance, so no caller tokens on this plain-http WAN link
                 node = NodeProcess(["--role", "cache", "--store", str(work / f"{region}-store"),
-                                    "--upstream", upstream], work / f"{region}-cache.log")
+                                    "--upstream", upstream, "--no-glance"],
+                                   work / f"{region}-cache.log")
                 nodes[region] = node.start()
                 bases[region] = f"{node.url}/apt/{REPO}"
             elif name == "acng":

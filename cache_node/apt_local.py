@@ -4,6 +4,10 @@ The source directory is either an existing mirror tree (`dists/` + `pool/`), ser
 a directory of `.deb` files, for which the origin builds (and, with a key, signs) a repository
 into its store directory. A directory of `.deb` files is rescanned when a client asks for a
 Release file and the set of files changed, so dropping a new `.deb` in publishes it.
+
+Operators drop files in by hand, so a junk or truncated `.deb` is skipped with one warning line
+naming it, and the repository is built from the good ones. When a rebuild fails as a whole
+(signing, disk), the last good repository stays served and the failure is logged.
 """
 
 from __future__ import annotations
@@ -16,12 +20,22 @@ from pathlib import Path
 
 from cache_node.answers import Answer, BlobAnswer, NotFound, content_type_for
 from cache_node.config import RepoSource
-from distro.debian_repo import BuiltRepository, SigningKey, build_repository
+from cache_node.startup import StartupError
+from distro.debian_repo import (
+    BuiltRepository,
+    MalformedIndexError,
+    RepoToolError,
+    SigningKey,
+    build_repository,
+    parse_release,
+)
 from distro.digests import file_sha256
 
 log = logging.getLogger(__name__)
 
 RESCAN_INTERVAL = 2.0
+RETRY_FAILED_BUILD = 60.0   # seconds before a failed build of an unchanged directory is retried
+_BUILD_ERRORS = (RepoToolError, MalformedIndexError, ValueError, OSError)
 
 
 @dataclass(frozen=True)
@@ -45,14 +59,38 @@ class LocalAptRepo:
         self._by_digest: dict[str, str] = {}
         self._hash_cache: dict[_FileKey, str] = {}
         self._deb_fingerprint: tuple[tuple[str, int, int], ...] | None = None
+        self._failed: tuple[tuple[tuple[str, int, int], ...], float] | None = None
         self._last_scan = 0.0
         self._rebuild_lock = asyncio.Lock()
         self.built: BuiltRepository | None = None
 
     def prepare(self) -> None:
-        """Build the repository once at start (directories of .deb files only)."""
-        if not self.is_mirror_tree:
-            self._rebuild()
+        """Build the repository once at start (directories of .deb files only). If that fails,
+        the tree an earlier run built is served; without one the node cannot start."""
+        if self.is_mirror_tree:
+            return
+        fingerprint = self._fingerprint()
+        try:
+            self._build(fingerprint)
+        except _BUILD_ERRORS as exc:
+            self._failed = (fingerprint, time.monotonic())
+            if not self._load_previous():
+                raise StartupError(f"cannot build apt repository {self.name} from "
+                                   f"{self.source.path}: {_one_line(exc)}") from None
+            log.warning("apt %s: building from %s failed, serving the repository built "
+                        "earlier: %s", self.name, self.source.path, _one_line(exc))
+
+    def _load_previous(self) -> bool:
+        """Serve the tree a previous run built, if its Release is readable."""
+        release_path = self.root / "dists" / self.source.suite / "Release"
+        try:
+            release = parse_release(release_path.read_bytes(), str(release_path))
+        except (OSError, MalformedIndexError):
+            return False
+        self._digests = {f"dists/{self.source.suite}/{rel}": e.sha256
+                         for rel, e in release.files.items()}
+        self._by_digest = {sha: rel for rel, sha in self._digests.items()}
+        return True
 
     def _fingerprint(self) -> tuple[tuple[str, int, int], ...]:
         out = []
@@ -65,17 +103,32 @@ class LocalAptRepo:
         return tuple(out)
 
     def _rebuild(self) -> None:
+        """Rebuild when the set of .deb files changed; on failure keep serving what we have."""
         fingerprint = self._fingerprint()
         if fingerprint == self._deb_fingerprint:
             return
+        if self._failed is not None and self._failed[0] == fingerprint and \
+                time.monotonic() - self._failed[1] < RETRY_FAILED_BUILD:
+            return
+        try:
+            self._build(fingerprint)
+        except _BUILD_ERRORS as exc:
+            self._failed = (fingerprint, time.monotonic())
+            log.warning("apt %s: rebuilding from %s failed, still serving the previous "
+                        "repository: %s", self.name, self.source.path, _one_line(exc))
+
+    def _build(self, fingerprint: tuple[tuple[str, int, int], ...]) -> None:
         started = time.monotonic()
         built = build_repository(self.source.path, self.root, suite=self.source.suite,
-                                 signing_key=self.signing_key)
+                                 signing_key=self.signing_key, skip_bad=True)
+        for bad in built.skipped:
+            log.warning("apt %s: skipped %s: %s", self.name, bad.path, bad.reason)
         digests = {f"dists/{built.suite}/{rel}": e.sha256 for rel, e in built.release.files.items()}
         for pkg in built.packages:
             digests[pkg.filename] = pkg.sha256
         self.built, self._digests, self._deb_fingerprint = built, digests, fingerprint
         self._by_digest = {sha: rel for rel, sha in digests.items()}
+        self._failed = None
         log.info("%s: built repository of %d packages in %.1fs%s", self.name,
                  len(built.packages), time.monotonic() - started,
                  " (signed)" if self.signing_key else " (unsigned)")
@@ -124,3 +177,5 @@ class LocalAptRepo:
                           immutable=immutable)
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500]

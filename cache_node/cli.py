@@ -1,105 +1,146 @@
-"""`cache-node serve` and `cache-node fsck`."""
+"""`cache-node serve`, `cache-node fsck` and `cache-node keygen`.
+
+Operator mistakes end in one line on stderr and a non-zero exit, never a traceback:
+exit 2 for an invalid configuration (`config error: ...`), exit 1 when a valid configuration
+cannot start here (`cannot listen on ...`, `cannot write to store directory ...`,
+`signing key ... not found in GnuPG home ...`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from aiohttp import web
 
-from cache_node.config import ConfigError, NodeConfig, load_config
+from cache_node.config import SETTINGS, ConfigError, ConfigSources, NodeConfig
 from cache_node.http_app import build_app
+from cache_node.keys import check_signing_key, format_fingerprint, generate_signing_key
 from cache_node.node import Node
+from cache_node.startup import StartupError, bind_listener, bound_url, check_store_dir
 from cache_node.store import BlobStore
+from distro.debian_repo import SigningKey
 
 log = logging.getLogger("cache_node")
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML configuration file")
-    p.add_argument("--role", choices=("origin", "cache"))
-    p.add_argument("--listen", help="HOST:PORT to bind (port 0 picks a free port)")
-    p.add_argument("--store", help="directory for the store and built repositories")
-    p.add_argument("--upstream", help="cache role: base URL of the origin or a parent cache")
-    p.add_argument("--quota", help="store size limit, e.g. 50G (LRU eviction beyond it)")
-    p.add_argument("--index-ttl", dest="index_ttl", type=float,
-                   help="seconds before Release files / project pages are revalidated")
+    """One flag per entry of config.SETTINGS; values go to load_config as given, so a bad
+    value is reported like any other config error (one line naming the key)."""
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    for s in SETTINGS:
+        metavar = s.metavar or ("{" + ",".join(s.choices) + "}" if s.choices else None)
+        if s.kind == "bool":
+            p.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction,
+                           default=None, help=s.help)
+        elif s.kind == "list":
+            p.add_argument(s.flag, dest=s.name, action="append", default=None,
+                           metavar=metavar, help=s.help)
+        else:
+            p.add_argument(s.flag, dest=s.name, metavar=metavar, help=s.help)
     p.add_argument("--apt", action="append", default=[], metavar="NAME=DIR|URL",
                    help="origin: an apt repository (directory of .debs, mirror tree, or URL)")
     p.add_argument("--pypi", action="append", default=[], metavar="NAME=DIR|URL",
                    help="origin: a pip index (directory of wheels/sdists, or simple-index URL)")
-    p.add_argument("--gnupg-home", dest="signing_gnupg_home",
-                   help="origin: GNUPGHOME with the key that signs built repositories")
-    p.add_argument("--signing-key", dest="signing_key_id", help="origin: key id to sign with")
-    p.add_argument("--upstream-retries", dest="upstream_retries", type=int)
-    p.add_argument("--upstream-read-timeout", dest="upstream_read_timeout", type=float)
-    p.add_argument("--upstream-connect-timeout", dest="upstream_connect_timeout", type=float)
-    p.add_argument("--upstream-backoff", dest="upstream_backoff", type=float)
-    p.add_argument("--images", help="origin: directory of Glance image records and data")
-    p.add_argument("--glance-upstream", dest="glance_upstream",
-                   help="origin: URL of a real Glance API to cache images from")
-    p.add_argument("--glance-auth-ttl", dest="glance_auth_ttl", type=float,
-                   help="seconds a token's image-visibility answer is cached")
-    p.add_argument("--glance-offline-policy", dest="glance_offline_policy",
-                   choices=("public", "none", "cached"))
-    p.add_argument("--log-level", dest="log_level")
 
 
-def _config_from_args(args: argparse.Namespace) -> NodeConfig:
-    flags = {key: getattr(args, key, None) for key in (
-        "role", "listen", "store", "upstream", "quota", "index_ttl", "signing_gnupg_home",
-        "signing_key_id", "upstream_retries", "upstream_read_timeout",
-        "upstream_connect_timeout", "upstream_backoff", "log_level", "images",
-        "glance_upstream", "glance_auth_ttl", "glance_offline_policy")}
-    return load_config(args.config, dict(os.environ), flags, args.apt, args.pypi)
+def config_sources(args: argparse.Namespace, env: Mapping[str, str]) -> ConfigSources:
+    """Where this command line takes its configuration from; `.load()` (re)reads it."""
+    flags = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    return ConfigSources(args.config, dict(env), flags, tuple(getattr(args, "apt", ())),
+                         tuple(getattr(args, "pypi", ())))
 
 
-async def _serve(config: NodeConfig) -> None:
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _unwired(config: NodeConfig) -> list[str]:
+    """Settings that are validated but not acted on yet (issue 10 wires them one by one;
+    delete a line here when its setting takes effect)."""
+    pending = [
+        ("tls.listen", config.tls.enabled),
+        ("upstream_tls.*", bool(config.upstream_tls.ca or config.upstream_tls.client_cert)),
+        ("admin token", config.admin.token is not None),
+        ("allow", bool(config.allow)),
+        ("access_log", config.access_log is not None),
+    ]
+    return [f"{name} is validated but not in effect yet" for name, on in pending if on]
+
+
+async def _serve(config: NodeConfig, sock: socket.socket) -> None:
     node = Node(config)
-    await node.start()
+    try:
+        await node.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await node.stop()
+        raise
     app = build_app(node)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    sock = socket.socket(socket.AF_INET6 if ":" in config.listen_host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config.listen_host, config.listen_port))
-    sock.listen(1024)
-    site = web.SockSite(runner, sock)
-    await site.start()
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"listening on http://{shown}:{port}", flush=True)
-    log.info("%s node serving, store %s", config.role, config.store_dir)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await runner.cleanup()
-    await node.stop()
+    try:
+        await runner.setup()
+        site = web.SockSite(runner, sock)
+        await site.start()
+        print(f"listening on {bound_url(sock)}", flush=True)
+        log.info("%s node serving, store %s", config.role, config.store_dir)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+        await node.stop()
+
+
+def _preflight(config: NodeConfig) -> socket.socket:
+    """Everything that can be checked before the repositories are built; StartupError."""
+    check_store_dir(config.store_dir)
+    if config.role == "origin" and config.signing.enabled:
+        assert config.signing.gnupg_home is not None
+        check_signing_key(SigningKey(config.signing.gnupg_home, config.signing.key_id))
+    if config.listen is None:
+        raise StartupError("cannot start: only tls.listen is set and TLS serving is not wired "
+                           "yet; give listen HOST:PORT too")
+    return bind_listener(config.listen)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        config = _config_from_args(args)
+        config = config_sources(args, os.environ).load()
     except ConfigError as exc:
-        print(f"cache-node: configuration error: {exc}", file=sys.stderr)
+        print(f"config error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    for warning in (*config.warnings, *_unwired(config)):
+        print(f"config warning: {warning}", file=sys.stderr)
+    try:
+        sock = _preflight(config)
+    except StartupError as exc:
+        print(_one_line(str(exc)), file=sys.stderr)
+        return 1
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(_serve(config))
-    except OSError as exc:
-        print(f"cache-node: cannot start: {exc}", file=sys.stderr)
+        asyncio.run(_serve(config, sock))
+    except StartupError as exc:
+        print(_one_line(str(exc)), file=sys.stderr)
         return 1
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"cannot start: {(exc.strerror or str(exc)).lower()}{where}", file=sys.stderr)
+        return 1
+    finally:
+        sock.close()
     return 0
 
 
@@ -107,9 +148,9 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     store_dir = Path(args.store) if args.store else None
     if store_dir is None and args.config is not None:
         try:
-            store_dir = _config_from_args(args).store_dir
+            store_dir = config_sources(args, os.environ).load().store_dir
         except ConfigError as exc:
-            print(f"cache-node: configuration error: {exc}", file=sys.stderr)
+            print(f"config error: {_one_line(str(exc))}", file=sys.stderr)
             return 2
     if store_dir is None:
         print("cache-node fsck: give --store DIR or --config FILE", file=sys.stderr)
@@ -130,8 +171,32 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    try:
+        key = generate_signing_key(Path(args.gnupg_home), args.name, args.email, args.algorithm,
+                                   Path(args.export_dir) if args.export_dir else None)
+    except StartupError as exc:
+        print(_one_line(str(exc)), file=sys.stderr)
+        return 1
+    print(f"created repository signing key in GnuPG home {key.gnupg_home}\n"
+          f"  owner:       {key.uid}\n"
+          f"  key id:      {key.key_id}\n"
+          f"  fingerprint: {format_fingerprint(key.fingerprint)}\n"
+          f"  public key:  {key.binary_path} (binary, for apt signed-by=)\n"
+          f"               {key.armored_path} (ASCII-armored)\n"
+          f"\norigin node.toml:\n{key.config_lines()}"
+          f"\nor flags: --gnupg-home {key.gnupg_home} --signing-key {key.fingerprint}\n"
+          f"\nsites fetch http://NODE:8080/keys/repository.gpg, check that\n"
+          f"  gpg --show-keys --with-fingerprint repository.gpg\n"
+          f"shows {format_fingerprint(key.fingerprint)}, install it as\n"
+          f"/usr/share/keyrings/edgedepot.gpg and use\n"
+          f"  deb [signed-by=/usr/share/keyrings/edgedepot.gpg] http://NODE:8080/apt/NAME SUITE main")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cache-node", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cache-node", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run an origin or cache node")
     _add_config_flags(serve)
@@ -139,15 +204,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     fsck.add_argument("--config", type=Path)
     fsck.add_argument("--store", help="the node's --store directory")
     fsck.add_argument("--no-repair", action="store_true", help="report only, remove nothing")
-    for key in ("role", "listen", "upstream", "quota", "index_ttl", "signing_gnupg_home",
-                "signing_key_id", "upstream_retries", "upstream_read_timeout",
-                "upstream_connect_timeout", "upstream_backoff", "log_level", "images",
-                "glance_upstream", "glance_auth_ttl", "glance_offline_policy"):
-        fsck.set_defaults(**{key: None})
-    fsck.set_defaults(apt=[], pypi=[])
+    keygen = sub.add_parser("keygen", help="create a repository signing key (gpg, no passphrase)")
+    keygen.add_argument("--gnupg-home", required=True, metavar="DIR",
+                        help="GnuPG home to create the key in (created 0700 if missing)")
+    keygen.add_argument("--name", default="edgedepot repository signing key",
+                        help="key owner's name")
+    keygen.add_argument("--email", default="archive@edgedepot.invalid", help="key owner's email")
+    keygen.add_argument("--algorithm", choices=("ed25519", "rsa4096"), default="ed25519")
+    keygen.add_argument("--export-dir", metavar="DIR",
+                        help="where to write repository.gpg and repository.asc "
+                             "(default: the GnuPG home)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return cmd_serve(args)
+    if args.command == "keygen":
+        return cmd_keygen(args)
     return cmd_fsck(args)
 
 

@@ -377,6 +377,8 @@ async def make_glance_service(config: NodeConfig, store: BlobStore, fetches: Fet
                               ) -> GlanceService | None:
     """The node's image service, or None when it has no image source."""
     settings = config.glance
+    if not settings.enabled:
+        return None
     backend: Backend
     if config.role == "origin" and settings.images_dir is not None:
         if settings.upstream_url is not None:

@@ -14,6 +14,7 @@ from cache_node.answers import Answer, BadRequest, NotFound, ServiceError, safe_
 from cache_node.apt_remote import RemoteAptRepo
 from cache_node.delta_routes import add_delta_routes
 from cache_node.glance_routes import add_glance_routes
+from cache_node.key_routes import add_key_routes
 from cache_node.node import Node
 from cache_node.plans import PlanRunner
 from cache_node.pypi_remote import RemotePypiIndex
@@ -235,6 +236,7 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/pypi/{name}/files/{project}/{filename}", pypi_file)
     add_delta_routes(app, lambda request: request.app[NODE_KEY].delta)
     add_glance_routes(app, lambda request: request.app[NODE_KEY].glance)
+    add_key_routes(app, node.config, node.signing_key)
     return app
 
 

@@ -102,6 +102,14 @@ class SigningKey:
 
 
 @dataclass(frozen=True)
+class SkippedDeb:
+    """A file under the .deb directory that was left out of the repository, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
 class BuiltRepository:
     """What build_repository wrote."""
 
@@ -109,6 +117,7 @@ class BuiltRepository:
     suite: str
     packages: tuple[PoolEntry, ...]
     release: ReleaseIndex
+    skipped: tuple[SkippedDeb, ...] = ()
 
 
 # --------------------------------------------------------------------------- parsing
@@ -405,8 +414,35 @@ _SAFE_CONTROL = {
 }
 
 
+def _check_deb_archive(path: Path) -> None:
+    """A .deb is an ar archive of debian-binary, control.tar.* and data.tar.*, each member
+    complete: a truncated copy fails here even when dpkg-deb could still read its control."""
+    with open(path, "rb") as fh:
+        total = os.fstat(fh.fileno()).st_size
+        if fh.read(8) != b"!<arch>\n":
+            raise MalformedIndexError(str(path), None, "not a Debian package (no ar archive header)")
+        pos, names = 8, []
+        while pos < total:
+            fh.seek(pos)
+            header = fh.read(60)
+            size_text = header[48:58].decode("ascii", "replace").strip()
+            if len(header) < 60 or header[58:60] != b"`\n" or not size_text.isdigit():
+                raise MalformedIndexError(str(path), None, f"broken ar member header at byte {pos}")
+            names.append(header[:16].decode("ascii", "replace").strip().rstrip("/"))
+            end = pos + 60 + int(size_text)
+            if end > total:
+                raise MalformedIndexError(str(path), None, f"truncated: member {names[-1]} "
+                                          f"ends at byte {end}, the file has {total}")
+            pos = end + (end & 1)
+    if names[:1] != ["debian-binary"] or not any(n.startswith("control.tar") for n in names) \
+            or not any(n.startswith("data.tar") for n in names):
+        raise MalformedIndexError(str(path), None, f"incomplete package (members: "
+                                  f"{', '.join(names) or 'none'})")
+
+
 def _read_deb(path: Path) -> _Deb:
     """Control fields (split on newlines only: Deb822's splitlines() eats U+2028) and hashes."""
+    _check_deb_archive(path)
     raw = _run(["dpkg-deb", "--info", str(path), "control"])
     control: list[tuple[str, str]] = []
     for num, line in enumerate(decode_index_text(raw, str(path)).rstrip("\n").split("\n"), start=1):
@@ -475,11 +511,15 @@ def build_repository(
     signing_key: SigningKey | None = None,
     valid_for: timedelta | None = None,
     now: datetime | None = None,
+    skip_bad: bool = False,
 ) -> BuiltRepository:
     """Build (or atomically replace) an apt repository at out_dir from every .deb under deb_dir.
 
     out_dir is owned by this function: its previous content is replaced as a whole, except that
     the by-hash files of the previous Release are kept so clients mid-update still find them.
+    With skip_bad, a file that is not a readable package (junk, truncated, a second file for the
+    same pool path) is left out and listed in `skipped`, instead of failing the whole build: one
+    bad upload must not take the others offline.
     """
     deb_dir, out_dir = deb_dir.resolve(), out_dir.absolute()
     if deb_dir == out_dir.resolve() or out_dir.resolve() in deb_dir.parents:
@@ -489,14 +529,26 @@ def build_repository(
             raise ValueError(f"bad suite/codename/component name {name!r}")
     skip = out_dir.resolve()
     paths = sorted(p for p in deb_dir.rglob("*.deb") if p.is_file() and skip not in p.parents)
+    skipped: list[SkippedDeb] = []
+
+    def read(path: Path) -> _Deb | SkippedDeb:
+        try:
+            return _read_deb(path)
+        except (RepoToolError, MalformedIndexError, OSError) as exc:
+            if not skip_bad:
+                raise
+            return SkippedDeb(path, _short_reason(exc))
+
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
-        debs = list(pool.map(_read_deb, paths))
+        results = list(pool.map(read, paths))
+    debs = [r for r in results if isinstance(r, _Deb)]
+    skipped.extend(r for r in results if isinstance(r, SkippedDeb))
     debs.sort(key=lambda d: (d.get("Package"), Version(d.get("Version")), d.get("Architecture")))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
     try:
         os.chmod(tmp, 0o755)
-        laid_out = _lay_out_pool(tmp, component, debs)
+        laid_out = _lay_out_pool(tmp, component, debs, skipped if skip_bad else None)
         arches = sorted({e.architecture for e, _ in laid_out} - {"all"}) or ["amd64"]
         dist = tmp / "dists" / suite
         listing: dict[str, bytes] = {}
@@ -530,17 +582,34 @@ def build_repository(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     release = parse_release(release_bytes, str(out_dir / "dists" / suite / "Release"))
-    return BuiltRepository(out_dir, suite, tuple(e for e, _ in laid_out), release)
+    return BuiltRepository(out_dir, suite, tuple(e for e, _ in laid_out), release,
+                           tuple(sorted(skipped, key=lambda s: s.path)))
 
 
-def _lay_out_pool(root: Path, component: str, debs: list[_Deb]) -> list[tuple[PoolEntry, str]]:
+def _short_reason(exc: Exception) -> str:
+    """One line: why a .deb could not be read."""
+    if isinstance(exc, RepoToolError):
+        lines = [ln.strip() for ln in exc.stderr.splitlines() if ln.strip()]
+        return f"{exc.argv[0]}: {lines[-1] if lines else f'exited {exc.returncode}'}"
+    if isinstance(exc, MalformedIndexError):
+        return exc.message if exc.line is None else f"{exc.message} (control line {exc.line})"
+    if isinstance(exc, OSError):
+        return (exc.strerror or str(exc)).lower()
+    return str(exc)
+
+
+def _lay_out_pool(root: Path, component: str, debs: list[_Deb],
+                  skipped: list[SkippedDeb] | None = None) -> list[tuple[PoolEntry, str]]:
     """Hardlink each .deb into the pool; (entry, Packages stanza) per distinct file."""
     out: list[tuple[PoolEntry, str]] = []
     seen: dict[str, str] = {}
     for deb in debs:
         rel = deb.pool_path(component)
         if seen.setdefault(rel, deb.sha256) != deb.sha256:
-            raise ValueError(f"two different .deb files map to {rel}: {deb.path}")
+            if skipped is None:
+                raise ValueError(f"two different .deb files map to {rel}: {deb.path}")
+            skipped.append(SkippedDeb(deb.path, f"another file already provides {rel}"))
+            continue
         if (root / rel).exists():
             continue
         _link_or_copy(deb.path, root / rel)

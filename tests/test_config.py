@@ -7,9 +7,18 @@ from pathlib import Path
 import pytest
 
 from cache_node.answers import BadRequest, safe_relpath
-from cache_node.config import ConfigError, load_config
+from cache_node.config import (
+    SETTINGS,
+    ConfigError,
+    ConfigSources,
+    ListenAddress,
+    TlsServerSettings,
+    load_config,
+    load_defaults,
+    parse_size,
+)
 from distro.digests import format_repr_digest, parse_repr_digest
-from distro.sizes import parse_size
+from tests.plugin.pki import write_cert_and_key
 
 
 def test_flags_override_env_override_file(tmp_path: Path) -> None:
@@ -19,7 +28,7 @@ def test_flags_override_env_override_file(tmp_path: Path) -> None:
                    f'[index]\nttl = 10\n[apt.main]\nsource = "{tmp_path}/debs"\n')
     config = load_config(cfg, {"EDGEDEPOT_INDEX_TTL": "20", "EDGEDEPOT_LISTEN": "127.0.0.1:9001"},
                          {"listen": "127.0.0.1:0"})
-    assert config.index_ttl == 20.0 and config.listen_port == 0
+    assert config.index_ttl == 20.0 and config.listen == ListenAddress("127.0.0.1", 0)
     assert config.apt_repo("main") is not None and config.role == "origin"
 
 
@@ -85,3 +94,148 @@ def test_repr_digest_round_trip() -> None:
     assert parse_repr_digest(format_repr_digest(digest)) == digest
     assert parse_repr_digest("sha-512=:AAAA:") is None
     assert parse_repr_digest("garbage") is None
+
+
+# --------------------------------------------------------------------------- issue 10 settings
+
+CACHE = {"role": "cache", "upstream": "https://origin.example:8443", "store": "/tmp/s"}
+
+
+def test_every_setting_has_a_packaged_default_and_loading_is_repeatable() -> None:
+    first = load_config(None, {}, CACHE)
+    again = ConfigSources(None, {}, CACHE).load()
+    assert first == again and first is not again
+    assert first.listen == ListenAddress("127.0.0.1", 8080) and first.drain_timeout == 30.0
+    assert first.tls == TlsServerSettings() and first.allow == () and first.access_log is None
+    defaults = load_defaults()
+    for setting in SETTINGS:
+        section, _, leaf = setting.key.rpartition(".")
+        assert leaf in (defaults[section] if section else defaults), setting.key
+
+
+def test_tls_listener_validated(tmp_path: Path) -> None:
+    cert, key = write_cert_and_key(tmp_path, "node")
+    other_cert, other_key = write_cert_and_key(tmp_path, "other")
+    tls = {**CACHE, "tls_listen": "[::1]:8443", "tls_cert": str(cert), "tls_key": str(key)}
+    config = load_config(None, {}, tls)
+    assert config.listen is None, "a node may listen on TLS only"
+    assert config.tls.listen == ListenAddress("::1", 8443) and config.tls.cert == cert
+    both = load_config(None, {}, {**tls, "listen": "0.0.0.0:8080", "tls_client_ca": str(cert)})
+    assert both.listen == ListenAddress("0.0.0.0", 8080) and both.tls.client_ca == cert
+    with pytest.raises(ConfigError, match=rf"tls.key \(from --tls-key\): {other_key} is not the "
+                                          rf"key of certificate {cert}"):
+        load_config(None, {}, {**tls, "tls_key": str(other_key)})
+    (tmp_path / "junk.pem").write_text("hello\n")
+    with pytest.raises(ConfigError, match="tls.cert .*junk.pem holds no PEM certificate"):
+        load_config(None, {}, {**tls, "tls_cert": str(tmp_path / "junk.pem")})
+    with pytest.raises(ConfigError, match="tls.client_ca .*missing.pem does not exist"):
+        load_config(None, {}, {**tls, "tls_client_ca": str(tmp_path / "missing.pem")})
+    with pytest.raises(ConfigError, match="tls.listen needs tls.cert and tls.key"):
+        load_config(None, {}, {**CACHE, "tls_listen": "0.0.0.0:8443"})
+    with pytest.raises(ConfigError, match="tls.cert set but tls.listen"):
+        load_config(None, {}, {**CACHE, "tls_cert": str(other_cert)})
+    with pytest.raises(ConfigError, match="IPv6 address goes in brackets"):
+        load_config(None, {}, {**tls, "tls_listen": "::1:8443"})
+
+
+def test_encrypted_and_expired_keys_refused(tmp_path: Path) -> None:
+    cert, key = write_cert_and_key(tmp_path, "locked", passphrase=b"secret")
+    with pytest.raises(ConfigError, match="is encrypted"):
+        load_config(None, {}, {**CACHE, "upstream_client_cert": str(cert),
+                               "upstream_client_key": str(key)})
+    old_cert, old_key = write_cert_and_key(tmp_path, "old", days=-2)
+    with pytest.raises(ConfigError, match="expired on"):
+        load_config(None, {}, {**CACHE, "tls_listen": "127.0.0.1:0", "tls_cert": str(old_cert),
+                               "tls_key": str(old_key)})
+
+
+def test_upstream_tls_validated(tmp_path: Path) -> None:
+    cert, key = write_cert_and_key(tmp_path, "client")
+    config = load_config(None, {}, {**CACHE, "upstream_ca": str(cert),
+                                    "upstream_client_cert": str(cert),
+                                    "upstream_client_key": str(key)})
+    assert config.upstream_tls.client_key == key and not config.warnings
+    with pytest.raises(ConfigError, match="go together"):
+        load_config(None, {}, {**CACHE, "upstream_client_cert": str(cert)})
+    plain = load_config(None, {}, {**CACHE, "upstream": "http://127.0.0.1:9",
+                                   "upstream_ca": str(cert)})
+    assert any("no upstream uses https" in w for w in plain.warnings)
+
+
+@pytest.mark.parametrize("upstream, extra, ok", [
+    ("http://127.0.0.1:8080", {}, True),
+    ("http://localhost:8080", {}, True),
+    ("http://[::1]:8080", {}, True),
+    ("https://origin.example", {}, True),
+    ("http://origin.example:8080", {}, False),
+    ("http://10.1.2.3:8080", {}, False),
+    ("http://10.1.2.3:8080", {"glance_forward_tokens_over_plain_http": "true"}, True),
+    ("http://10.1.2.3:8080", {"glance_enabled": "false"}, True),
+])
+def test_tokens_never_cross_plain_http_unless_allowed_by_name(
+        upstream: str, extra: dict[str, str], ok: bool) -> None:
+    flags = {**CACHE, "upstream": upstream, **extra}
+    if ok:
+        assert load_config(None, {}, flags).upstream == upstream + "/"
+    else:
+        with pytest.raises(ConfigError, match="glance.forward_tokens_over_plain_http"):
+            load_config(None, {}, flags)
+
+
+def test_origin_glance_upstream_plain_http_checked(tmp_path: Path) -> None:
+    origin = {"role": "origin", "store": str(tmp_path)}
+    with pytest.raises(ConfigError, match=r"^glance.upstream http://glance.example:9292/ is plain"):
+        load_config(None, {}, {**origin, "glance_upstream": "http://glance.example:9292"})
+    assert load_config(None, {}, {**origin, "glance_upstream": "http://127.0.0.1:9292"}).glance
+
+
+def test_allow_networks_and_client_check() -> None:
+    config = load_config(None, {"EDGEDEPOT_ALLOW": "10.0.0.0/8, 2001:db8::/32"},
+                         {**CACHE, "allow": ["192.0.2.7"]})
+    assert [str(n) for n in config.allow] == ["192.0.2.7/32"], "flags win over environment"
+    config = load_config(None, {"EDGEDEPOT_ALLOW": "10.0.0.0/8,2001:db8::/32"}, CACHE)
+    assert config.client_allowed("10.9.8.7") and config.client_allowed("::ffff:10.0.0.1")
+    assert config.client_allowed("2001:db8::5") and not config.client_allowed("192.0.2.1")
+    assert load_config(None, {}, CACHE).client_allowed("203.0.113.9"), "empty: everyone"
+    with pytest.raises(ConfigError, match="'banana' is not an IP network"):
+        load_config(None, {}, {**CACHE, "allow": ["banana"]})
+
+
+def test_admin_token_from_file_or_environment(tmp_path: Path) -> None:
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("s3cret-token\n")
+    token_file.chmod(0o600)
+    config = load_config(None, {}, {**CACHE, "admin_token_file": str(token_file)})
+    assert config.admin.token == "s3cret-token" and "s3cret" not in repr(config)
+    assert not config.warnings
+    assert load_config(None, {"EDGEDEPOT_ADMIN_TOKEN": "t0ken"}, CACHE).admin.token == "t0ken"
+    with pytest.raises(ConfigError, match="not both"):
+        load_config(None, {"EDGEDEPOT_ADMIN_TOKEN": "t0ken"},
+                    {**CACHE, "admin_token_file": str(token_file)})
+    token_file.chmod(0o644)
+    config = load_config(None, {}, {**CACHE, "admin_token_file": str(token_file)})
+    assert any("chmod 600" in w for w in config.warnings)
+    token_file.write_text("")
+    with pytest.raises(ConfigError, match="one token on one line"):
+        load_config(None, {}, {**CACHE, "admin_token_file": str(token_file)})
+
+
+def test_access_log_and_drain_timeout(tmp_path: Path) -> None:
+    config = load_config(None, {"EDGEDEPOT_DRAIN_TIMEOUT": "5"},
+                         {**CACHE, "access_log": str(tmp_path / "access.log"),
+                          "access_log_format": "JSON"})
+    assert config.drain_timeout == 5.0 and config.access_log_format == "json"
+    assert load_config(None, {}, {**CACHE, "access_log": "-"}).access_log == "-"
+    with pytest.raises(ConfigError, match="directory .*nowhere does not exist"):
+        load_config(None, {}, {**CACHE, "access_log": str(tmp_path / "nowhere" / "a.log")})
+
+
+def test_nested_typos_name_the_full_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('role = "cache"\nupstream = "http://127.0.0.1:9"\n[pypi.local]\n'
+                   'source = "/srv"\nsuite = "x"\n')
+    with pytest.raises(ConfigError, match=r"^unknown key pypi.local.suite in .*n.toml"):
+        load_config(cfg, {}, {})
+    cfg.write_text('[apt]\nmain = "/srv/debs"\n')
+    with pytest.raises(ConfigError, match=r"apt.main in .*expected a table \[apt.main\]"):
+        load_config(cfg, {}, {})
