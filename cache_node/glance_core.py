@@ -23,7 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache_node.answers import BadRequest, BlobAnswer, NotFound, ServiceError, StreamAnswer
+from cache_node.answers import (
+    Answer,
+    BadRequest,
+    BlobAnswer,
+    NotFound,
+    ServiceError,
+    StreamAnswer,
+)
 from cache_node.config import NodeConfig, client_settings
 from cache_node.fetch import Fetch, FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.glance_auth import Caller, GlanceAuthorizer, ListScope, UpstreamOffline
@@ -37,6 +44,7 @@ from cache_node.glance_backends import (
 )
 from cache_node.glance_delta import Basis, ImageDeltaFetcher, image_digests
 from cache_node.metrics import Metrics
+from cache_node.repository import RepoKind, RepoSummary
 from cache_node.store import BlobRef, BlobStore
 from distro.glance_images import (
     GlanceImage,
@@ -47,6 +55,7 @@ from distro.glance_images import (
     scope_params,
     validate_list_params,
 )
+from distro.wire import RefreshReport
 from syncer.http_client import HttpClient
 
 log = logging.getLogger(__name__)
@@ -248,10 +257,25 @@ class GlanceService:
                     raise ServiceError(str(exc), exc.http_status) from None
         return ImageDigest.of(ref.digest, ref.size, image)
 
-    def path_for_digest(self, sha256: str) -> Path | None:
+    # -- the node's Repository protocol ------------------------------------------------------
+    kind: RepoKind = "glance"
+    name = "glance"
+    namespace = NAMESPACE
+
+    async def answer(self, path: str, accept: str | None = None) -> Answer:
+        """An image's data by id, as an anonymous caller may see it (plan pre-warming)."""
+        return await self.image_data(Caller(None), path)
+
+    def locate(self, sha256: str) -> Path | None:
         """A file of this node's images with this sha256, for the delta endpoints: the
         origin's directory files (store blobs are found by `Node.locate_blob` itself)."""
         return self.backend.path_for_digest(sha256)
+
+    def summary(self) -> RepoSummary:
+        return RepoSummary("glance", "glance", self.backend.describe(), ())
+
+    async def refresh(self) -> list[RefreshReport]:
+        return []  # records are revalidated per request, under the authorization TTL
 
     async def _try_delta(self, caller: Caller, image: GlanceImage) -> BlobRef | None:
         """The image's data built as a delta against a cached image of its family, bound in
