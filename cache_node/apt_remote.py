@@ -33,6 +33,7 @@ from cache_node.answers import (
     StreamAnswer,
     content_type_for,
 )
+from cache_node.config import NodeConfig, delta_client_settings
 from cache_node.fetch import FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.metrics import Metrics
 from cache_node.repository import RepoKind, RepoSummary
@@ -50,7 +51,7 @@ from distro.debian_repo import (
 from distro.errors import IntegrityError
 from distro.wire import RefreshReport
 from syncer.delta_client import DeltaClient, DeltaError
-from syncer.http_client import HttpClient, UpstreamError, UpstreamNotFound
+from syncer.http_client import ClientSettings, HttpClient, UpstreamError, UpstreamNotFound
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,11 @@ class RemoteAptRepo:
 
     def __init__(self, name: str, base_url: str, store: BlobStore, fetches: FetchCoordinator,
                  client: HttpClient, metrics: Metrics, index_ttl: float,
-                 delta_url: str | None = None, work_dir: Path | None = None) -> None:
+                 delta_url: str | None = None, work_dir: Path | None = None,
+                 delta_settings: ClientSettings | None = None) -> None:
         self.name = name
         self.delta_url = delta_url  # the upstream node's /delta/v1/ (None: not an edgedepot node)
+        self.delta_settings = delta_settings  # the node's trust and client certificate
         self.work_dir = work_dir
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.store = store
@@ -148,6 +151,25 @@ class RemoteAptRepo:
 
     def locate(self, sha256: str) -> Path | None:
         return None  # what it mirrors lives in the store
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Follow the upstream to a new URL: pool files and index files stay in the store and
+        are served from there; each suite revalidates against the new upstream on its next
+        request (unconditionally: the new server's Last-Modified says nothing of ours)."""
+        self.index_ttl = config.index_ttl
+        self.delta_url = config.delta_url
+        self.delta_settings = delta_client_settings(config)
+        source = config.repo_source("apt", self.name)
+        if source is None or not source.is_url:
+            return
+        base_url = source.source if source.source.endswith("/") else source.source + "/"
+        if base_url == self.base_url:
+            return
+        log.info("%s: upstream moves from %s to %s", self.namespace, self.base_url, base_url)
+        self.base_url = base_url
+        for snap in self._snapshots.values():
+            snap.last_modified = None
+            mark_due(snap)
 
     @staticmethod
     def persisted_names(store: BlobStore) -> list[str]:
@@ -369,7 +391,7 @@ class RemoteAptRepo:
         assert self.delta_url is not None and self.work_dir is not None
         self.work_dir.mkdir(parents=True, exist_ok=True)
         out = self.work_dir / f"{sha256}.delta-out"
-        async with DeltaClient() as client:
+        async with DeltaClient(settings=self.delta_settings) as client:
             result = await client.fetch(f"{self.delta_url}blobs/{sha256}", basis=basis, out=out,
                                         basis_sha256=basis_sha256)
         self.metrics.upstream_requests.inc(self.namespace, result.requests)

@@ -61,9 +61,12 @@ def _relpath_dir(request: web.Request) -> str:
 async def healthz(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     stats = node.store.stats()
-    body = {"status": "ok", "role": node.config.role, "blobs": stats.blob_count,
-            "store_bytes": stats.total_bytes, "inflight": node.fetches.inflight_count,
-            "uptime_seconds": round(time.time() - node.started_at, 1)}
+    upstream = node.upstream_health
+    body = {"status": "degraded" if upstream.failing else "ok", "role": node.config.role,
+            "blobs": stats.blob_count, "store_bytes": stats.total_bytes,
+            "inflight": node.fetches.inflight_count,
+            "uptime_seconds": round(time.time() - node.started_at, 1),
+            "upstream": upstream.to_json(node.config.upstream)}
     return web.json_response(body)
 
 
@@ -209,7 +212,8 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/pypi/{name}/{path:.+}", repo_handler)
     add_delta_routes(app, lambda request: request.app[NODE_KEY].delta)
     add_glance_routes(app, lambda request: request.app[NODE_KEY].glance)
-    add_key_routes(app, node.config, node.signing_key)
+    keys = add_key_routes(app, node.config, node.signing_key)
+    node.reload_listeners.append(keys.reconfigure)
     return app
 
 

@@ -345,6 +345,15 @@ class KeyService:
         await self._client.__aenter__()
         self._warmup = asyncio.create_task(self._warm())
 
+    def reconfigure(self, old: NodeConfig, new: NodeConfig) -> None:
+        """A reload listener: new client settings for the next fetch, the new TTL, and a
+        moved upstream asked at the next request (the key kept on disk is served meanwhile)."""
+        self.config = new
+        if self._client is not None:
+            self._client.reconfigure(client_settings(new))
+        if new.upstream != old.upstream:
+            self._checked_at = float("-inf")
+
     async def _warm(self) -> None:
         try:
             await self.current()

@@ -2,20 +2,29 @@
 
 One program runs as origin (repositories from local directories or operator-given URLs) or as
 cache (every repository mirrored from one upstream node, discovered by name on first request).
+
+`node.config` is the configuration in effect, replaced as a whole (one attribute assignment)
+when a reload is applied by `reconfigure`: code that reads `node.config` per request sees
+either the old or the new configuration, never a mix. Parts that must act on a reload (reopen
+a file, drop a cache) add a callback to `node.reload_listeners`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cache_node.answers import Answer, NotFound
 from cache_node.apt_local import LocalAptRepo
 from cache_node.apt_remote import RemoteAptRepo
-from cache_node.config import NodeConfig, RepoSource, client_settings
+from cache_node.config import NodeConfig, RepoSource, client_settings, delta_client_settings
 from cache_node.delta_service import DeltaService
 from cache_node.fetch import FetchCoordinator
 from cache_node.glance_core import GlanceService, make_glance_service
@@ -28,13 +37,50 @@ from cache_node.repository import Repository, RepoSummary
 from cache_node.store import BlobStore
 from distro.debian_repo import SigningKey
 from distro.wire import PlanArtifact, RefreshReport
-from syncer.http_client import HttpClient
+from syncer.http_client import HttpClient, UpstreamError
 
 log = logging.getLogger(__name__)
+
+# Called with (old, new) after a reload took effect; may be a coroutine function.
+ReloadListener = Callable[[NodeConfig, NodeConfig], Awaitable[None] | None]
+
+
+@dataclass
+class UpstreamHealth:
+    """What the node's upstream clients learned last: an answer, or why there was none."""
+
+    last_ok_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def record(self, error: UpstreamError | None) -> None:
+        if error is None:
+            self.last_ok_at = time.time()
+        else:
+            self.last_error, self.last_error_at = str(error), time.time()
+
+    def reset(self) -> None:
+        self.last_ok_at = self.last_error = self.last_error_at = None
+
+    @property
+    def failing(self) -> bool:
+        """The most recent upstream request failed (connection, TLS, timeout or 5xx)."""
+        return self.last_error_at is not None and \
+            (self.last_ok_at is None or self.last_ok_at < self.last_error_at)
+
+    def to_json(self, url: str | None) -> dict[str, Any]:
+        return {"url": url, "state": "failing" if self.failing else
+                "ok" if self.last_ok_at is not None else "unknown",
+                "last_error": self.last_error, "last_error_at": self.last_error_at,
+                "last_ok_at": self.last_ok_at}
+
 
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        self.reload_listeners: list[ReloadListener] = []
+        self.upstream_health = UpstreamHealth()
+        self._clients: list[HttpClient] = []
         self.metrics = Metrics()
         self.store = BlobStore(config.store_dir / "store", config.quota_bytes)
         self.fetches = FetchCoordinator(self.store, self.metrics)
@@ -67,7 +113,7 @@ class Node:
         if self.config.role == "cache":
             await self._restore_cache_repos()
         self.glance = await make_glance_service(self.config, self.store, self.fetches,
-                                                self.metrics, self._exit)
+                                                self.metrics, self._exit, self._client)
         self.plans = PlanRunner(self.store, self.resolve_artifact)
         self.plans.resume_all()
         self._housekeeping = asyncio.create_task(self._housekeep())
@@ -94,20 +140,51 @@ class Node:
         self.metrics.inflight.set(self.fetches.inflight_count)
 
     async def _client(self, namespace: str) -> HttpClient:
+        """An upstream client with the node's settings; reconfigured on every reload."""
         client = HttpClient(
             namespace, client_settings(self.config),
             on_request=lambda: self.metrics.upstream_requests.inc(namespace),
-            on_bytes=lambda n: self.metrics.upstream_bytes.inc(namespace, n))
+            on_bytes=lambda n: self.metrics.upstream_bytes.inc(namespace, n),
+            on_outcome=self.upstream_health.record)
+        self._clients.append(client)
         return await self._exit.enter_async_context(client)
+
+    async def reconfigure(self, config: NodeConfig) -> None:
+        """Apply a reloaded configuration (restart-only settings already kept at their running
+        values by `config.plan_reload`): upstream clients get new sessions (timeouts, trust,
+        client certificate), repositories their new upstream URLs and TTLs, the store its
+        quota; then the reload listeners run. What is stored stays."""
+        old, self.config = self.config, config
+        settings = client_settings(config)
+        for client in self._clients:
+            client.reconfigure(settings)
+        if config.upstream != old.upstream:
+            self.upstream_health.reset()  # what the old upstream did says nothing of the new
+        for repo in self.all_repos():
+            repo.reconfigure(config)
+        self.store.quota_bytes = config.quota_bytes
+        if config.quota_bytes is not None and (old.quota_bytes is None
+                                               or config.quota_bytes < old.quota_bytes):
+            evicted = self.store.evict_to_quota()
+            if evicted:
+                log.info("quota lowered to %d bytes: evicted %d blobs", config.quota_bytes,
+                         evicted)
+        for listener in list(self.reload_listeners):
+            try:
+                result = listener(old, config)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("a reload listener failed")
 
     async def _make_apt(self, repo: RepoSource) -> Repository:
         if repo.is_url:
             # Only an edgedepot upstream (the cache role's origin or parent) has delta endpoints.
-            delta_url = f"{self.config.upstream}delta/v1/" if self.config.upstream else None
             remote = RemoteAptRepo(repo.name, repo.source, self.store, self.fetches,
                                    await self._client(f"apt/{repo.name}"), self.metrics,
-                                   self.config.index_ttl, delta_url,
-                                   self.config.store_dir / "delta-work" / f"apt-{repo.name}")
+                                   self.config.index_ttl, self.config.delta_url,
+                                   self.config.store_dir / "delta-work" / f"apt-{repo.name}",
+                                   delta_client_settings(self.config))
             remote.load_persisted()
             return remote
         local = LocalAptRepo(repo, self.config.store_dir / "built", self.signing_key)
@@ -141,17 +218,13 @@ class Node:
         found = self.repos.get((kind, name))
         if found is not None:
             return found
-        if kind not in ("apt", "pypi") or self.config.role != "cache" \
-                or self.config.upstream is None:
+        source = self.config.repo_source(kind, name)
+        if kind not in ("apt", "pypi") or source is None:
             raise NotFound(f"no {kind} repository named {name!r}")
         async with self._lock:
             if (kind, name) not in self.repos:
-                if kind == "apt":
-                    source = RepoSource(name, f"{self.config.upstream}apt/{name}/")
-                    self.repos[(kind, name)] = await self._make_apt(source)
-                else:
-                    source = RepoSource(name, f"{self.config.upstream}pypi/{name}/simple/")
-                    self.repos[(kind, name)] = await self._make_pypi(source)
+                make = self._make_apt if kind == "apt" else self._make_pypi
+                self.repos[(kind, name)] = await make(source)
         return self.repos[(kind, name)]
 
     def all_repos(self) -> list[Repository]:

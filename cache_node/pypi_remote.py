@@ -25,6 +25,7 @@ from cache_node.answers import (
     StreamAnswer,
     content_type_for,
 )
+from cache_node.config import NodeConfig
 from cache_node.fetch import FetchCoordinator, FetchPlan
 from cache_node.metrics import Metrics
 from cache_node.pypi_local import PypiPaths, files_base, render_page
@@ -88,6 +89,21 @@ class RemotePypiIndex(PypiPaths):
 
     def locate(self, sha256: str) -> Path | None:
         return None  # what it mirrors lives in the store
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Follow the upstream to a new URL: stored files are served from the store, pages
+        revalidate against the new upstream on their next request."""
+        self.index_ttl = config.index_ttl
+        source = config.repo_source("pypi", self.name)
+        if source is None or not source.is_url:
+            return
+        simple_url = source.source if source.source.endswith("/") else source.source + "/"
+        if simple_url == self.simple_url:
+            return
+        log.info("%s: upstream moves from %s to %s", self.namespace, self.simple_url, simple_url)
+        self.simple_url = simple_url
+        for cached in self._pages.values():
+            mark_due(cached)
 
     @staticmethod
     def persisted_names(store: BlobStore) -> list[str]:
