@@ -9,6 +9,7 @@ nodes with a trust chain like a fleet's.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -137,3 +138,41 @@ class CertificateAuthority:
     def issue_client(self, name: str) -> Issued:
         """A client certificate (TLS client authentication) named `name`."""
         return self._issue(name, False, ())
+
+
+@dataclass(frozen=True)
+class FleetPki:
+    """A fleet's certificates: its CA, the origin's and a cache's server certificates, the
+    cache's client certificate; and a stranger's CA with a client certificate of its own."""
+
+    ca: CertificateAuthority
+    origin: Issued
+    cache: Issued
+    cache_client: Issued
+    other_ca: CertificateAuthority
+    stranger_client: Issued
+
+    @classmethod
+    def create(cls, directory: Path) -> FleetPki:
+        ca = CertificateAuthority(directory / "fleet", "fleet")
+        other = CertificateAuthority(directory / "other", "other")
+        return cls(ca, ca.issue_server("origin"), ca.issue_server("cache"),
+                   ca.issue_client("cache-client"), other, other.issue_client("stranger"))
+
+    def client_context(self, client: Issued | None = None) -> ssl.SSLContext:
+        """What a client that trusts the fleet CA uses (optionally presenting `client`)."""
+        context = ssl.create_default_context(cafile=str(self.ca.cert))
+        if client is not None:
+            context.load_cert_chain(str(client.cert), str(client.key))
+        return context
+
+    def upstream_flags(self, client: Issued | None = None) -> list[str]:
+        """A cache's flags to trust the fleet CA and present `client` (default: its own)."""
+        client = client or self.cache_client
+        return ["--upstream-ca", str(self.ca.cert), "--upstream-client-cert", str(client.cert),
+                "--upstream-client-key", str(client.key)]
+
+    def server_flags(self, server: Issued, client_ca: bool = False) -> list[str]:
+        """A node's HTTPS listener with `server`'s certificate; `client_ca`: mTLS."""
+        flags = ["--tls-cert", str(server.cert), "--tls-key", str(server.key)]
+        return flags + (["--tls-client-ca", str(self.ca.cert)] if client_ca else [])
