@@ -45,8 +45,9 @@ from syncer.http_client import ssl_context
 
 log = logging.getLogger("cache_node")
 
-# After the drain: how long cancelled handlers get to unwind before the server gives up on them.
-ABORT_GRACE = 1.0
+# After the drain: aiohttp waits this long for each handler, cancels it, and waits as long
+# again for it to unwind.
+ABORT_GRACE = 0.5
 
 
 @dataclass
@@ -80,6 +81,10 @@ class Listeners:
         for sock in (self.plain, self.tls_socket):
             if sock is not None:
                 sock.close()
+
+
+def _requests(n: int) -> str:
+    return f"{n} request" if n == 1 else f"{n} requests"
 
 
 def _reason(exc: BaseException) -> str:
@@ -168,7 +173,7 @@ class NodeServer:
             runner.server.pre_shutdown()  # idle keep-alive connections close now
         timeout = self.node.config.drain_timeout
         if self._inflight:
-            log.info("draining %d requests in flight for up to %gs", self._inflight, timeout)
+            log.info("draining %s in flight for up to %gs", _requests(self._inflight), timeout)
         started = time.monotonic()
         idle = asyncio.ensure_future(self._idle.wait())
         abort = asyncio.ensure_future(self._abort.wait())
@@ -179,8 +184,8 @@ class NodeServer:
             idle.cancel()
             abort.cancel()
         if self._inflight:
-            log.warning("aborting %d requests still running after %.1fs of draining",
-                        self._inflight, time.monotonic() - started)
+            log.warning("aborting %s still running after %.1fs of draining",
+                        _requests(self._inflight), time.monotonic() - started)
         else:
             log.info("drained in %.1fs", time.monotonic() - started)
 
@@ -210,10 +215,8 @@ class NodeServer:
         plan = plan_reload(self.node.config, loaded)
         config = plan.config
         if plan.needs_restart:
-            log.warning("reload: %s changed in %s but need%s a restart; keeping the running "
-                        "value%s", ", ".join(plan.needs_restart), where,
-                        "s" if len(plan.needs_restart) == 1 else "",
-                        "" if len(plan.needs_restart) == 1 else "s")
+            log.warning("reload: %s changed in %s: needs a restart; keeping the running "
+                        "value until then", ", ".join(plan.needs_restart), where)
         try:  # everything that can fail is loaded before anything is applied
             await asyncio.to_thread(ssl_context, client_settings(config))
         except (OSError, ssl.SSLError) as exc:

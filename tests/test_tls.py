@@ -11,7 +11,6 @@ import json
 import socket
 import ssl
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from distro.debian_repo import parse_packages, parse_release
 from syncer.demo.sample_repo import SampleAptRepo, SampleDeb, build_deb
 from tests.plugin.pki import FleetPki
-from tests.plugin.support import AptRoot, NodeProcess, sha256_file
+from tests.plugin.support import AptRoot, NodeProcess, sha256_file, wait_until
 from tests.test_pip_e2e import pip_env, run
 
 pytestmark = pytest.mark.integration
@@ -33,16 +32,6 @@ def _post(url: str, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=b"", method="POST")
     with urllib.request.urlopen(req, timeout=120, context=context) as resp:
         return resp.status, resp.read()
-
-
-def _wait_for(condition: object, what: str, timeout: float = 30.0) -> None:
-    """Poll until `condition()` is true (a wait, not a timing assertion)."""
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_apt_get_over_https_through_a_mutual_tls_cache(
@@ -81,7 +70,7 @@ def test_apt_get_over_https_through_a_mutual_tls_cache(
     old_entry = old_release.entry("main/binary-amd64/Packages")
     assert old_entry is not None
     old_plain = old_entry.sha256
-    _wait_for(published, "the origin to rebuild its repository")
+    wait_until(published, "the origin to rebuild its repository")
     status, body = _post(f"{tls_cache.url}/admin/refresh")
     assert status == 200
     reports = [r for r in json.loads(body) if r["kind"] == "apt"]

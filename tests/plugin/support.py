@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,10 +16,21 @@ from syncer.demo.apt_site import AptRoot
 from syncer.demo.node_process import CACHE_NODE, NodeProcess
 
 __all__ = ["CACHE_NODE", "AptRoot", "FakeUpstream", "Fault", "NodeProcess", "TcpRelay",
-           "sha256_file"]
+           "sha256_file", "wait_until"]
+
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    """Poll until `condition()` is true; AssertionError naming `what` after `timeout` seconds
+    (a bound for a hung test, not a speed assertion)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.1)
 
 
 @dataclass
