@@ -185,7 +185,7 @@ in-flight fetches: {node.fetches.inflight_count}</p>
 
 
 def _count_path(request: web.Request) -> None:
-    if request.path.startswith(("/apt/", "/pypi/", "/delta/", "/glance/")):
+    if request.path.startswith(("/apt/", "/pypi/", "/delta/", "/glance/", "/keys/")):
         request.app[NODE_KEY].metrics.count_served_path(request.path)
 
 

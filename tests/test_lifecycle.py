@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from distro.debian_repo import BuiltRepository, PoolEntry, parse_packages
+from distro.glance_images import write_image
 from syncer.demo.sample_repo import SampleAptRepo
 from tests.plugin.pki import FleetPki
 from tests.plugin.support import (
@@ -42,6 +43,7 @@ from tests.test_pip_e2e import pip_env, run
 pytestmark = pytest.mark.integration
 
 PACKAGES = "/apt/main/dists/stable/main/binary-amd64/Packages"
+TOKEN = "tok-lifecycle-a"
 
 
 def reloads(node: NodeProcess, result: str) -> float:
@@ -120,11 +122,17 @@ def inflight(node: NodeProcess) -> float:
 @pytest.fixture
 def two_origins(sample_apt: SampleAptRepo, wheel_dir: Path, tmp_path: Path
                 ) -> Iterator[tuple[NodeProcess, NodeProcess]]:
-    """Two origins publishing the same packages and wheels, signed by the same key (a site's
-    package server and the one it moves to)."""
+    """Two origins publishing the same packages, wheels and images, signed by the same key
+    (a site's package server and the one it moves to)."""
     assert sample_apt.signing_key is not None
+    images = tmp_path / "images"
+    write_image(images, "public", os.urandom(1 << 20), visibility="public", owner="proj-a")
+    write_image(images, "private", os.urandom(1 << 20), visibility="private", owner="proj-a")
+    (images / "tokens.toml").write_text(f'[tokens.{TOKEN}]\nproject = "proj-a"\n'
+                                        'roles = ["member", "reader"]\n')
     nodes = [NodeProcess(["--role", "origin", "--store", str(tmp_path / f"origin{i}"),
                           "--apt", f"main={sample_apt.deb_dir}", "--pypi", f"local={wheel_dir}",
+                          "--images", str(images),
                           "--gnupg-home", str(sample_apt.signing_key.gnupg_home),
                           "--signing-key", sample_apt.signing_key.key_id],
                          tmp_path / f"origin{i}.log") for i in (1, 2)]
@@ -151,7 +159,16 @@ def test_sighup_moves_the_upstream_while_clients_download(
             index = f"{cache.url}/pypi/local/simple/"
             run([sys.executable, "-m", "pip", "download", "--only-binary", ":all:",
                  "--index-url", index, "-d", str(tmp_path / "pip1"), "edge-agent"], env)
-            stored = {p for p in first.served() if "/pool/" in p or "/files/" in p}
+            listing = json.loads(cache.get("/glance/v2/images", {"X-Auth-Token": TOKEN})[1])
+            image_ids = {i["name"]: i["id"] for i in listing["images"]}
+            images = {}
+            for name, image_id in image_ids.items():
+                status, images[name], _ = cache.get(f"/glance/v2/images/{image_id}/file",
+                                                    {"X-Auth-Token": TOKEN})
+                assert status == 200
+            assert cache.get("/keys/repository.gpg")[0] == 200
+            stored = {p for p in first.served()
+                      if "/pool/" in p or "/files/" in p or p.endswith("/file")}
             assert any("/pool/" in p for p in stored) and any("/files/" in p for p in stored)
 
             # A client is downloading a package the cache does not hold yet, slowly, from the
@@ -169,6 +186,12 @@ def test_sighup_moves_the_upstream_while_clients_download(
             run([sys.executable, "-m", "pip", "download", "--only-binary", ":all:",
                  "--index-url", index, "-d", str(tmp_path / "pip2"), "edge-agent",
                  "edge-common==1.0.0"], env)
+            for name, image_id in image_ids.items():  # authorized by the new upstream
+                status, body, _ = cache.get(f"/glance/v2/images/{image_id}/file",
+                                            {"X-Auth-Token": TOKEN})
+                assert status == 200 and body == images[name]
+            status, _, headers = cache.get("/keys/repository.gpg")
+            assert status == 200 and "X-Edgedepot-Stale" not in headers
             assert download.thread.is_alive(), "the download was still running across the reload"
             wan.delay = 0.0
             download.join()
@@ -180,6 +203,9 @@ def test_sighup_moves_the_upstream_while_clients_download(
         assert any(p.endswith("/InRelease") for p in moved), "the second origin is asked now"
         assert all(any(e.filename in p for p in moved) for e in after)
         assert any("edge_common-1.0.0" in p for p in moved)
+        assert f"/glance/v2/images/{image_ids['private']}" in moved, \
+            "the private image's token check went to the new upstream"
+        assert "/keys/repository.gpg" in moved
         again = {p for p in moved if p in stored or slow.filename in p}
         assert not again, f"fetched again from the new upstream: {sorted(again)}"
     log = cache.log_path.read_text()
