@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -93,6 +94,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A reload asked for while the repositories are still being built must not end the node
+    # (SIGHUP's default action); the server handles SIGHUP once it serves.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         asyncio.run(serve(config, sources, listeners))
     except StartupError as exc:

@@ -138,15 +138,15 @@ class NodeServer:
                 sites.append(web.SockSite(runner, self.listeners.tls_socket,
                                           ssl_context=self.listeners.tls.context))
                 lines.append(f"listening on {bound_url(self.listeners.tls_socket, 'https')}")
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_stop, sig)
             for site in sites:
                 await site.start()
             print("\n".join(lines), flush=True)
             config = self.node.config
             log.info("%s node serving, store %s", config.role, config.store_dir)
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGHUP, self._on_hup)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_stop, sig)
             await self._stop.wait()
             await self._drain(runner, sites)
         finally:

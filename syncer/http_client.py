@@ -16,6 +16,7 @@ requests already running finish on the old session, which is closed once they ar
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
 import ssl
@@ -99,12 +100,15 @@ def describe_client_error(url: str, exc: aiohttp.ClientError) -> str:
                 "add its CA with upstream_tls.ca")
     if isinstance(exc, aiohttp.ClientSSLError):
         return f"TLS handshake failed: {text}"
-    if url.startswith("https://") and isinstance(exc, aiohttp.ServerDisconnectedError):
+    closed = isinstance(exc, aiohttp.ServerDisconnectedError) or (
+        isinstance(exc, aiohttp.ClientOSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE))
+    if url.startswith("https://") and closed:
         # A TLS 1.3 server checks the client certificate after the client's handshake is
-        # done, and asyncio servers then close without an alert: all the client sees.
-        return ("the upstream closed the TLS connection without answering; it may require a "
-                "client certificate this node does not present or one from a CA it does not "
-                "trust (upstream_tls.client_cert)")
+        # done, and an asyncio server then closes (or resets) without an alert: all the
+        # client sees.
+        return (f"the upstream closed the TLS connection without answering ({text}); it may "
+                "require a client certificate this node does not present or one from a CA "
+                "it does not trust (upstream_tls.client_cert)")
     return f"connection failed: {text}"
 
 
