@@ -22,6 +22,7 @@ the bytes are checked against the sha-256 alone (`FetchPlan.accept_vouched`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -50,6 +51,8 @@ READ_CHUNK = 256 << 10
 BATCH = 4 << 20          # bytes handed to one worker-thread write (and hash) at a time
 INLINE_WRITE = 256 << 10  # smaller final batches are written on the loop: no thread hop
 DISK_HEADROOM = 64 << 10
+STREAM_BATCH = 1 << 20    # bytes a follower lets accumulate before its next send
+STREAM_PATIENCE = 0.005   # seconds it waits for them at most
 
 
 
@@ -70,6 +73,10 @@ class FetchPlan:
     # The upstream is an edgedepot tier: an equal digest in its Repr-Digest stands for itself,
     # and only sha256 is computed here.
     accept_vouched: bool = False
+    # When the upstream tier is still fetching too, its Repr-Digest vouches the record's
+    # digests but cannot name the sha256 yet: this asks it afterwards, and the bytes received
+    # must hash to what it confirms (binding the vouch to these bytes).
+    confirm_sha256: Callable[[], Awaitable[str | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,10 +176,23 @@ class FetchCoordinator:
             if plan.expected_size:
                 self.store.evict_to_quota(incoming=plan.expected_size)
             expected_sha, vouched = await self._download(fetch, partial, client)
-            _check_others(plan, partial, vouched)
-            ref = await asyncio.to_thread(self.store.commit_file, partial, expected_sha,
-                                          plan.expected_size if plan.expected_size is not None
-                                          else fetch.size)
+            size = plan.expected_size if plan.expected_size is not None else fetch.size
+            if expected_sha is None and vouched and plan.confirm_sha256 is not None:
+                expected_sha = await plan.confirm_sha256()
+                if expected_sha is None:
+                    partial.discard()
+                    raise _bad(plan, "the upstream did not confirm the sha256 of the bytes "
+                                     "it vouched for")
+
+            def verify_and_commit() -> BlobRef:  # waits for the hash lanes: not on the loop
+                try:
+                    _check_others(plan, partial, vouched)
+                except IntegrityError:
+                    partial.discard()
+                    raise
+                return self.store.commit_file(partial, expected_sha, size)
+
+            ref = await asyncio.to_thread(verify_and_commit)
             self.store.register(ref)
             for namespace, name in plan.binds:
                 self.store.bind(namespace, name, ref.digest)
@@ -228,7 +248,7 @@ class FetchCoordinator:
         if expected_sha is None and plan.require_digest:
             raise _bad(plan, "no digest known for this artifact; refusing to serve unverifiable bytes")
         vouched: dict[str, str] = {}
-        if plan.accept_vouched and upstream_sha is not None:
+        if plan.accept_vouched and (upstream_sha is not None or plan.confirm_sha256 is not None):
             for algo, want in plan.expected_others:
                 have = upstream.get(algo)
                 if have is not None and have != want:
@@ -448,6 +468,12 @@ async def stream_fetch(fetch: Fetch, write: Callable[[bytes], Awaitable[None]],
             if verified:
                 return offset
             await fetch.wait_beyond(max(offset, fetch.written))
+            # Let a fast download get ahead a little: fewer, larger sends cost less CPU; a
+            # slow one is never waited for longer than STREAM_PATIENCE.
+            if not fetch.done.done() and fetch.written - offset < STREAM_BATCH:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fetch.wait_beyond(offset + STREAM_BATCH),
+                                           STREAM_PATIENCE)
     finally:
         os.close(fd)
 
