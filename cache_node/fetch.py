@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 
 from cache_node.metrics import Metrics
+from cache_node.rate_limit import PLAN_LIMITER, TokenBucket
 from cache_node.single_flight import SingleFlight
 from cache_node.store import BlobRef, BlobStore, PartialWriter, StoreFullError
 from distro.digests import parse_repr_digests
@@ -104,6 +105,7 @@ class Fetch:
     done: asyncio.Future[BlobRef]
     _job: Callable[[Fetch], Awaitable[None]]
     written: int = 0
+    limiter: TokenBucket | None = None  # a plan's bandwidth cap; None once a client joins
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -156,7 +158,7 @@ class FetchCoordinator:
             partial = self.store.new_partial(tuple(algo for algo, _ in plan.expected_others))
             fetch = Fetch(plan, partial.path, self.store.blob_path, loop.create_future(),
                           loop.create_future(),
-                          lambda f: self._run(f, partial, client))
+                          lambda f: self._run(f, partial, client), limiter=PLAN_LIMITER.get())
             # Nobody may be left with an unretrieved exception warning.
             fetch.head.add_done_callback(_consume)
             fetch.done.add_done_callback(_consume)
@@ -165,6 +167,8 @@ class FetchCoordinator:
         fetch, started = self._flights.start(plan.key, make)
         if not started:
             self.metrics.coalesced.inc(plan.namespace)
+            if PLAN_LIMITER.get() is None:
+                fetch.limiter = None  # a client needs it now: no pre-warm cap
         return fetch
 
     async def close(self) -> None:
@@ -297,6 +301,8 @@ class FetchCoordinator:
                             partial.drop_digests(tuple(vouched))
                     async for chunk in resp.content.iter_chunked(READ_CHUNK):
                         client.count_bytes(len(chunk))
+                        if fetch.limiter is not None:
+                            await fetch.limiter.take(len(chunk))
                         if skip:
                             drop = min(skip, len(chunk))
                             chunk = chunk[drop:]
