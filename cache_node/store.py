@@ -234,6 +234,7 @@ class BlobStore:
         # Recently confirmed blobs: digest -> size, so a hit costs no SQLite query.
         self._known: OrderedDict[str, int] = OrderedDict()
         self._name_cache: dict[tuple[str, str], str] = {}
+        self._paths: dict[str, Path] = {}  # hot blobs' Path objects (built once, not per hit)
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -276,9 +277,15 @@ class BlobStore:
 
     # -- paths -----------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
-        if not is_sha256_hex(digest):
-            raise ValueError(f"not a sha256 hex digest: {digest!r}")
-        return Path(f"{self._blob_prefix}{digest[:2]}/{digest}")
+        path = self._paths.get(digest)
+        if path is None:
+            if not is_sha256_hex(digest):
+                raise ValueError(f"not a sha256 hex digest: {digest!r}")
+            path = Path(f"{self._blob_prefix}{digest[:2]}/{digest}")
+            if len(self._paths) > KNOWN_BLOBS_CACHE:
+                self._paths.clear()
+            self._paths[digest] = path
+        return path
 
     def _remember(self, digest: str, size: int) -> None:
         self._known[digest] = size
