@@ -144,6 +144,10 @@ class FetchCoordinator:
 
     def start(self, plan: FetchPlan, client: HttpClient) -> Fetch:
         """Join the download of `plan.key`, or start it."""
+        return self.join(plan, client)[0]
+
+    def join(self, plan: FetchPlan, client: HttpClient) -> tuple[Fetch, bool]:
+        """`start`, also telling whether this caller joined a running download (coalesced)."""
         def make() -> Fetch:
             loop = asyncio.get_running_loop()
             partial = self.store.new_partial(tuple(algo for algo, _ in plan.expected_others))
@@ -158,7 +162,7 @@ class FetchCoordinator:
         fetch, started = self._flights.start(plan.key, make)
         if not started:
             self.metrics.coalesced.inc(plan.namespace)
-        return fetch
+        return fetch, not started
 
     async def close(self) -> None:
         await self._flights.close()
