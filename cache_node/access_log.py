@@ -55,15 +55,6 @@ class AccessEntry:
         return (f"{self.time} {self.client} {self.method} {self.path} {self.status} "
                 f"{self.bytes} {self.duration:.4f} {self.cache}")
 
-    @staticmethod
-    def parse(line: str) -> AccessEntry:
-        """A line of either format back into an entry (tests, log tooling)."""
-        if line.startswith("{"):
-            return AccessEntry(**json.loads(line))
-        t, client, method, path, status, size, duration, cache = line.split(" ")
-        return AccessEntry(t, client, method, path, int(status), int(size), float(duration),
-                           cache)
-
 
 def _printable(text: str) -> str:
     """Whitespace and control characters percent-encoded: one field, one line, always."""
