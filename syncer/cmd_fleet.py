@@ -115,6 +115,14 @@ def _status_table(statuses: list[tuple[str, NodePlanStatus]]) -> Table:
     return table
 
 
+def _print_denied(statuses: list[tuple[str, NodePlanStatus]], console: Console) -> None:
+    """One whole line per node that refused the admin token (the table cuts long reasons)."""
+    for _, st in statuses:
+        if st.state == "denied":
+            console.print(f"denied: {st.node}: {st.error}", soft_wrap=True, markup=False,
+                          highlight=False)
+
+
 async def push_plans(inventory: Inventory, plans: list[RegionPlan], wait: bool, console: Console,
                 timeout: float) -> list[tuple[str, NodePlanStatus]]:
     async with FleetClient.for_inventory(inventory) as fleet:
@@ -153,6 +161,7 @@ def cmd_push(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps([{"region": r, **st.to_json()} for r, st in final], indent=2))
     else:
         console.print(_status_table(final))
+        _print_denied(final, console)
     ok_states = ("active", "complete") if args.no_wait else ("complete",)
     return 0 if all(st.state in ok_states for _, st in final) else 1
 
@@ -176,6 +185,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
             if args.watch and console.is_terminal:
                 console.clear()
             console.print(_status_table(statuses))
+            _print_denied(statuses, console)
         if not args.watch:
             break
         time.sleep(args.interval)
@@ -232,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
                    "sync": cmd_sync}[args.command]
         return handler(args, console)
     except (InventoryError, PlanningError) as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
 
 
