@@ -20,6 +20,7 @@ from pathlib import Path
 
 from cache_node.answers import Answer, BlobAnswer, NotFound, content_type_for
 from cache_node.config import RepoSource
+from cache_node.repository import RepoKind, RepoSummary
 from cache_node.startup import StartupError
 from distro.debian_repo import (
     BuiltRepository,
@@ -30,6 +31,7 @@ from distro.debian_repo import (
     parse_release,
 )
 from distro.digests import file_sha256
+from distro.wire import RefreshReport
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,18 @@ class LocalAptRepo:
             await asyncio.to_thread(self._rebuild)
             self._last_scan = time.monotonic()
 
+    kind: RepoKind = "apt"
+
+    def summary(self) -> RepoSummary:
+        suites = () if self.is_mirror_tree else (self.source.suite,)
+        return RepoSummary("apt", self.name, self.source.source, suites)
+
+    async def refresh(self) -> list[RefreshReport]:
+        return []
+
+    def locate(self, sha256: str) -> Path | None:
+        return self.path_for_digest(sha256)
+
     def path_for_digest(self, digest: str) -> Path | None:
         """A file of this repository whose content has `digest` (known without hashing)."""
         rel = self._by_digest.get(digest)
@@ -150,7 +164,7 @@ class LocalAptRepo:
         path = self.root / rel
         return path if path.is_file() else None
 
-    async def answer(self, relpath: str) -> Answer:
+    async def answer(self, relpath: str, accept: str | None = None) -> Answer:
         if relpath.startswith("dists/") and relpath.rsplit("/", 1)[-1] in (
                 "InRelease", "Release", "Release.gpg"):
             await self._maybe_rescan()

@@ -35,6 +35,7 @@ from cache_node.answers import (
 )
 from cache_node.fetch import FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.metrics import Metrics
+from cache_node.repository import RepoKind, RepoSummary
 from cache_node.revalidation import freshness, mark_due, mark_failed, mark_valid
 from cache_node.single_flight import Call, SingleFlight, run_once
 from cache_node.store import BlobStore
@@ -54,6 +55,7 @@ from syncer.http_client import HttpClient, UpstreamError, UpstreamNotFound
 log = logging.getLogger(__name__)
 
 RELEASE_FILES = ("InRelease", "Release", "Release.gpg")
+SNAPSHOT_PREFIX = "apt-snapshot:"
 BY_HASH_RE = re.compile(r"^(?:(?P<dir>.+)/)?by-hash/SHA256/(?P<digest>[0-9a-f]{64})$")
 # How compressed indexes are rebuilt from the uncompressed one (the settings of
 # distro.debian_repo.build_repository, and of most archive tools); accepted only when the result
@@ -107,7 +109,7 @@ class RemoteAptRepo:
         self.namespace = f"apt/{name}"
         self._ns_pool = f"apt-pool:{name}"
         self._ns_index = f"apt-index:{name}"
-        self._ns_snapshot = f"apt-snapshot:{name}"
+        self._ns_snapshot = f"{SNAPSHOT_PREFIX}{name}"
         self._snapshots: dict[str, SuiteSnapshot] = {}
         self._revalidations: SingleFlight[Call[SuiteSnapshot]] = SingleFlight()
         self._pool: dict[str, PoolEntry] = {}
@@ -136,8 +138,22 @@ class RemoteAptRepo:
             self._snapshots[suite] = SuiteSnapshot(suite, files, index, _identity(files),
                                                    validated_at=float("-inf"))
 
+    kind: RepoKind = "apt"
+
     def snapshots(self) -> dict[str, SuiteSnapshot]:
         return dict(self._snapshots)
+
+    def summary(self) -> RepoSummary:
+        return RepoSummary("apt", self.name, self.base_url, tuple(sorted(self._snapshots)))
+
+    def locate(self, sha256: str) -> Path | None:
+        return None  # what it mirrors lives in the store
+
+    @staticmethod
+    def persisted_names(store: BlobStore) -> list[str]:
+        """Names of the apt repositories whose snapshots a restarted cache kept."""
+        return [ns.partition(":")[2] for ns in store.namespaces()
+                if ns.startswith(SNAPSHOT_PREFIX)]
 
     async def refresh(self) -> list[RefreshReport]:
         """Revalidate every known suite now (ignoring the TTL) and report what moved."""
@@ -163,7 +179,7 @@ class RemoteAptRepo:
         return reports
 
     # -- dispatch --------------------------------------------------------------------------
-    async def answer(self, relpath: str) -> Answer:
+    async def answer(self, relpath: str, accept: str | None = None) -> Answer:
         parts = relpath.split("/")
         if parts[0] == "dists" and len(parts) >= 3:
             suite, rest = parts[1], "/".join(parts[2:])

@@ -22,6 +22,7 @@ the bytes are checked against the sha-256 alone (`FetchPlan.accept_vouched`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -33,6 +34,7 @@ from typing import Any
 import aiohttp
 
 from cache_node.metrics import Metrics
+from cache_node.rate_limit import PLAN_LIMITER, TokenBucket
 from cache_node.single_flight import SingleFlight
 from cache_node.store import BlobRef, BlobStore, PartialWriter, StoreFullError
 from distro.digests import parse_repr_digests
@@ -50,6 +52,8 @@ READ_CHUNK = 256 << 10
 BATCH = 4 << 20          # bytes handed to one worker-thread write (and hash) at a time
 INLINE_WRITE = 256 << 10  # smaller final batches are written on the loop: no thread hop
 DISK_HEADROOM = 64 << 10
+STREAM_BATCH = 1 << 20    # bytes a follower lets accumulate before its next send
+STREAM_PATIENCE = 0.005   # seconds it waits for them at most
 
 
 
@@ -70,6 +74,10 @@ class FetchPlan:
     # The upstream is an edgedepot tier: an equal digest in its Repr-Digest stands for itself,
     # and only sha256 is computed here.
     accept_vouched: bool = False
+    # When the upstream tier is still fetching too, its Repr-Digest vouches the record's
+    # digests but cannot name the sha256 yet: this asks it afterwards, and the bytes received
+    # must hash to what it confirms (binding the vouch to these bytes).
+    confirm_sha256: Callable[[], Awaitable[str | None]] | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,7 @@ class Fetch:
     done: asyncio.Future[BlobRef]
     _job: Callable[[Fetch], Awaitable[None]]
     written: int = 0
+    limiter: TokenBucket | None = None  # a plan's bandwidth cap; None once a client joins
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -153,7 +162,7 @@ class FetchCoordinator:
             partial = self.store.new_partial(tuple(algo for algo, _ in plan.expected_others))
             fetch = Fetch(plan, partial.path, self.store.blob_path, loop.create_future(),
                           loop.create_future(),
-                          lambda f: self._run(f, partial, client))
+                          lambda f: self._run(f, partial, client), limiter=PLAN_LIMITER.get())
             # Nobody may be left with an unretrieved exception warning.
             fetch.head.add_done_callback(_consume)
             fetch.done.add_done_callback(_consume)
@@ -162,6 +171,8 @@ class FetchCoordinator:
         fetch, started = self._flights.start(plan.key, make)
         if not started:
             self.metrics.coalesced.inc(plan.namespace)
+            if PLAN_LIMITER.get() is None:
+                fetch.limiter = None  # a client needs it now: no pre-warm cap
         return fetch, not started
 
     async def close(self) -> None:
@@ -173,10 +184,23 @@ class FetchCoordinator:
             if plan.expected_size:
                 self.store.evict_to_quota(incoming=plan.expected_size)
             expected_sha, vouched = await self._download(fetch, partial, client)
-            _check_others(plan, partial, vouched)
-            ref = await asyncio.to_thread(self.store.commit_file, partial, expected_sha,
-                                          plan.expected_size if plan.expected_size is not None
-                                          else fetch.size)
+            size = plan.expected_size if plan.expected_size is not None else fetch.size
+            if expected_sha is None and vouched and plan.confirm_sha256 is not None:
+                expected_sha = await plan.confirm_sha256()
+                if expected_sha is None:
+                    partial.discard()
+                    raise _bad(plan, "the upstream did not confirm the sha256 of the bytes "
+                                     "it vouched for")
+
+            def verify_and_commit() -> BlobRef:  # waits for the hash lanes: not on the loop
+                try:
+                    _check_others(plan, partial, vouched)
+                except IntegrityError:
+                    partial.discard()
+                    raise
+                return self.store.commit_file(partial, expected_sha, size)
+
+            ref = await asyncio.to_thread(verify_and_commit)
             self.store.register(ref)
             for namespace, name in plan.binds:
                 self.store.bind(namespace, name, ref.digest)
@@ -232,7 +256,7 @@ class FetchCoordinator:
         if expected_sha is None and plan.require_digest:
             raise _bad(plan, "no digest known for this artifact; refusing to serve unverifiable bytes")
         vouched: dict[str, str] = {}
-        if plan.accept_vouched and upstream_sha is not None:
+        if plan.accept_vouched and (upstream_sha is not None or plan.confirm_sha256 is not None):
             for algo, want in plan.expected_others:
                 have = upstream.get(algo)
                 if have is not None and have != want:
@@ -281,6 +305,8 @@ class FetchCoordinator:
                             partial.drop_digests(tuple(vouched))
                     async for chunk in resp.content.iter_chunked(READ_CHUNK):
                         client.count_bytes(len(chunk))
+                        if fetch.limiter is not None:
+                            await fetch.limiter.take(len(chunk))
                         if skip:
                             drop = min(skip, len(chunk))
                             chunk = chunk[drop:]
@@ -452,6 +478,12 @@ async def stream_fetch(fetch: Fetch, write: Callable[[bytes], Awaitable[None]],
             if verified:
                 return offset
             await fetch.wait_beyond(max(offset, fetch.written))
+            # Let a fast download get ahead a little: fewer, larger sends cost less CPU; a
+            # slow one is never waited for longer than STREAM_PATIENCE.
+            if not fetch.done.done() and fetch.written - offset < STREAM_BATCH:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fetch.wait_beyond(offset + STREAM_BATCH),
+                                           STREAM_PATIENCE)
     finally:
         os.close(fd)
 

@@ -95,6 +95,10 @@ class Backend(Protocol):
 
     def path_for_digest(self, sha256: str) -> Path | None: ...
 
+    def describe(self) -> str:
+        """Where the images come from, for the status page."""
+        ...
+
 
 class DirectoryBackend:
     """The origin's image directory; tokens from its `tokens.toml` (Glance's visibility rules)."""
@@ -164,6 +168,9 @@ class DirectoryBackend:
 
     async def fetch_is_admin(self, caller: Caller) -> bool:
         return (await self._who(caller))[1]
+
+    def describe(self) -> str:
+        return str(self.root)
 
     def path_for_digest(self, sha256: str) -> Path | None:
         """The data file of a directory image with this sha256 (for the delta endpoints)."""
@@ -275,6 +282,9 @@ class HttpGlanceBackend:
 
     def path_for_digest(self, sha256: str) -> Path | None:
         return None  # data of a remote Glance lives in the store once fetched
+
+    def describe(self) -> str:
+        return self.base_url
 
 
 __all__ = ["Backend", "DirectoryBackend", "HttpGlanceBackend", "ImageDigest", "LocalSource",

@@ -23,7 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cache_node.answers import BadRequest, BlobAnswer, NotFound, ServiceError, StreamAnswer
+from cache_node.answers import (
+    Answer,
+    BadRequest,
+    BlobAnswer,
+    NotFound,
+    ServiceError,
+    StreamAnswer,
+)
 from cache_node.config import NodeConfig, client_settings
 from cache_node.fetch import Fetch, FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.glance_auth import Caller, GlanceAuthorizer, ListScope, UpstreamOffline
@@ -37,6 +44,7 @@ from cache_node.glance_backends import (
 )
 from cache_node.glance_delta import Basis, ImageDeltaFetcher, image_digests
 from cache_node.metrics import Metrics
+from cache_node.repository import RepoKind, RepoSummary
 from cache_node.store import BlobRef, BlobStore
 from distro.glance_images import (
     GlanceImage,
@@ -47,6 +55,7 @@ from distro.glance_images import (
     scope_params,
     validate_list_params,
 )
+from distro.wire import RefreshReport
 from syncer.http_client import HttpClient
 
 log = logging.getLogger(__name__)
@@ -217,7 +226,8 @@ class GlanceService:
         if ref is not None:
             return replace(self._stored(image, ref, headers), delta=True)
         joined = self.fetches.running(_fetch_key(image.id))
-        return StreamAnswer(self._start(image, source), IMAGE_TYPE, headers, coalesced=joined)
+        return StreamAnswer(self._start(caller, image, source), IMAGE_TYPE, headers,
+                            coalesced=joined)
 
     def _stored(self, image: GlanceImage, ref: BlobRef,
                 headers: tuple[tuple[str, str], ...]) -> BlobAnswer:
@@ -244,15 +254,30 @@ class GlanceService:
             ref = await self._try_delta(caller, image)
             if ref is None:
                 try:
-                    ref = await asyncio.shield(self._start(image, source).done)
+                    ref = await asyncio.shield(self._start(caller, image, source).done)
                 except FetchFailed as exc:
                     raise ServiceError(str(exc), exc.http_status) from None
         return ImageDigest.of(ref.digest, ref.size, image)
 
-    def path_for_digest(self, sha256: str) -> Path | None:
+    # -- the node's Repository protocol ------------------------------------------------------
+    kind: RepoKind = "glance"
+    name = "glance"
+    namespace = NAMESPACE
+
+    async def answer(self, path: str, accept: str | None = None) -> Answer:
+        """An image's data by id, as an anonymous caller may see it (plan pre-warming)."""
+        return await self.image_data(Caller(None), path)
+
+    def locate(self, sha256: str) -> Path | None:
         """A file of this node's images with this sha256, for the delta endpoints: the
         origin's directory files (store blobs are found by `Node.locate_blob` itself)."""
         return self.backend.path_for_digest(sha256)
+
+    def summary(self) -> RepoSummary:
+        return RepoSummary("glance", "glance", self.backend.describe(), ())
+
+    async def refresh(self) -> list[RefreshReport]:
+        return []  # records are revalidated per request, under the authorization TTL
 
     async def _try_delta(self, caller: Caller, image: GlanceImage) -> BlobRef | None:
         """The image's data built as a delta against a cached image of its family, bound in
@@ -273,9 +298,16 @@ class GlanceService:
         return await self.delta.attempt(image, cached,
                                         lambda: backend.fetch_digest(caller, image.id), bind)
 
-    def _start(self, image: GlanceImage, source: RemoteSource) -> Fetch:
-        """Join or start the one fetch of an image's data, verified against every digest of
-        its record (or what the upstream edgedepot tier vouches for) before it is bound."""
+    def _start(self, caller: Caller, image: GlanceImage, source: RemoteSource) -> Fetch:
+        """Join or start the one fetch of an image's data, verified against its record's
+        digests before it is bound: computed here from a real Glance; from an edgedepot
+        tier, taken from its vouch and bound to the bytes by the sha256 it confirms."""
+        backend = self.backend
+
+        async def confirmed_sha256() -> str | None:
+            digest = await backend.fetch_digest(caller, image.id)
+            return digest.sha256 if digest is not None else None
+
         expected = image_digests(image)
         if not expected:
             raise ServiceError(f"image {image.id}: the record has neither checksum nor a "
@@ -283,7 +315,8 @@ class GlanceService:
         plan = FetchPlan(key=_fetch_key(image.id), url=source.url, namespace=NAMESPACE,
                          expected_sha256=None, expected_size=image.size, require_digest=False,
                          binds=((NS_DATA, image.id),), expected_others=expected,
-                         headers=source.headers, accept_vouched=source.vouches)
+                         headers=source.headers, accept_vouched=source.vouches,
+                         confirm_sha256=confirmed_sha256 if source.vouches else None)
         running = self.fetches.running(plan.key)
         fetch = self.fetches.start(plan, source.client)
         if not running:
@@ -322,7 +355,7 @@ class GlanceService:
 
     async def _queue(self, caller: Caller, image: GlanceImage, source: RemoteSource) -> None:
         if await self._try_delta(caller, image) is None:
-            self._start(image, source)
+            self._start(caller, image, source)
 
     async def cache_delete(self, caller: Caller, image_id: str) -> None:
         await self.auth.require_admin(caller)

@@ -12,17 +12,14 @@ from aiohttp import web
 from cache_node.access_log import install_access_log
 from cache_node.admin_auth import install_access_control
 from cache_node.answers import Answer, BadRequest, NotFound, ServiceError, safe_relpath
-from cache_node.apt_remote import RemoteAptRepo
 from cache_node.delta_routes import add_delta_routes
 from cache_node.glance_routes import add_glance_routes
 from cache_node.health import add_health_routes, summary_html
 from cache_node.key_routes import add_key_routes
 from cache_node.node import Node
 from cache_node.plans import PlanRunner
-from cache_node.pypi_remote import RemotePypiIndex
 from cache_node.responses import error_middleware, send_answer
 from distro.digests import is_sha256_hex
-from distro.pypi_index import choose_format
 from distro.wire import PlanError, parse_plan
 
 log = logging.getLogger(__name__)
@@ -41,43 +38,26 @@ def _relpath(request: web.Request, key: str = "path") -> str:
     return safe_relpath(request.match_info[key], raw_tail)
 
 
-async def apt_handler(request: web.Request) -> web.StreamResponse:
+async def repo_handler(request: web.Request) -> web.StreamResponse:
+    """`/apt/<name>/<path>` and `/pypi/<name>/<path>`: whatever repository the name is."""
     node = request.app[NODE_KEY]
-    name = request.match_info["name"]
-    relpath = _relpath(request)
-    repo = await node.apt_repo(name)
-    return await render_answer(request, await repo.answer(relpath), repo.namespace)
-
-
-async def pypi_root(request: web.Request) -> web.StreamResponse:
-    node = request.app[NODE_KEY]
-    index = await node.pypi_index(request.match_info["name"])
-    fmt = choose_format(request.headers.get("Accept"))
-    answer = await index.root_page(fmt)
-    response = await render_answer(request, answer, index.namespace)
-    response.headers["Vary"] = "Accept"
+    kind = request.path.split("/", 2)[1]
+    repo = await node.repo(kind, request.match_info["name"])
+    path = _relpath(request) if not request.match_info["path"].endswith("/") else \
+        _relpath_dir(request)
+    accept = request.headers.get("Accept")
+    response = await render_answer(request, await repo.answer(path, accept), repo.namespace)
+    if kind == "pypi":
+        response.headers["Vary"] = "Accept"
     return response
 
 
-async def pypi_project(request: web.Request) -> web.StreamResponse:
-    node = request.app[NODE_KEY]
-    index = await node.pypi_index(request.match_info["name"])
-    project = _relpath(request, "project")
-    if not request.path.endswith("/"):
-        raise web.HTTPMovedPermanently(request.path + "/")
-    fmt = choose_format(request.headers.get("Accept"))
-    answer = await index.project_page(project, fmt)
-    response = await render_answer(request, answer, index.namespace)
-    response.headers["Vary"] = "Accept"
-    return response
-
-
-async def pypi_file(request: web.Request) -> web.StreamResponse:
-    node = request.app[NODE_KEY]
-    index = await node.pypi_index(request.match_info["name"])
-    project = _relpath(request, "project")
-    filename = _relpath(request, "filename")
-    return await render_answer(request, await index.file(project, filename), index.namespace)
+def _relpath_dir(request: web.Request) -> str:
+    """A directory path (pip's `simple/` pages end in '/'): validated without its slash."""
+    raw = request.match_info["path"]
+    stripped = raw.rstrip("/")
+    raw_tail = request.raw_path.split("?", 1)[0].rstrip("/")
+    return (safe_relpath(stripped, raw_tail) if stripped else "") + "/"
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -135,11 +115,7 @@ async def delete_plan(request: web.Request) -> web.Response:
 
 async def refresh_indexes(request: web.Request) -> web.Response:
     """Revalidate every index this node mirrors now; report bytes moved per index."""
-    node = request.app[NODE_KEY]
-    reports = []
-    for repo in list(node.apt.values()) + list(node.pypi.values()):
-        if isinstance(repo, (RemoteAptRepo, RemotePypiIndex)):
-            reports.extend(await repo.refresh())
+    reports = await request.app[NODE_KEY].refresh_all()
     return web.json_response([dataclasses.asdict(r) for r in reports])
 
 
@@ -224,11 +200,8 @@ def build_app(node: Node) -> web.Application:
     app.router.add_put("/admin/plans/{plan_id}", put_plan)
     app.router.add_get("/admin/plans/{plan_id}", get_plan)
     app.router.add_delete("/admin/plans/{plan_id}", delete_plan)
-    app.router.add_get("/apt/{name}/{path:.+}", apt_handler)
-    app.router.add_get("/pypi/{name}/simple/", pypi_root)
-    app.router.add_get("/pypi/{name}/simple/{project}/", pypi_project)
-    app.router.add_get("/pypi/{name}/simple/{project}", pypi_project)
-    app.router.add_get("/pypi/{name}/files/{project}/{filename}", pypi_file)
+    app.router.add_get("/apt/{name}/{path:.+}", repo_handler)
+    app.router.add_get("/pypi/{name}/{path:.+}", repo_handler)
     add_delta_routes(app, lambda request: request.app[NODE_KEY].delta)
     add_glance_routes(app, lambda request: request.app[NODE_KEY].glance)
     add_key_routes(app, node.config, node.signing_key)

@@ -10,40 +10,27 @@ import asyncio
 import logging
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
-from cache_node.answers import Answer, BlobAnswer, NotFound
+from cache_node.answers import Answer, NotFound
 from cache_node.apt_local import LocalAptRepo
 from cache_node.apt_remote import RemoteAptRepo
 from cache_node.config import NodeConfig, RepoSource, client_settings
 from cache_node.delta_service import DeltaService
 from cache_node.fetch import FetchCoordinator
-from cache_node.glance_auth import Caller
 from cache_node.glance_core import GlanceService, make_glance_service
 from cache_node.hot_blobs import HotBlobs
 from cache_node.metrics import Metrics
 from cache_node.plans import PlanRunner
 from cache_node.pypi_local import LocalPypiIndex
 from cache_node.pypi_remote import RemotePypiIndex
+from cache_node.repository import Repository, RepoSummary
 from cache_node.store import BlobStore
 from distro.debian_repo import SigningKey
-from distro.wire import PlanArtifact
+from distro.wire import PlanArtifact, RefreshReport
 from syncer.http_client import HttpClient
 
 log = logging.getLogger(__name__)
-
-AptRepo = LocalAptRepo | RemoteAptRepo
-PypiIndex = LocalPypiIndex | RemotePypiIndex
-
-
-@dataclass(frozen=True)
-class RepoSummary:
-    kind: str
-    name: str
-    source: str
-    suites: tuple[str, ...]
-
 
 class Node:
     def __init__(self, config: NodeConfig) -> None:
@@ -51,8 +38,7 @@ class Node:
         self.metrics = Metrics()
         self.store = BlobStore(config.store_dir / "store", config.quota_bytes)
         self.fetches = FetchCoordinator(self.store, self.metrics)
-        self.apt: dict[str, AptRepo] = {}
-        self.pypi: dict[str, PypiIndex] = {}
+        self.repos: dict[tuple[str, str], Repository] = {}  # (kind, name) -> repository
         self.started_at = time.time()
         self._exit = AsyncExitStack()
         self._lock = asyncio.Lock()
@@ -75,9 +61,9 @@ class Node:
         self.store.open()
         self.metrics.add_refresher(self._refresh_gauges)
         for repo in self.config.apt:
-            self.apt[repo.name] = await self._make_apt(repo)
+            self.repos[("apt", repo.name)] = await self._make_apt(repo)
         for repo in self.config.pypi:
-            self.pypi[repo.name] = await self._make_pypi(repo)
+            self.repos[("pypi", repo.name)] = await self._make_pypi(repo)
         if self.config.role == "cache":
             await self._restore_cache_repos()
         self.glance = await make_glance_service(self.config, self.store, self.fetches,
@@ -114,7 +100,7 @@ class Node:
             on_bytes=lambda n: self.metrics.upstream_bytes.inc(namespace, n))
         return await self._exit.enter_async_context(client)
 
-    async def _make_apt(self, repo: RepoSource) -> AptRepo:
+    async def _make_apt(self, repo: RepoSource) -> Repository:
         if repo.is_url:
             # Only an edgedepot upstream (the cache role's origin or parent) has delta endpoints.
             delta_url = f"{self.config.upstream}delta/v1/" if self.config.upstream else None
@@ -128,7 +114,7 @@ class Node:
         await asyncio.to_thread(local.prepare)
         return local
 
-    async def _make_pypi(self, repo: RepoSource) -> PypiIndex:
+    async def _make_pypi(self, repo: RepoSource) -> Repository:
         if repo.is_url:
             remote = RemotePypiIndex(repo.name, repo.source, self.store, self.fetches,
                                      await self._client(f"pypi/{repo.name}"), self.metrics,
@@ -141,82 +127,60 @@ class Node:
 
     async def _restore_cache_repos(self) -> None:
         """A restarted cache knows the repositories it served before, for stale serving."""
-        for namespace in self.store.namespaces():
-            kind, _, name = namespace.partition(":")
-            if kind == "apt-snapshot" and name not in self.apt:
-                await self.apt_repo(name)
-            if kind == "pypi-page" and name not in self.pypi:
-                await self.pypi_index(name)
+        for name in RemoteAptRepo.persisted_names(self.store):
+            await self.repo("apt", name)
+        for name in RemotePypiIndex.persisted_names(self.store):
+            await self.repo("pypi", name)
 
-    async def apt_repo(self, name: str) -> AptRepo:
-        repo = self.apt.get(name)
-        if repo is not None:
-            return repo
-        if self.config.role != "cache" or self.config.upstream is None:
-            raise NotFound(f"no apt repository named {name!r}")
+    async def repo(self, kind: str, name: str) -> Repository:
+        """The repository a request names; a cache mirrors any name its upstream serves."""
+        if kind == "glance":
+            if self.glance is None:
+                raise NotFound("this node serves no images")
+            return self.glance
+        found = self.repos.get((kind, name))
+        if found is not None:
+            return found
+        if kind not in ("apt", "pypi") or self.config.role != "cache" \
+                or self.config.upstream is None:
+            raise NotFound(f"no {kind} repository named {name!r}")
         async with self._lock:
-            if name not in self.apt:
-                source = RepoSource(name, f"{self.config.upstream}apt/{name}/")
-                self.apt[name] = await self._make_apt(source)
-        return self.apt[name]
+            if (kind, name) not in self.repos:
+                if kind == "apt":
+                    source = RepoSource(name, f"{self.config.upstream}apt/{name}/")
+                    self.repos[(kind, name)] = await self._make_apt(source)
+                else:
+                    source = RepoSource(name, f"{self.config.upstream}pypi/{name}/simple/")
+                    self.repos[(kind, name)] = await self._make_pypi(source)
+        return self.repos[(kind, name)]
 
-    async def pypi_index(self, name: str) -> PypiIndex:
-        index = self.pypi.get(name)
-        if index is not None:
-            return index
-        if self.config.role != "cache" or self.config.upstream is None:
-            raise NotFound(f"no pip index named {name!r}")
-        async with self._lock:
-            if name not in self.pypi:
-                source = RepoSource(name, f"{self.config.upstream}pypi/{name}/simple/")
-                self.pypi[name] = await self._make_pypi(source)
-        return self.pypi[name]
+    def all_repos(self) -> list[Repository]:
+        repos = [self.repos[key] for key in sorted(self.repos)]
+        return repos + ([self.glance] if self.glance is not None else [])
 
     def locate_blob(self, digest: str) -> Path | None:
         """A verified file with this sha256 that the node can serve: a store blob or a file of
         the origin's own repositories (for the delta endpoints)."""
         if self.store.has(digest):
             return self.store.blob_path(digest)
-        for repo in self.apt.values():
-            if isinstance(repo, LocalAptRepo):
-                path = repo.path_for_digest(digest)
-                if path is not None:
-                    return path
-        for index in self.pypi.values():
-            if isinstance(index, LocalPypiIndex):
-                path = index.path_for_digest(digest)
-                if path is not None:
-                    return path
-        if self.glance is not None:
-            return self.glance.path_for_digest(digest)
+        for repo in self.all_repos():
+            path = repo.locate(digest)
+            if path is not None:
+                return path
         return None
 
+    async def refresh_all(self) -> list[RefreshReport]:
+        """Revalidate every index this node mirrors now; what moved per index."""
+        reports: list[RefreshReport] = []
+        for repo in self.all_repos():
+            reports.extend(await repo.refresh())
+        return reports
+
     async def resolve_artifact(self, artifact: PlanArtifact) -> Answer:
-        """Answer a plan artifact exactly as the matching client request would be answered."""
-        if artifact.kind == "apt":
-            repo = await self.apt_repo(artifact.repo)
-            return await repo.answer(artifact.path)
-        if artifact.kind == "pypi":
-            index = await self.pypi_index(artifact.repo)
-            project, _, filename = artifact.path.partition("/")
-            return await index.file(project, filename)
-        if artifact.kind == "glance":
-            if self.glance is None:
-                raise NotFound("this node serves no images")
-            # Plans pre-warm images anonymous callers may see (public, community).
-            digest = await self.glance.image_digest(Caller(None), artifact.path)
-            path = self.locate_blob(digest.sha256) or self.store.blob_path(digest.sha256)
-            return BlobAnswer(path, digest.size, digest.sha256, "application/octet-stream")
-        raise NotFound(f"artifact kind {artifact.kind!r} is not served by this node")
+        """Answer a plan artifact exactly as the matching client request would be answered.
+        (Plans pre-warm images anonymous callers may see: public and community.)"""
+        path = f"files/{artifact.path}" if artifact.kind == "pypi" else artifact.path
+        return await (await self.repo(artifact.kind, artifact.repo)).answer(path)
 
     def summaries(self) -> list[RepoSummary]:
-        out = []
-        for name, repo in sorted(self.apt.items()):
-            suites = tuple(sorted(repo.snapshots())) if isinstance(repo, RemoteAptRepo) else \
-                ((repo.source.suite,) if not repo.is_mirror_tree else ())
-            src = repo.base_url if isinstance(repo, RemoteAptRepo) else repo.source.source
-            out.append(RepoSummary("apt", name, src, suites))
-        for name, index in sorted(self.pypi.items()):
-            src = index.simple_url if isinstance(index, RemotePypiIndex) else str(index.root)
-            out.append(RepoSummary("pypi", name, src, ()))
-        return out
+        return [repo.summary() for repo in self.all_repos()]

@@ -24,10 +24,12 @@ from cache_node.answers import (
     content_type_for,
 )
 from cache_node.config import RepoSource
+from cache_node.repository import RepoKind, RepoSummary
 from distro.pypi_index import (
     METADATA_SUFFIX,
     IndexFormat,
     LocalDist,
+    choose_format,
     normalize_project_name,
     project_page_from_local,
     render_project_html,
@@ -39,6 +41,7 @@ from distro.pypi_index import (
 from distro.pypi_index import (
     content_type_for as index_content_type,
 )
+from distro.wire import RefreshReport
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +55,44 @@ def render_page(fmt: IndexFormat, body_html: str | None = None, body_json: bytes
     return BytesAnswer(data, index_content_type(fmt), hashlib.sha256(data).hexdigest())
 
 
+class PypiPaths:
+    """The URL layout of a pip index under `/pypi/<name>/`, shared by local and remote
+    indexes: `answer(path)` maps a path onto the index's pages and files."""
+
+    kind: RepoKind = "pypi"
+    name: str
+    namespace: str
+
+    async def root_page(self, fmt: IndexFormat) -> Answer:
+        raise NotImplementedError
+
+    async def project_page(self, project: str, fmt: IndexFormat) -> Answer:
+        raise NotImplementedError
+
+    async def file(self, project: str, filename: str) -> Answer:
+        raise NotImplementedError
+
+    async def answer(self, path: str, accept: str | None = None) -> Answer:
+        parts = path.split("/")
+        if parts[0] == "simple":
+            fmt = choose_format(accept)
+            if parts[1:] in ([], [""]):
+                return await self.root_page(fmt)
+            if len(parts) == 2:
+                return RedirectAnswer(f"{quote(parts[1])}/")
+            if len(parts) == 3 and parts[2] == "":
+                return await self.project_page(parts[1], fmt)
+        if parts[0] == "files" and len(parts) == 3 and parts[1] and parts[2]:
+            return await self.file(parts[1], parts[2])
+        raise NotFound(f"{self.namespace}: no such path {path}")
+
+
 def files_base(project: str) -> str:
     """Relative URL from `simple/<project>/` to that project's files directory."""
     return f"../../files/{quote(project)}/"
 
 
-class LocalPypiIndex:
+class LocalPypiIndex(PypiPaths):
     def __init__(self, source: RepoSource) -> None:
         self.name = source.name
         self.root = source.path
@@ -92,9 +127,15 @@ class LocalPypiIndex:
             if time.monotonic() - self._last_scan >= RESCAN_INTERVAL:
                 await asyncio.to_thread(self.prepare)
 
-    def path_for_digest(self, digest: str) -> Path | None:
-        path = self._by_digest.get(digest)
+    def locate(self, sha256: str) -> Path | None:
+        path = self._by_digest.get(sha256)
         return path if path is not None and path.is_file() else None
+
+    def summary(self) -> RepoSummary:
+        return RepoSummary("pypi", self.name, str(self.root), ())
+
+    async def refresh(self) -> list[RefreshReport]:
+        return []
 
     def projects(self) -> list[str]:
         return sorted(self._projects)

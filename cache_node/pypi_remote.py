@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from urllib.parse import quote
 
 from cache_node.answers import (
@@ -26,7 +27,8 @@ from cache_node.answers import (
 )
 from cache_node.fetch import FetchCoordinator, FetchPlan
 from cache_node.metrics import Metrics
-from cache_node.pypi_local import files_base, render_page
+from cache_node.pypi_local import PypiPaths, files_base, render_page
+from cache_node.repository import RepoSummary
 from cache_node.revalidation import freshness, mark_due, mark_failed
 from cache_node.single_flight import Call, SingleFlight, run_once
 from cache_node.store import BlobStore
@@ -50,6 +52,8 @@ from syncer.http_client import HttpClient, UpstreamError, UpstreamNotFound
 
 log = logging.getLogger(__name__)
 
+PAGE_PREFIX = "pypi-page:"
+
 UPSTREAM_ACCEPT = (f"{JSON_CONTENT_TYPE}, application/vnd.pypi.simple.v1+html;q=0.2, "
                    "text/html;q=0.01")
 ROOT_KEY = "\0root"
@@ -63,7 +67,7 @@ class _Cached:
     failed_at: float | None = None
 
 
-class RemotePypiIndex:
+class RemotePypiIndex(PypiPaths):
     def __init__(self, name: str, simple_url: str, store: BlobStore, fetches: FetchCoordinator,
                  client: HttpClient, metrics: Metrics, index_ttl: float) -> None:
         self.name = name
@@ -74,10 +78,21 @@ class RemotePypiIndex:
         self.metrics = metrics
         self.index_ttl = index_ttl
         self.namespace = f"pypi/{name}"
-        self._ns_page = f"pypi-page:{name}"
+        self._ns_page = f"{PAGE_PREFIX}{name}"
         self._ns_file = f"pypi-file:{name}"
         self._pages: dict[str, _Cached] = {}
         self._refreshing: SingleFlight[Call[_Cached]] = SingleFlight()
+
+    def summary(self) -> RepoSummary:
+        return RepoSummary("pypi", self.name, self.simple_url, ())
+
+    def locate(self, sha256: str) -> Path | None:
+        return None  # what it mirrors lives in the store
+
+    @staticmethod
+    def persisted_names(store: BlobStore) -> list[str]:
+        """Names of the pip indexes whose pages a restarted cache kept."""
+        return [ns.partition(":")[2] for ns in store.namespaces() if ns.startswith(PAGE_PREFIX)]
 
     def load_persisted(self) -> None:
         for project, digest in list(self.store.names(self._ns_page)):

@@ -92,10 +92,14 @@ def error_middleware(on_request: Callable[[web.Request], None] | None = None,
 def _headers(answer: BlobAnswer | BytesAnswer | StreamAnswer, sha256: str | None,
              cache: str) -> dict[str, str]:
     headers = {"Content-Type": answer.content_type}
+    # What this node vouches for: the sha256 (once known) and the other digests the bytes
+    # are verified against; a stream is aborted before its last byte if they do not match.
+    digests = dict(answer.vouched) if not isinstance(answer, BytesAnswer) else {}
     if sha256:
-        vouched = dict(answer.vouched) if not isinstance(answer, BytesAnswer) else {}
-        headers["Repr-Digest"] = format_repr_digests({"sha256": sha256, **vouched})
+        digests["sha256"] = sha256
         headers["ETag"] = f'"{sha256}"'
+    if digests:
+        headers["Repr-Digest"] = format_repr_digests(digests)
     if isinstance(answer, (BlobAnswer, BytesAnswer)):
         if answer.immutable:
             headers["Cache-Control"] = IMMUTABLE

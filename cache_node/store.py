@@ -15,12 +15,13 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import sqlite3
+import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,8 @@ from distro.errors import EdgedepotError, IntegrityError
 log = logging.getLogger(__name__)
 
 HASH_CHUNK = 1 << 20
-PARALLEL_HASH_MIN = 256 << 10  # batches this large hash their digests in parallel threads
-_HASH_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hash")
+PARALLEL_HASH_MIN = 256 << 10  # from a batch this large on, digests run in lane threads
+LANE_BACKLOG = 8  # batches a hash lane may lag behind the writes
 KNOWN_BLOBS_CACHE = 200_000
 
 
@@ -78,19 +79,51 @@ class FsckReport:
         return not self.bad and not self.missing
 
 
+class _HashLane:
+    """One digest computed in its own thread, behind the writes: bytes are on disk (and
+    streamable to clients) before they are hashed, and several digests run in parallel
+    (hashlib releases the GIL); reading the digest waits for the lane's backlog."""
+
+    def __init__(self, hasher: Any, name: str) -> None:
+        self.hasher = hasher
+        self._queue: queue.Queue[Sequence[bytes | memoryview] | None] = \
+            queue.Queue(maxsize=LANE_BACKLOG)
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._run, name=f"hash-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunks := self._queue.get()) is not None:
+            if not self._abandoned:
+                _update_all(self.hasher, chunks)
+
+    def submit(self, chunks: Sequence[bytes | memoryview]) -> None:
+        self._queue.put(chunks)  # blocks the writer when the lane is far behind
+
+    def close(self, abandon: bool = False) -> None:
+        if self._thread.is_alive():
+            self._abandoned = abandon
+            self._queue.put(None)
+            self._thread.join()
+
+
 class PartialWriter:
     """An append-only partial file that computes every digest asked for in the one pass that
-    writes it (sha256 always; e.g. md5 and sha512 for images).
+    writes it (sha256 always; e.g. an image's os_hash).
 
-    Large batches are hashed in parallel threads (hashlib releases the GIL), so a fetch that
-    must match three digests costs the wall time of the slowest one, not of all three.
+    Small writes are hashed inline. From the first large batch on, each digest runs in its
+    own lane thread behind the writes, so the bytes reach disk (and the clients following
+    the file) at the speed of the write, and a fetch that must match several digests costs
+    the wall time of the slowest one, not of all of them.
     """
 
     def __init__(self, path: Path, extra_digests: tuple[str, ...] = ()) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        self._hash = hashlib.sha256()
-        self._extra = {algo: hashlib.new(algo) for algo in extra_digests if algo != "sha256"}
+        self._hashers: dict[str, Any] = {"sha256": hashlib.sha256()}
+        self._hashers.update({algo: hashlib.new(algo) for algo in extra_digests
+                              if algo != "sha256"})
+        self._lanes: dict[str, _HashLane] = {}
         self.size = 0
         self.closed = False
 
@@ -98,7 +131,8 @@ class PartialWriter:
         self.write_chunks((data,))
 
     def write_chunks(self, chunks: Sequence[bytes | memoryview]) -> None:
-        """Write and hash chunks in order; call from a worker thread for large batches."""
+        """Write chunks in order and queue them for hashing; call from a worker thread for
+        large batches (the write may block on disk, or on a lane far behind)."""
         total = 0
         try:
             for data in chunks:
@@ -112,38 +146,47 @@ class PartialWriter:
                 raise StoreFullError(
                     exc.errno, f"store disk full while writing {self.path.name}") from exc
             raise
-        hashers = [self._hash, *self._extra.values()]
-        if len(hashers) > 1 and total >= PARALLEL_HASH_MIN:
-            side = [_HASH_POOL.submit(_update_all, h, chunks) for h in hashers[1:]]
-            _update_all(hashers[0], chunks)
-            for job in side:
-                job.result()
-        else:
-            for h in hashers:
-                _update_all(h, chunks)
         self.size += total
+        if not self._lanes and total >= PARALLEL_HASH_MIN:
+            self._lanes = {algo: _HashLane(h, algo) for algo, h in self._hashers.items()}
+        if self._lanes:
+            for lane in self._lanes.values():
+                lane.submit(chunks)
+        else:
+            for h in self._hashers.values():
+                _update_all(h, chunks)
+
+    def _drain(self) -> None:
+        for lane in self._lanes.values():
+            lane.close()
 
     def hexdigest(self) -> str:
-        return self._hash.hexdigest()
+        """The sha256 of everything written (waits for the hash lanes)."""
+        self._drain()
+        return str(self._hashers["sha256"].hexdigest())
 
     def drop_digests(self, algos: tuple[str, ...]) -> None:
         """Stop computing digests the upstream tier vouched for (before the first write)."""
         for algo in algos:
-            self._extra.pop(algo, None)
+            if algo != "sha256":
+                self._hashers.pop(algo, None)
 
     def hexdigests(self) -> dict[str, str]:
-        """Every digest computed: sha256 and the extra ones, by hashlib name."""
-        return {"sha256": self._hash.hexdigest(),
-                **{algo: h.hexdigest() for algo, h in self._extra.items()}}
+        """Every digest computed, by hashlib name (waits for the hash lanes)."""
+        self._drain()
+        return {algo: str(h.hexdigest()) for algo, h in self._hashers.items()}
 
     def finish(self) -> None:
         """fsync and close; call before committing."""
         if not self.closed:
+            self._drain()
             os.fsync(self._fd)
             os.close(self._fd)
             self.closed = True
 
     def discard(self) -> None:
+        for lane in self._lanes.values():
+            lane.close(abandon=True)
         if not self.closed:
             os.close(self._fd)
             self.closed = True

@@ -1,0 +1,50 @@
+"""What the node asks of every repository it serves, local or remote: apt, pip and images.
+
+The node and its routes never branch on a repository's class: they ask any repository to
+answer a path, to locate a blob by digest (for the delta endpoints), to summarise itself for
+the status page and to revalidate what it mirrors. A remote repository's persisted state is
+found again after a restart by `persisted_names`, which owns its store key format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from cache_node.answers import Answer
+from distro.wire import RefreshReport
+
+RepoKind = Literal["apt", "pypi", "glance"]
+
+
+@dataclass(frozen=True)
+class RepoSummary:
+    kind: str
+    name: str
+    source: str
+    suites: tuple[str, ...]
+
+
+class Repository(Protocol):
+    """apt and pip repositories (local and remote) and the image service."""
+
+    kind: RepoKind
+    name: str
+    namespace: str  # metrics label, e.g. "apt/main"
+
+    async def answer(self, path: str, accept: str | None = None) -> Answer:
+        """The answer to a client request for `path` under this repository's URL prefix
+        (`Accept` for content negotiation), or raise a ServiceError."""
+        ...
+
+    def locate(self, sha256: str) -> Path | None:
+        """A verified local file with this sha256 that is not a store blob (an origin's own
+        tree), or None."""
+        ...
+
+    def summary(self) -> RepoSummary: ...
+
+    async def refresh(self) -> list[RefreshReport]:
+        """Revalidate whatever it mirrors now (ignoring TTLs); local sources report nothing."""
+        ...
