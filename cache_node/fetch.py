@@ -160,6 +160,10 @@ class FetchCoordinator:
     def start(self, plan: FetchPlan, client: HttpClient) -> Fetch:
         """Join the download of `plan.key`, or start it (here, or by following the worker
         process of this node that is downloading it already)."""
+        return self.join(plan, client)[0]
+
+    def join(self, plan: FetchPlan, client: HttpClient) -> tuple[Fetch, bool]:
+        """`start`, also telling whether this caller joined a running download (coalesced)."""
         def make() -> Fetch:
             loop = asyncio.get_running_loop()
             name = hashlib.sha256(plan.key.encode()).hexdigest()[:40]
@@ -177,7 +181,7 @@ class FetchCoordinator:
             self.metrics.coalesced.inc(plan.namespace)
             if PLAN_LIMITER.get() is None:
                 fetch.limiter = None  # a client needs it now: no pre-warm cap
-        return fetch
+        return fetch, not started
 
     async def close(self) -> None:
         await self._flights.close()
