@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -47,6 +48,7 @@ from tests.plugin.glance_node import GlanceNode
 from tests.plugin.glance_server import GlanceServer, Grant
 
 TOKEN = "bench-admin"
+COLD_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -162,15 +164,32 @@ def run(size: int, clients: int, work: Path, log: RowLog[Row]) -> None:
                 cached = f"{cache.glance}/v2/images/{image_id}/file"
                 local = f"http://127.0.0.1:{nginx.port}/image.raw"
                 print("cold and warm downloads ...", flush=True)
-                with log.guard("cold Glance direct", failed("cold, 1 client", "Glance direct")):
-                    t = _timed_download(direct, size)
-                    log.add(Row("cold, 1 client", "Glance direct", t, mib / t, "1.00"))
+                # Cold runs alternate Glance and the two tiers (both emptied through the
+                # cache-management API before each), so background load falls on both alike.
+                direct_times: list[float] = []
+                cached_times: list[float] = []
                 via = "cache -> origin -> Glance"
-                with log.guard("cold cache", failed("cold, 1 client", via)):
-                    t = _timed_download(cached, size)
-                    ratio = _upstream_bytes(origin) / size
+                ratio = 0.0
+                for _ in range(COLD_REPEATS):
+                    with log.guard("cold Glance direct", failed("cold, 1 client", "Glance direct")):
+                        direct_times.append(_timed_download(direct, size))
+                    with log.guard("cold cache", failed("cold, 1 client", via)):
+                        _clear(cache)
+                        _clear(origin)
+                        before = _upstream_bytes(origin)
+                        cached_times.append(_timed_download(cached, size))
+                        ratio = (_upstream_bytes(origin) - before) / size
+                if direct_times:
+                    t = statistics.median(direct_times)
+                    log.add(Row("cold, 1 client", "Glance direct", t, mib / t, "1.00",
+                                f"median of {len(direct_times)}"))
+                if cached_times:
+                    t = statistics.median(cached_times)
+                    speed = (f"cache/Glance speed = {statistics.median(direct_times) / t:.2f}x "
+                             "(target >= 0.25x)") if direct_times else ""
                     log.add(Row("cold, 1 client", via, t, mib / t, f"{ratio:.2f}",
-                                "both tiers verify sha256, md5 and sha512"))
+                                f"median of {len(cached_times)}; origin verifies sha256, md5 "
+                                f"and sha512 in one pass, the cache sha256 only; {speed}"))
                 for url, token in ((direct, TOKEN), (cached, TOKEN), (local, None)):
                     with log.guard(f"verified download {url}",
                                    failed("verified download", url)):

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from cache_node.admin_auth import startup_warning as admin_startup_warning
 from cache_node.config import SETTINGS, ConfigError, ConfigSources, NodeConfig
 from cache_node.keys import check_signing_key, format_fingerprint, generate_signing_key
 from cache_node.lifecycle import Listeners, serve
@@ -58,17 +59,6 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _unwired(config: NodeConfig) -> list[str]:
-    """Settings that are validated but not acted on yet (issue 10 wires them one by one;
-    delete a line here when its setting takes effect)."""
-    pending = [
-        ("admin token", config.admin.token is not None),
-        ("allow", bool(config.allow)),
-        ("access_log", config.access_log is not None),
-    ]
-    return [f"{name} is validated but not in effect yet" for name, on in pending if on]
-
-
 def _preflight(config: NodeConfig) -> Listeners:
     """Everything that can be checked before the repositories are built; StartupError."""
     check_store_dir(config.store_dir)
@@ -85,7 +75,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"config error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
-    for warning in (*config.warnings, *_unwired(config)):
+    warnings = list(config.warnings)
+    if (admin_warning := admin_startup_warning(config)) is not None:
+        warnings.append(admin_warning)
+    for warning in warnings:
         print(f"config warning: {warning}", file=sys.stderr)
     try:
         listeners = _preflight(config)

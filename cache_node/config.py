@@ -945,9 +945,12 @@ def plan_reload(running: NodeConfig, loaded: NodeConfig) -> ReloadPlan:
         else running.glance.upstream_url)
     upstream = loaded.upstream \
         if (loaded.upstream is None) == (running.upstream is None) else running.upstream
+    # The access log's middleware is installed at start: it may move, not come or go.
+    access_log = loaded.access_log \
+        if (loaded.access_log is None) == (running.access_log is None) else running.access_log
     effective = replace(loaded, role=running.role, listen=running.listen,
                         store_dir=running.store_dir, signing=running.signing, tls=tls,
-                        glance=glance, upstream=upstream,
+                        glance=glance, upstream=upstream, access_log=access_log,
                         apt=_kept_repos(running.apt, loaded.apt),
                         pypi=_kept_repos(running.pypi, loaded.pypi))
     before, want, after = settings_view(running), settings_view(loaded), settings_view(effective)

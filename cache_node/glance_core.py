@@ -20,7 +20,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cache_node.answers import (
@@ -224,8 +224,10 @@ class GlanceService:
         self.hits[image_id] += 1
         ref = await self._try_delta(caller, image)
         if ref is not None:
-            return self._stored(image, ref, headers)
-        return StreamAnswer(self._start(image, source), IMAGE_TYPE, headers)
+            return replace(self._stored(image, ref, headers), delta=True)
+        joined = self.fetches.running(_fetch_key(image.id))
+        return StreamAnswer(self._start(caller, image, source), IMAGE_TYPE, headers,
+                            coalesced=joined)
 
     def _stored(self, image: GlanceImage, ref: BlobRef,
                 headers: tuple[tuple[str, str], ...]) -> BlobAnswer:
@@ -252,7 +254,7 @@ class GlanceService:
             ref = await self._try_delta(caller, image)
             if ref is None:
                 try:
-                    ref = await asyncio.shield(self._start(image, source).done)
+                    ref = await asyncio.shield(self._start(caller, image, source).done)
                 except FetchFailed as exc:
                     raise ServiceError(str(exc), exc.http_status) from None
         return ImageDigest.of(ref.digest, ref.size, image)
@@ -306,9 +308,16 @@ class GlanceService:
         return await self.delta.attempt(image, cached,
                                         lambda: backend.fetch_digest(caller, image.id), bind)
 
-    def _start(self, image: GlanceImage, source: RemoteSource) -> Fetch:
-        """Join or start the one fetch of an image's data, verified against every digest of
-        its record (or what the upstream edgedepot tier vouches for) before it is bound."""
+    def _start(self, caller: Caller, image: GlanceImage, source: RemoteSource) -> Fetch:
+        """Join or start the one fetch of an image's data, verified against its record's
+        digests before it is bound: computed here from a real Glance; from an edgedepot
+        tier, taken from its vouch and bound to the bytes by the sha256 it confirms."""
+        backend = self.backend
+
+        async def confirmed_sha256() -> str | None:
+            digest = await backend.fetch_digest(caller, image.id)
+            return digest.sha256 if digest is not None else None
+
         expected = image_digests(image)
         if not expected:
             raise ServiceError(f"image {image.id}: the record has neither checksum nor a "
@@ -316,7 +325,8 @@ class GlanceService:
         plan = FetchPlan(key=_fetch_key(image.id), url=source.url, namespace=NAMESPACE,
                          expected_sha256=None, expected_size=image.size, require_digest=False,
                          binds=((NS_DATA, image.id),), expected_others=expected,
-                         headers=source.headers, accept_vouched=source.vouches)
+                         headers=source.headers, accept_vouched=source.vouches,
+                         confirm_sha256=confirmed_sha256 if source.vouches else None)
         running = self.fetches.running(plan.key)
         fetch = self.fetches.start(plan, source.client)
         if not running:
@@ -355,7 +365,7 @@ class GlanceService:
 
     async def _queue(self, caller: Caller, image: GlanceImage, source: RemoteSource) -> None:
         if await self._try_delta(caller, image) is None:
-            self._start(image, source)
+            self._start(caller, image, source)
 
     async def cache_delete(self, caller: Caller, image_id: str) -> None:
         await self.auth.require_admin(caller)

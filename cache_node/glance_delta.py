@@ -73,17 +73,18 @@ def supported_hash(os_hash_algo: str | None) -> str | None:
 
 
 def image_digests(image: GlanceImage) -> tuple[tuple[str, str], ...]:
-    """The digests an image's data must match, as (hashlib name, hex): the record's md5
-    `checksum` and its `os_hash_value` (when this Python can compute `os_hash_algo`)."""
-    out: list[tuple[str, str]] = []
-    if image.checksum:
-        out.append(("md5", image.checksum.lower()))
+    """The digest an image's data must match, as ((hashlib name, hex),): the record's
+    multihash (`os_hash_algo`/`os_hash_value`, sha512 by default) when it has one, else its
+    md5 `checksum` -- Glance's own policy (glanceclient verifies the multihash and falls back
+    to md5 only for records without one). md5 adds no assurance over sha512 and costs the
+    origin more CPU than the sha512 itself. Empty when the record's multihash cannot be
+    computed here: such data cannot be verified and is refused."""
     if image.os_hash_value:
         algo = supported_hash(image.os_hash_algo)
-        if algo is None:
-            return ()  # a digest we cannot check: the data cannot be verified
-        out.append((algo, image.os_hash_value.lower()))
-    return tuple(out)
+        return ((algo, image.os_hash_value.lower()),) if algo is not None else ()
+    if image.checksum:
+        return (("md5", image.checksum.lower()),)
+    return ()
 
 
 def check_image(image: GlanceImage, size: int, digests: Mapping[str, str]) -> str | None:
@@ -93,14 +94,15 @@ def check_image(image: GlanceImage, size: int, digests: Mapping[str, str]) -> st
         return f"size {size} != record's {image.size}"
     if not image.checksum and not image.os_hash_value:
         return "the image record has neither checksum nor os_hash_value"
-    if image.checksum and digests.get("md5") != image.checksum.lower():
-        return f"md5 {digests.get('md5')} != record's checksum {image.checksum}"
     if image.os_hash_value:
         algo = supported_hash(image.os_hash_algo)
         if algo is None:
             return f"unsupported os_hash_algo {image.os_hash_algo!r}"
         if digests.get(algo) != image.os_hash_value.lower():
             return f"{algo} differs from the record's os_hash_value"
+        return None
+    if digests.get("md5") != (image.checksum or "").lower():
+        return f"md5 {digests.get('md5')} != record's checksum {image.checksum}"
     return None
 
 

@@ -17,9 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cache_node.answers import Answer, NotFound
 from cache_node.apt_local import LocalAptRepo
@@ -37,7 +35,7 @@ from cache_node.repository import Repository, RepoSummary
 from cache_node.store import BlobStore
 from distro.debian_repo import SigningKey
 from distro.wire import PlanArtifact, RefreshReport
-from syncer.http_client import HttpClient, UpstreamError
+from syncer.http_client import HttpClient
 
 log = logging.getLogger(__name__)
 
@@ -45,41 +43,10 @@ log = logging.getLogger(__name__)
 ReloadListener = Callable[[NodeConfig, NodeConfig], Awaitable[None] | None]
 
 
-@dataclass
-class UpstreamHealth:
-    """What the node's upstream clients learned last: an answer, or why there was none."""
-
-    last_ok_at: float | None = None
-    last_error: str | None = None
-    last_error_at: float | None = None
-
-    def record(self, error: UpstreamError | None) -> None:
-        if error is None:
-            self.last_ok_at = time.time()
-        else:
-            self.last_error, self.last_error_at = str(error), time.time()
-
-    def reset(self) -> None:
-        self.last_ok_at = self.last_error = self.last_error_at = None
-
-    @property
-    def failing(self) -> bool:
-        """The most recent upstream request failed (connection, TLS, timeout or 5xx)."""
-        return self.last_error_at is not None and \
-            (self.last_ok_at is None or self.last_ok_at < self.last_error_at)
-
-    def to_json(self, url: str | None) -> dict[str, Any]:
-        return {"url": url, "state": "failing" if self.failing else
-                "ok" if self.last_ok_at is not None else "unknown",
-                "last_error": self.last_error, "last_error_at": self.last_error_at,
-                "last_ok_at": self.last_ok_at}
-
-
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.reload_listeners: list[ReloadListener] = []
-        self.upstream_health = UpstreamHealth()
         self._clients: list[HttpClient] = []
         self.metrics = Metrics()
         self.store = BlobStore(config.store_dir / "store", config.quota_bytes)
@@ -144,8 +111,7 @@ class Node:
         client = HttpClient(
             namespace, client_settings(self.config),
             on_request=lambda: self.metrics.upstream_requests.inc(namespace),
-            on_bytes=lambda n: self.metrics.upstream_bytes.inc(namespace, n),
-            on_outcome=self.upstream_health.record)
+            on_bytes=lambda n: self.metrics.upstream_bytes.inc(namespace, n))
         self._clients.append(client)
         return await self._exit.enter_async_context(client)
 
@@ -158,8 +124,6 @@ class Node:
         settings = client_settings(config)
         for client in self._clients:
             client.reconfigure(settings)
-        if config.upstream != old.upstream:
-            self.upstream_health.reset()  # what the old upstream did says nothing of the new
         for repo in self.all_repos():
             repo.reconfigure(config)
         self.store.quota_bytes = config.quota_bytes

@@ -17,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from cache_node.answers import Answer, BlobAnswer, BytesAnswer, ServiceError, StreamAnswer
-from cache_node.fetch import FetchFailed
+from cache_node.fetch import Fetch, FetchFailed
+from cache_node.rate_limit import PLAN_LIMITER, TokenBucket
 from cache_node.store import BlobStore
 from distro.wire import ItemStatus, PlanArtifact, PlanSpec, PlanStatus
 from syncer.http_client import UpstreamError
@@ -53,6 +54,7 @@ class PlanRunner:
         self.db: sqlite3.Connection = store.db
         self.db.executescript(_SCHEMA)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._fetching: dict[tuple[str, int], Fetch] = {}  # items downloading now
 
     def resume_all(self) -> None:
         """Restart plans that were active when the node stopped."""
@@ -116,7 +118,8 @@ class PlanRunner:
         done = [i for i in items if i.state == "done"]
         failed = tuple(i for i in items if i.state == "failed")
         bytes_total = sum(i.size for i in items)
-        bytes_done = sum(i.size for i in done)
+        bytes_done = sum(i.size for i in done) + sum(
+            fetch.written for (pid, _), fetch in self._fetching.items() if pid == plan_id)
         started, finished = plan[1], plan[2]
         elapsed = ((finished or time.time()) - started) if started else 0.0
         rate = bytes_done / elapsed if elapsed > 0 else 0.0
@@ -146,13 +149,13 @@ class PlanRunner:
         queue: asyncio.Queue[tuple[int, PlanArtifact]] = asyncio.Queue()
         for entry in pending:
             queue.put_nowait(entry)
-        pacer = _Pacer(bandwidth)
+        bucket = TokenBucket(bandwidth) if bandwidth else None
 
         async def worker() -> None:
+            PLAN_LIMITER.set(bucket)  # every fetch this worker starts is capped by the plan
             while not queue.empty():
                 idx, artifact = queue.get_nowait()
                 await self._fetch_item(plan_id, idx, artifact)
-                await pacer.account(artifact.size)
 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, len(pending))))))
         failed = self.db.execute("SELECT COUNT(*) FROM plan_items WHERE plan_id=? AND "
@@ -175,7 +178,7 @@ class PlanRunner:
             if attempt:
                 await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
             try:
-                digest = await self._materialize(artifact)
+                digest = await self._materialize(plan_id, idx, artifact)
             except (ServiceError, FetchFailed, UpstreamError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if getattr(exc, "status", getattr(exc, "http_status", 0)) == 404:
@@ -195,32 +198,18 @@ class PlanRunner:
         log.warning("plan %s: %s/%s failed: %s", plan_id, artifact.repo, artifact.path, error)
         self._mark(plan_id, idx, "failed", error)
 
-    async def _materialize(self, artifact: PlanArtifact) -> str:
+    async def _materialize(self, plan_id: str, idx: int, artifact: PlanArtifact) -> str:
         # Stored already (another plan, a client, a previous run) answers as a hit.
         answer = await self.resolve(artifact)
         if isinstance(answer, StreamAnswer):
-            ref = await answer.fetch.done
+            self._fetching[(plan_id, idx)] = answer.fetch  # progress by bytes meanwhile
+            try:
+                ref = await answer.fetch.done
+            finally:
+                self._fetching.pop((plan_id, idx), None)
             return ref.digest
         if isinstance(answer, BlobAnswer) and answer.sha256:
             return answer.sha256
         if isinstance(answer, BytesAnswer):
             return answer.sha256
         raise ServiceError(f"unexpected answer for {artifact.path}", 500)
-
-
-class _Pacer:
-    """Keeps the average pull rate of one plan under its bandwidth limit."""
-
-    def __init__(self, bandwidth: int | None) -> None:
-        self.bandwidth = bandwidth
-        self.started = time.monotonic()
-        self.bytes = 0
-
-    async def account(self, n: int) -> None:
-        if not self.bandwidth:
-            return
-        self.bytes += n
-        ahead = self.bytes / self.bandwidth - (time.monotonic() - self.started)
-        if ahead > 0:
-            await asyncio.sleep(ahead)
-

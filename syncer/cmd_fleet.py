@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -16,7 +18,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from distro.wire import RefreshReport
-from syncer.fleet import FleetClient, NodePlanStatus
+from syncer.fleet import Denied, FleetClient, NodePlanStatus
 from syncer.inventory import Inventory, InventoryError, load_inventory
 from syncer.planner import PlanningError, RegionPlan, plan_regions
 
@@ -26,34 +28,44 @@ def _mb(n: float) -> str:
 
 
 def _load(args: argparse.Namespace) -> Inventory:
-    return load_inventory(Path(args.inventory))
+    inventory = load_inventory(Path(args.inventory), os.environ)
+    for warning in inventory.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return inventory
 
 
 def _plans(inventory: Inventory, args: argparse.Namespace) -> list[RegionPlan]:
     with tempfile.TemporaryDirectory(prefix="distro-sync-") as tmp:
-        return plan_regions(inventory, Path(tmp), args.region or None)
+        return plan_regions(inventory, Path(tmp), args.region or None,
+                            settings=inventory.client_settings())
 
 
 async def _cached_where(inventory: Inventory, plans: list[RegionPlan]
-                        ) -> dict[str, dict[str, int | None]]:
-    """Per region and node: how many bytes of its plan are already stored (None = down)."""
+                        ) -> tuple[dict[str, dict[str, int | None]], dict[str, str]]:
+    """Per region and node: how many bytes of its plan are already stored (None = down or
+    refused), and why each node that refused did so."""
     out: dict[str, dict[str, int | None]] = {}
-    async with FleetClient() as fleet:
+    denied: dict[str, str] = {}
+    async with FleetClient.for_inventory(inventory) as fleet:
         for plan in plans:
             digests = [a.sha256 for a in plan.spec.artifacts]
             per_node: dict[str, int | None] = {}
             for node in inventory.regions[plan.region].nodes:
-                present = await fleet.present(node, digests)
+                try:
+                    present = await fleet.present(node, digests)
+                except Denied as exc:
+                    present, denied[node] = None, str(exc)
                 per_node[node] = None if present is None else sum(
                     a.size for a in plan.spec.artifacts if a.sha256 in present)
             out[plan.region] = per_node
-    return out
+    return out, denied
 
 
 def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     inventory = _load(args)
     plans = _plans(inventory, args)
-    cached = asyncio.run(_cached_where(inventory, plans)) if not args.offline else {}
+    cached, denied = asyncio.run(_cached_where(inventory, plans)) if not args.offline \
+        else ({}, {})
     if args.format == "json":
         doc = [{"region": p.region, "plan_id": p.spec.plan_id, "artifacts": len(p.spec.artifacts),
                 "bytes": p.total_bytes, "cached_bytes": cached.get(p.region, {}),
@@ -74,9 +86,13 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
                       f"{plan.pip_files} pip files, {plan.images} images), {_mb(plan.total_bytes)}; sites: "
                       f"{len(inventory.sites_in(plan.region))}")
         for node, have in cached.get(plan.region, {}).items():
-            state = "[red]unreachable[/red]" if have is None else \
-                f"{_mb(have)} of {_mb(plan.total_bytes)} already cached"
-            console.print(f"  {node}: {state}")
+            if node in denied:
+                state = f"[red]denied[/red]: {denied[node]}"
+            elif have is None:
+                state = "[red]unreachable[/red]"
+            else:
+                state = f"{_mb(have)} of {_mb(plan.total_bytes)} already cached"
+            console.print(f"  {node}: {state}", markup=True, highlight=False)
     return 0
 
 
@@ -89,7 +105,7 @@ def _status_table(statuses: list[tuple[str, NodePlanStatus]]) -> Table:
         state = f"[{color}]{st.state}[/{color}]"
         p = st.plan
         if p is None:
-            table.add_row(region, st.node, st.plan_id, state, "-", "-", "-", "-", st.error[:120])
+            table.add_row(region, st.node, st.plan_id, state, "-", "-", "-", "-", st.error[:240])
             continue
         failures = "; ".join(f"{f.path}: {f.error}" for f in p.failures[:3]) or st.error
         eta = f"{p.eta_seconds:.0f}s" if p.eta_seconds is not None else "-"
@@ -99,9 +115,17 @@ def _status_table(statuses: list[tuple[str, NodePlanStatus]]) -> Table:
     return table
 
 
+def _print_denied(statuses: list[tuple[str, NodePlanStatus]], console: Console) -> None:
+    """One whole line per node that refused the admin token (the table cuts long reasons)."""
+    for _, st in statuses:
+        if st.state == "denied":
+            console.print(f"denied: {st.node}: {st.error}", soft_wrap=True, markup=False,
+                          highlight=False)
+
+
 async def push_plans(inventory: Inventory, plans: list[RegionPlan], wait: bool, console: Console,
                 timeout: float) -> list[tuple[str, NodePlanStatus]]:
-    async with FleetClient() as fleet:
+    async with FleetClient.for_inventory(inventory) as fleet:
         pushed: list[tuple[str, NodePlanStatus]] = []
         for plan in plans:
             for node in inventory.regions[plan.region].nodes:
@@ -137,13 +161,14 @@ def cmd_push(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps([{"region": r, **st.to_json()} for r, st in final], indent=2))
     else:
         console.print(_status_table(final))
+        _print_denied(final, console)
     ok_states = ("active", "complete") if args.no_wait else ("complete",)
     return 0 if all(st.state in ok_states for _, st in final) else 1
 
 
 async def collect_status(inventory: Inventory) -> list[tuple[str, NodePlanStatus]]:
     out: list[tuple[str, NodePlanStatus]] = []
-    async with FleetClient() as fleet:
+    async with FleetClient.for_inventory(inventory) as fleet:
         for name, region in sorted(inventory.regions.items()):
             for node in region.nodes:
                 out.extend((name, st) for st in await fleet.plans(node))
@@ -160,10 +185,12 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
             if args.watch and console.is_terminal:
                 console.clear()
             console.print(_status_table(statuses))
+            _print_denied(statuses, console)
         if not args.watch:
             break
         time.sleep(args.interval)
-    return 0 if all(st.reachable and st.state != "failed" for _, st in statuses) else 1
+    return 0 if all(st.reachable and st.state not in ("failed", "denied")
+                    for _, st in statuses) else 1
 
 
 @dataclass(frozen=True)
@@ -179,7 +206,7 @@ class SyncRow:
 async def sync_indexes(inventory: Inventory) -> list[SyncRow]:
     """Refresh every region's parent first, then its children (which read from the parent)."""
     rows: list[SyncRow] = []
-    async with FleetClient(timeout=600.0) as fleet:
+    async with FleetClient.for_inventory(inventory, timeout=600.0) as fleet:
         for name, region in sorted(inventory.regions.items()):
             for node in region.nodes:
                 rows.extend(SyncRow(name, node, r) for r in await fleet.refresh(node))
@@ -215,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
                    "sync": cmd_sync}[args.command]
         return handler(args, console)
     except (InventoryError, PlanningError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
 
 

@@ -113,19 +113,16 @@ def describe_client_error(url: str, exc: aiohttp.ClientError) -> str:
 
 
 class HttpClient:
-    """One session; `on_request()` and `on_bytes(n)` feed the caller's metrics, and
-    `on_outcome(error)` learns whether the upstream answered (None) or why not."""
+    """One session; `on_request()` and `on_bytes(n)` feed the caller's metrics."""
 
     def __init__(self, label: str, settings: ClientSettings | None = None,
                  on_request: Callable[[], None] | None = None,
                  on_bytes: Callable[[int], None] | None = None,
-                 headers: Mapping[str, str] | None = None,
-                 on_outcome: Callable[[UpstreamError | None], None] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None) -> None:
         self.label = label
         self.settings = settings or ClientSettings()
         self._on_request = on_request or (lambda: None)
         self._on_bytes = on_bytes or (lambda n: None)
-        self._on_outcome = on_outcome or (lambda error: None)
         self._headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity",
                          **(headers or {})}
         self._session: aiohttp.ClientSession | None = None
@@ -248,9 +245,7 @@ class HttpClient:
                         continue
                     if resp.status in (404, 410):
                         resp.release()
-                        self._on_outcome(None)
                         raise UpstreamNotFound(url, f"{resp.status} {resp.reason}")
-                self._on_outcome(None)
                 try:
                     yield resp
                 finally:
@@ -259,7 +254,6 @@ class HttpClient:
             finally:
                 self._leave(session)
         assert last is not None
-        self._on_outcome(last)
         raise last
 
     async def fetch_small(self, url: str, headers: Mapping[str, str] | None = None,

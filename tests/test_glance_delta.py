@@ -210,9 +210,12 @@ def test_check_image() -> None:
     both = {"md5": md5, "sha512": sha512}
     assert check_image(good, len(data), both) is None
     assert "size" in (check_image(good, 3, both) or "")
-    assert "md5" in (check_image(good, len(data), {**both, "md5": "0" * 32}) or "")
+    # With a multihash, it decides (as glanceclient does); md5 is the fallback without one.
     assert "sha512" in (check_image(good, len(data), {**both, "sha512": "0" * 128}) or "")
     assert "sha512" in (check_image(good, len(data), {"md5": md5}) or "")  # missing: refused
+    legacy = GlanceImage(id="i", name="n", size=len(data), checksum=md5)
+    assert check_image(legacy, len(data), {"md5": md5}) is None
+    assert "md5" in (check_image(legacy, len(data), {"md5": "0" * 32}) or "")
     odd = GlanceImage(id="i", name="n", size=len(data), os_hash_algo="whirlpool-x",
                       os_hash_value="ab")
     assert "unsupported" in (check_image(odd, len(data), both) or "")

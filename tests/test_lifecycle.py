@@ -416,3 +416,29 @@ def test_stop_signal_aborts_what_the_drain_timeout_leaves_and_stores_nothing_par
     fsck = _fsck(store)
     assert fsck.returncode == 0 and " 0 bad" in fsck.stdout, fsck.stdout
 
+
+
+def test_sighup_reopens_the_access_log_and_takes_a_new_admin_token(
+        origin: NodeProcess, tmp_path: Path) -> None:
+    """What the access-control and access-log code read per request follows a reload:
+    logrotate's rename then SIGHUP starts a new file; a new token file replaces the token."""
+    access = tmp_path / "access.log"
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("first-token\n")
+    token_file.chmod(0o600)
+    config = tmp_path / "cache.toml"
+    config.write_text(f'role = "cache"\nupstream = "{origin.url}"\nstore = "{tmp_path / "c"}"\n'
+                      f'access_log = "{access}"\n[admin]\ntoken_file = "{token_file}"\n')
+    cache = NodeProcess(["--config", str(config)], tmp_path / "cache.log",
+                        admin_token="first-token")
+    with cache:
+        assert cache.admin("/admin/served")[0] == 200
+        access.rename(tmp_path / "access.log.1")  # logrotate
+        token_file.write_text("second-token\n")
+        sighup(cache)
+        assert cache.get("/apt/main/dists/stable/InRelease")[0] == 200
+        assert cache.admin("/admin/served")[0] == 403, "the old token no longer works"
+        cache.admin_token = "second-token"
+        assert cache.admin("/admin/served")[0] == 200
+    assert "/apt/main/dists/stable/InRelease" in access.read_text()
+    assert "/apt/main/dists/stable/InRelease" not in (tmp_path / "access.log.1").read_text()

@@ -136,8 +136,8 @@ def test_origin_refuses_caches_without_an_enrolled_certificate(
         status, body, _ = cache.get("/healthz")
         health = json.loads(body)
         assert status == 200 and health["status"] == "degraded"
-        assert health["upstream"]["state"] == "failing"
-        assert "client certificate" in health["upstream"]["last_error"]
+        assert health["upstream"]["reachable"] is False
+        assert "client certificate" in health["upstream"]["error"]
     log = (tmp_path / "origin.log").read_text()
     assert "Traceback" not in log
 
