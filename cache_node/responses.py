@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 STALE_HEADER = "X-Edgedepot-Stale"
 CACHE_HEADER = "X-Edgedepot-Cache"
 IMMUTABLE = "public, max-age=31536000, immutable"
-READ_CHUNK = 256 << 10
 # Where sendfile cannot work (TLS: bytes are encrypted in user space), each file read becomes
 # one write: large reads keep the per-chunk Python work small against the encryption.
 COPY_CHUNK = 1 << 20
