@@ -230,11 +230,15 @@ def test_sighup_with_a_broken_file_keeps_the_running_configuration(
         config.write_text(good + "[index]\ntll = 5\n")
         sighup(cache, "refused")
         assert cache.get("/apt/main/dists/stable/Release")[0] == 200, "still serving"
-        # A valid file that moves the store: kept until a restart; the rest applies.
+        # A valid file that moves the store: kept until a restart; the rest applies (a quota
+        # lowered below what is stored evicts at once).
+        assert cache.get(PACKAGES)[0] == 200
+        assert cache.metrics()[("edgedepot_store_bytes", "")] > 4096
         other = tmp_path / "elsewhere"
-        write_toml(config, role="cache", upstream=origin.url, store=str(other),
+        write_toml(config, role="cache", upstream=origin.url, store=str(other), quota="4K",
                    index={"ttl": 7})
         sighup(cache, "applied")
+        assert cache.metrics()[("edgedepot_store_bytes", "")] <= 4096
         assert cache.get("/healthz")[0] == 200
         status, body, _ = cache.get("/apt/main/dists/stable/InRelease")
         assert status == 200
@@ -249,8 +253,8 @@ def test_sighup_with_a_broken_file_keeps_the_running_configuration(
     restart = [ln for ln in lines if "needs a restart" in ln]
     assert len(restart) == 1 and "store changed" in restart[0], lines
     applied = [ln for ln in lines if "configuration reloaded" in ln]
-    assert len(applied) == 1 and "index.ttl" in applied[0] and "store" not in \
-        applied[0].split("changed", 1)[1]
+    changed = applied[0].split("changed", 1)[1] if len(applied) == 1 else ""
+    assert "index.ttl" in changed and "quota" in changed and "store" not in changed, applied
     assert not any("Traceback" in ln for ln in lines)
 
 
