@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEB_TOOLS := dpkg-dev gnupg apt xz-utils zstd
+DEB_TOOLS := dpkg-dev gnupg apt xz-utils zstd haproxy
 # every peer the benchmarks compare against (benchmarks/*.py), plus what they drive it with
 BENCH_TOOLS := apt-cacher-ng nginx-light wrk rsync zsync curl zstd
 
