@@ -20,6 +20,8 @@ from distro.wire import (
 )
 from syncer.http_client import ClientSettings, HttpClient, UpstreamError
 
+FRONT_STATUS_PATH = "/_edgedepot/front"  # answered by HAProxy itself (syncer.siblings)
+
 
 @dataclass(frozen=True)
 class NodePlanStatus:
@@ -69,10 +71,14 @@ class FleetClient:
     """Reaches every node of the fleet through the one HTTP client wrapper (one session,
     bounded connections); never raises for a node that cannot be asked: it says so."""
 
-    def __init__(self, timeout: float = 15.0, settings: ClientSettings | None = None) -> None:
+    def __init__(self, timeout: float = 15.0, settings: ClientSettings | None = None,
+                 connections: int = 32) -> None:
+        """`connections` bounds the open connections (and so the calls in flight) over the
+        whole fleet; callers fan out at most that many calls at once."""
+        self.connections = connections
         self.http = HttpClient("fleet", settings or ClientSettings(
             connect_timeout=min(timeout, 10.0), read_timeout=timeout, retries=0,
-            total_timeout=timeout))
+            total_timeout=timeout, connections=connections, connections_per_host=connections))
 
     async def __aenter__(self) -> FleetClient:
         await self.http.__aenter__()
@@ -175,6 +181,18 @@ class FleetClient:
         if status != 200 or not isinstance(doc, dict):
             return None
         return {str(d) for d in doc.get("present", [])}
+
+
+    async def front(self, front_url: str) -> tuple[bool, Any]:
+        """(answered, document) of a front's own status (`GET /_edgedepot/front`, answered
+        by HAProxy); the document is the reason when it did not answer."""
+        try:
+            status, doc = await self._json("GET", f"{front_url}{FRONT_STATUS_PATH}")
+        except Unreachable as exc:
+            return False, str(exc)
+        if status != 200:
+            return False, f"answered {status}: {str(doc)[:200]}"
+        return True, doc
 
 
 class Unreachable(EdgedepotError):

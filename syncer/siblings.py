@@ -28,10 +28,13 @@ from urllib.parse import quote, urlsplit
 
 from distro.wire import PlanArtifact, PlanSpec
 from syncer.chash import Ring, RingServer, UriKey
+from syncer.fleet import FRONT_STATUS_PATH
 from syncer.inventory import Region, Sibling
 
+__all__ = ["FRONT_STATUS_PATH", "SIBLING_HEADER", "SiblingMap", "client_path", "haproxy_config",
+           "split_plan"]
+
 SIBLING_HEADER = "X-Edgedepot-Sibling"
-FRONT_STATUS_PATH = "/_edgedepot/front"
 INDEX_DEPTH = 4  # /apt/<repo>/dists/<suite>
 INDEX_PATH = re.compile(r"^/apt/[^/]+/dists/")
 _APT_UNSAFE = frozenset(b"+~ %")
