@@ -310,6 +310,10 @@ def _summary_table(rows: list[NodeRow], regions: Sequence[Region],
             problems.append(f"{failed_items} artifacts failed (--details)")
         view = views.get(region.name)
         front = "-" if region.front is None else (view.summary if view else "?")
+        if view is not None and view.answered and not all(view.up.values()):
+            down = sorted(name for name, up in view.up.items() if not up)
+            problems.insert(0, f"front routes around {', '.join(down[:3])}"
+                            + (" ..." if len(down) > 3 else ""))
         color = "green" if up == len(region.nodes) and not problems else "red"
         table.add_row(
             region.name, f"[{color}]{up}/{len(region.nodes)}[/{color}]", front[:40],
