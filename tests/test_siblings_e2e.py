@@ -7,6 +7,8 @@ and its share is served by it again, from its store."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import os
 import subprocess
 import sys
 import time
@@ -37,6 +39,7 @@ class Tier:
     front: HaproxyProcess
     args: dict[str, list[str]]
     work: Path
+    inventory: Path
 
     def restart(self, name: str) -> NodeProcess:
         sibling = next(s for s in self.region.siblings if s.name == name)
@@ -47,15 +50,18 @@ class Tier:
 
 
 @pytest.fixture
-def tier(origin: NodeProcess, tmp_path: Path) -> Iterator[Tier]:
+def tier(origin: NodeProcess, sample_apt: SampleAptRepo, tmp_path: Path) -> Iterator[Tier]:
     require_haproxy()
+    top_package = sample_apt.top_package
     ports = [free_port() for _ in range(3)]
     front_port = free_port()
     inventory_path = tmp_path / "fleet.toml"
     inventory_path.write_text(
         f'origin = "{origin.url}"\n[regions.north]\nfront = "http://127.0.0.1:{front_port}"\n'
         f"siblings = [{', '.join(f'{chr(34)}http://127.0.0.1:{p}{chr(34)}' for p in ports)}]\n"
-        "[regions.north.lb]\ncheck_interval = 0.3\n")
+        "[regions.north.lb]\ncheck_interval = 0.3\n"
+        f'[profiles.compute]\napt = {{ repo = "main", packages = ["{top_package}"] }}\n'
+        '[sites.north-1]\nregion = "north"\nprofile = "compute"\n')
     region = load_inventory(inventory_path).regions["north"]
     config = tmp_path / "haproxy.cfg"
     written = subprocess.run([DISTRO_SYNC, "lb-config", str(inventory_path), "north", "-o",
@@ -65,7 +71,7 @@ def tier(origin: NodeProcess, tmp_path: Path) -> Iterator[Tier]:
     args = {s.name: ["--role", "cache", "--store", str(tmp_path / f"store-{i}"),
                      "--upstream", origin.url] for i, s in enumerate(region.siblings)}
     front = HaproxyProcess(config.read_text(), tmp_path / "front", front_port)
-    t = Tier(region, nodes, front, args, tmp_path)
+    t = Tier(region, nodes, front, args, tmp_path, inventory_path)
     try:
         for s in region.siblings:
             t.restart(s.name)
@@ -182,3 +188,34 @@ def test_siblings_behind_haproxy(tier: Tier, origin: NodeProcess, sample_apt: Sa
     by_front = ask_front(tier.front.port, sorted(fetched))
     assert by_front == {p: owner[p] for p in fetched}
     assert {apt_quote(p): n for p, n in origin.served().items() if "/pool/" in p} == wan_b
+
+
+def test_push_prewarms_each_sibling_with_what_the_front_sends_it(
+        tier: Tier, origin: NodeProcess, sample_apt: SampleAptRepo, tmp_path: Path) -> None:
+    index, names = pool_index(origin)
+    push = subprocess.run([DISTRO_SYNC, "push", str(tier.inventory), "--format", "json"],
+                          capture_output=True, text=True, timeout=300)
+    assert push.returncode == 0, push.stdout + push.stderr
+    rows = json.loads(push.stdout)
+    assert {r["role"] for r in rows} == {"sibling"} and len(rows) == 3
+    pushed = {apt_quote(p) for p, n in origin.served().items() if "/pool/" in p and n == 1}
+    assert pushed and all(n == 1 for p, n in origin.served().items() if "/pool/" in p)
+    full = SiblingMap.of(tier.region)
+    by_url = {r["node"]: r for r in rows}
+    for sibling in tier.region.siblings:  # each got its share and nothing else
+        share = sum(1 for p in pushed if full.sibling_for(p) == sibling)
+        assert by_url[sibling.url]["total"] == share and by_url[sibling.url]["state"] == \
+            "complete"
+    # Sites through the front now find every artifact on the sibling it is sent to: nothing
+    # more crosses the WAN.
+    sites = make_sites(tier, sample_apt, tmp_path / "sites")[:5]
+    with concurrent.futures.ThreadPoolExecutor(len(sites)) as pool:
+        list(pool.map(lambda s: (s.run("update"), s.run(
+            "install", "-y", "--download-only", sample_apt.top_package)), sites))
+    check_archives(sites, names)
+    assert all(n == 1 for p, n in origin.served().items() if "/pool/" in p)
+    status = subprocess.run([DISTRO_SYNC, "status", str(tier.inventory)], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert status.returncode == 0, status.stdout + status.stderr
+    line = next(line for line in status.stdout.splitlines() if "north" in line)
+    assert "3/3 siblings up" in line and "3 complete" in line
