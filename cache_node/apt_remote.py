@@ -430,13 +430,13 @@ class RemoteAptRepo:
             return BlobAnswer(self.store.blob_path(digest), ref.size, digest,
                               content_type_for(rest), stale=stale)
         self.metrics.misses.inc(self.namespace)
-        fetch = self.fetches.start(plan, self.client)
+        fetch, joined = self.fetches.join(plan, self.client)
         if "Packages" in rest.rsplit("/", 1)[-1] and not by_hash:
             fetch.done.add_done_callback(
                 lambda f: None if f.exception() else asyncio.ensure_future(
                     self._learn_packages(digest, f"{self.base_url}dists/{suite}/{rest}",
                                          strict=False)))
-        return StreamAnswer(fetch, content_type_for(rest))
+        return StreamAnswer(fetch, content_type_for(rest), coalesced=joined)
 
     async def _learn_packages(self, digest: str, source: str, strict: bool) -> None:
         """Parse a stored Packages index so pool files can be verified against it."""
@@ -491,4 +491,5 @@ class RemoteAptRepo:
                          expected_size=entry.size if entry else None,
                          binds=((self._ns_pool, relpath),))
         self.metrics.misses.inc(self.namespace)
-        return StreamAnswer(self.fetches.start(plan, self.client), content_type_for(relpath))
+        fetch, joined = self.fetches.join(plan, self.client)
+        return StreamAnswer(fetch, content_type_for(relpath), coalesced=joined)

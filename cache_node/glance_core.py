@@ -20,7 +20,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cache_node.answers import (
@@ -224,8 +224,10 @@ class GlanceService:
         self.hits[image_id] += 1
         ref = await self._try_delta(caller, image)
         if ref is not None:
-            return self._stored(image, ref, headers)
-        return StreamAnswer(self._start(caller, image, source), IMAGE_TYPE, headers)
+            return replace(self._stored(image, ref, headers), delta=True)
+        joined = self.fetches.running(_fetch_key(image.id))
+        return StreamAnswer(self._start(caller, image, source), IMAGE_TYPE, headers,
+                            coalesced=joined)
 
     def _stored(self, image: GlanceImage, ref: BlobRef,
                 headers: tuple[tuple[str, str], ...]) -> BlobAnswer:

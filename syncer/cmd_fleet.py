@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -24,7 +25,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from distro.wire import PlanSpec, RefreshReport
-from syncer.fleet import FleetClient, NodePlanStatus
+from syncer.fleet import Denied, FleetClient, NodePlanStatus
 from syncer.inventory import Inventory, InventoryError, Region, load_inventory
 from syncer.planner import PlanningError, RegionPlan, plan_regions
 from syncer.siblings import SiblingMap, haproxy_config, parse_front_status, split_plan
@@ -40,7 +41,10 @@ def _mb(n: float) -> str:
 
 
 def _load(args: argparse.Namespace) -> Inventory:
-    return load_inventory(Path(args.inventory))
+    inventory = load_inventory(Path(args.inventory), os.environ)
+    for warning in inventory.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return inventory
 
 
 def _selected(inventory: Inventory, names: list[str] | None) -> list[Region]:
@@ -55,7 +59,8 @@ def _selected(inventory: Inventory, names: list[str] | None) -> list[Region]:
 
 def _plans(inventory: Inventory, args: argparse.Namespace) -> list[RegionPlan]:
     with tempfile.TemporaryDirectory(prefix="distro-sync-") as tmp:
-        return plan_regions(inventory, Path(tmp), args.region or None)
+        return plan_regions(inventory, Path(tmp), args.region or None,
+                            settings=inventory.client_settings())
 
 
 async def fan_out(items: Iterable[T], call: Callable[[T], Awaitable[R]], limit: int) -> list[R]:
@@ -172,10 +177,11 @@ def assign(region: Region, plan: RegionPlan, down: set[str], source: str = "fron
 # -- plan ---------------------------------------------------------------------------------
 
 async def _cached_where(inventory: Inventory, plans: list[RegionPlan], connections: int
-                        ) -> dict[str, list[tuple[Assignment, int | None]]]:
+                        ) -> tuple[dict[str, list[tuple[Assignment, int | None]]], dict[str, str]]:
     """Per region: each node's assignment and how many of its bytes it already stores
-    (None: the node cannot be asked)."""
-    async with FleetClient(connections=connections) as fleet:
+    (None: the node cannot be asked or refused), and why each node that refused did so."""
+    denied: dict[str, str] = {}
+    async with FleetClient.for_inventory(inventory, connections=connections) as fleet:
         regions = [inventory.regions[p.region] for p in plans]
         views = await front_views(fleet, regions)
         assignments: list[Assignment] = []
@@ -187,21 +193,24 @@ async def _cached_where(inventory: Inventory, plans: list[RegionPlan], connectio
         async def cached(a: Assignment) -> tuple[Assignment, int | None]:
             if a.spec is None:
                 return a, None
-            present = await fleet.present(a.node, [x.sha256 for x in a.spec.artifacts])
+            try:
+                present = await fleet.present(a.node, [x.sha256 for x in a.spec.artifacts])
+            except Denied as exc:
+                present, denied[a.node] = None, str(exc)
             return a, None if present is None else sum(
                 x.size for x in a.spec.artifacts if x.sha256 in present)
 
         out: dict[str, list[tuple[Assignment, int | None]]] = {}
         for a, have in await fan_out(assignments, cached, connections):
             out.setdefault(a.region, []).append((a, have))
-        return out
+        return out, denied
 
 
 def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     inventory = _load(args)
     plans = _plans(inventory, args)
-    cached = {} if args.offline else asyncio.run(_cached_where(inventory, plans,
-                                                               args.connections))
+    cached, denied = ({}, {}) if args.offline else asyncio.run(
+        _cached_where(inventory, plans, args.connections))
     if args.format == "json":
         doc = [{"region": p.region, "plan_id": p.spec.plan_id, "artifacts": len(p.spec.artifacts),
                 "bytes": p.total_bytes,
@@ -230,23 +239,27 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
                       f"{_mb(plan.total_bytes)}; sites: {len(inventory.sites_in(plan.region))}")
         nodes = cached.get(plan.region, [])
         if len(nodes) > 12 and not args.details:
-            down = sum(1 for _, have in nodes if have is None)
+            down = sum(1 for n, have in nodes if have is None and n.node not in denied)
             full = sum(1 for n, have in nodes if n.spec and have == sum(
                 x.size for x in n.spec.artifacts))
             console.print(f"  {len(nodes)} nodes: {full} hold all of theirs already, "
-                          f"{down} unreachable or down (--details lists them)")
+                          f"{down} unreachable or down, "
+                          f"{sum(1 for n, _ in nodes if n.node in denied)} denied "
+                          "(--details lists them)")
             continue
         for node, have in nodes:
             share = f" ({node.role}: {len(node.spec.artifacts)} artifacts)" \
                 if node.spec is not None and node.role == "sibling" else ""
-            if node.spec is None:
+            if node.node in denied:
+                state = f"[red]denied[/red]: {denied[node.node]}"
+            elif node.spec is None:
                 state = f"[yellow]{node.note}[/yellow]"
             elif have is None:
                 state = "[red]unreachable[/red]"
             else:
                 total = sum(x.size for x in node.spec.artifacts)
                 state = f"{_mb(have)} of {_mb(total)} already cached{share}"
-            console.print(f"  {node.node}: {state}")
+            console.print(f"  {node.node}: {state}", markup=True, highlight=False)
     return 0
 
 
@@ -267,7 +280,7 @@ def _rows_table(rows: list[NodeRow], title: str) -> Table:
         p = st.plan
         if p is None:
             table.add_row(row.region, row.role, st.node, st.plan_id, state, "-", "-", "-", "-",
-                          st.error[:120])
+                          st.error[:240])
             continue
         failures = "; ".join(f"{f.path}: {f.error}" for f in p.failures[:3]) or st.error
         eta = f"{p.eta_seconds:.0f}s" if p.eta_seconds is not None else "-"
@@ -325,11 +338,20 @@ def _summary_table(rows: list[NodeRow], regions: Sequence[Region],
     return table
 
 
+def _print_denied(rows: list[NodeRow], console: Console) -> None:
+    """One whole line per node that refused the admin token (tables cut long reasons)."""
+    for row in rows:
+        if row.status.state == "denied":
+            console.print(f"denied: {row.status.node}: {row.status.error}", soft_wrap=True,
+                          markup=False, highlight=False)
+
+
 def _print_rows(console: Console, args: argparse.Namespace, rows: list[NodeRow],
                 regions: Sequence[Region], views: dict[str, FrontView], title: str) -> None:
     if args.details or args.region:
         console.print(_rows_table(rows, title))
     console.print(_summary_table(rows, regions, views, f"{title}: per region"))
+    _print_denied(rows, console)
     for view in views.values():
         if not view.answered:
             console.print(f"front of {view.region} ({view.url}): {view.error}", markup=False,
@@ -341,7 +363,7 @@ async def push_plans(inventory: Inventory, plans: list[RegionPlan], wait: bool, 
                      ) -> tuple[list[NodeRow], dict[str, FrontView]]:
     """Push every node its plan (siblings: their shares) at once, then, with `wait`, poll
     every node until none is active, with one progress bar per region."""
-    async with FleetClient(connections=connections) as fleet:
+    async with FleetClient.for_inventory(inventory, connections=connections) as fleet:
         regions = [inventory.regions[p.region] for p in plans]
         views = await front_views(fleet, regions)
         assignments: list[Assignment] = []
@@ -411,7 +433,7 @@ async def collect_status(inventory: Inventory, regions: Sequence[Region] | None 
                          ) -> tuple[list[NodeRow], dict[str, FrontView]]:
     """Every plan on every node of the regions (all when None), and each front's view."""
     regions = list(regions) if regions is not None else _selected(inventory, None)
-    async with FleetClient(connections=connections) as fleet:
+    async with FleetClient.for_inventory(inventory, connections=connections) as fleet:
         views = await front_views(fleet, regions)
         targets = [(region, node) for region in regions for node in region.nodes]
         answers = await fan_out(targets, lambda t: fleet.plans(t[1]), connections)
@@ -437,7 +459,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
             break
         time.sleep(args.interval)
     fronts_ok = all(v.answered and all(v.up.values()) for v in views.values())
-    return 0 if fronts_ok and all(r.status.reachable and r.status.state != "failed"
+    return 0 if fronts_ok and all(r.status.reachable and r.status.state not in ("failed", "denied")
                                   for r in rows) else 1
 
 
@@ -458,7 +480,8 @@ async def sync_indexes(inventory: Inventory, connections: int = DEFAULT_CONNECTI
     """Refresh every region at once: its parent first, then its children and siblings (which
     may read from the parent) together; at most `connections` refreshes in flight."""
     gate = asyncio.Semaphore(connections)
-    async with FleetClient(timeout=600.0, connections=connections) as fleet:
+    async with FleetClient.for_inventory(inventory, timeout=600.0,
+                                         connections=connections) as fleet:
 
         async def refresh(region: Region, node: str) -> list[SyncRow]:
             async with gate:
