@@ -553,7 +553,9 @@ def cmd_lb_config(args: argparse.Namespace, console: Console) -> int:
     if region.front.url.startswith("https://") and args.cert is None:
         raise InventoryError(f"region {region.name}: the front is https; give --cert PEM "
                              "(certificate and key) for HAProxy's bind")
-    text = haproxy_config(region, args.inventory, args.ca_file, args.cert)
+    # HAProxy reads the CA on the front's machine: the inventory's ca_file must exist there too
+    text = haproxy_config(region, args.inventory, args.ca_file or inventory.tls.ca_file,
+                          args.cert)
     if args.output in (None, "-"):
         sys.stdout.write(text)
     else:
@@ -618,5 +620,5 @@ def register(sub: Any) -> None:
     p.add_argument("-o", "--output", help="file to write (default: standard output)")
     p.add_argument("--cert", type=Path, help="PEM certificate and key for an https front")
     p.add_argument("--ca-file", type=Path, help="CA bundle HAProxy verifies https siblings "
-                   "with (default: the system's)")
+                   "with (default: the inventory's ca_file, else the system's)")
     p.set_defaults(func=run, format="table")

@@ -4,6 +4,7 @@ agreement with a real HAProxy is tests/test_siblings_haproxy.py)."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -147,3 +148,22 @@ def test_lb_config_names_every_sibling_with_its_id_and_weight() -> None:
     assert f"server b 10.0.0.2:8080 id {region.siblings[1].id} weight 9" in text
     assert "track r_siblings/a" in text and "balance uri path-only depth 4" in text
     assert 'srv_is_up(r_siblings/b)' in front_status_body(region)
+
+
+def test_lb_config_verifies_https_siblings_with_the_inventorys_ca(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.plugin.pki import write_cert_and_key
+    ca, _ = write_cert_and_key(tmp_path, "fleet-ca")
+    path = tmp_path / "fleet.toml"
+    path.write_text(f'origin = "https://origin:8443"\nca_file = "{ca}"\n[regions.r]\n'
+                    'front = "http://f:80"\nsiblings = ["https://10.0.0.1:8443"]\n')
+    distro_sync = str(Path(sys.executable).parent / "distro-sync")
+    out = subprocess.run([distro_sync, "lb-config", str(path), "r"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"ssl verify required ca-file {ca} sni str(10.0.0.1)" in out.stdout
+    missing = subprocess.run([distro_sync, "lb-config", str(path), "nowhere"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "unknown region 'nowhere'" in missing.stderr
