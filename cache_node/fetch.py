@@ -640,14 +640,13 @@ async def stream_fetch(fetch: Fetch, write: Callable[[bytes], Awaitable[None]],
     """
     offset = start
     fd = _open_partial(fetch)
-    if fd is None and not fetch.done.done():
-        # The leading worker creates the partial file before it asks the upstream, so it
-        # exists once the head is known; a stream asked for earlier waits that long.
-        await asyncio.wait((fetch.head, fetch.done), return_when=asyncio.FIRST_COMPLETED)
+    while fd is None:  # not created yet (the leader is starting), or renamed into the store
+        if fetch.done.done():
+            ref = fetch.done.result()  # raises FetchFailed
+            fd = os.open(fetch.blob_path(ref.digest), os.O_RDONLY)
+            break
+        await fetch.wait_beyond(fetch.written)
         fd = _open_partial(fetch)
-    if fd is None:
-        ref = await fetch.done  # renamed into the store already (or raises FetchFailed)
-        fd = os.open(fetch.blob_path(ref.digest), os.O_RDONLY)
     try:
         while True:
             verified = fetch.verified

@@ -70,7 +70,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def served_paths(request: web.Request) -> web.Response:
     """Per-path request counts (what tests and operators use to prove 'fetched once')."""
     node = request.app[NODE_KEY]
-    return web.json_response(dict(node.metrics.served_paths))
+    return web.json_response(dict(node.metrics.node_served_paths()))
 
 
 def _plans(request: web.Request) -> PlanRunner:
@@ -141,7 +141,7 @@ async def status_page(request: web.Request) -> web.Response:
     rows = "".join(
         f"<tr><td>{html.escape(c.help)}</td>"
         + "".join(f"<td>{html.escape(ns)}: {v:,}</td>" for ns, v in sorted(c.values.items()))
-        + "</tr>" for c in m.counters() if c.values)
+        + "</tr>" for c in m.node_counters() if c.values)
     repos = "".join(
         f"<tr><td>{r.kind}</td><td>{html.escape(r.name)}</td><td>{html.escape(r.source)}</td>"
         f"<td>{html.escape(', '.join(r.suites))}</td></tr>" for r in node.summaries())
