@@ -316,17 +316,17 @@ class RemoteAptRepo:
         """One revalidation per suite for the whole node: the worker holding the suite's lock
         asks the upstream; a worker that had to wait for it takes its result instead."""
         lock = self.store.lock(f"apt-{self.name}-{suite}")
-        was_free = await lock.acquire()
+        await lock.acquire()
         try:
-            if not was_free:
-                self._follow_shared(suite)
-                done = self._snapshots.get(suite)
-                if done is not None and freshness(done, self.index_ttl) != "due":
-                    if freshness(done, self.index_ttl) == "backing-off":
-                        raise UpstreamUnavailable(self.base_url, "another worker of this node "
-                                                  "could not revalidate just now")
-                    return done
-            return await self._revalidate(suite, self._snapshots.get(suite))
+            # Another worker may have revalidated since this one decided it was due.
+            self._follow_shared(suite)
+            done = self._snapshots.get(suite)
+            if done is not None and freshness(done, self.index_ttl) != "due":
+                if freshness(done, self.index_ttl) == "backing-off":
+                    raise UpstreamUnavailable(self.base_url, "another worker of this node "
+                                              "could not revalidate just now")
+                return done
+            return await self._revalidate(suite, done)
         finally:
             lock.release()
 

@@ -23,6 +23,7 @@ from cache_node.keys import check_signing_key, format_fingerprint, generate_sign
 from cache_node.lifecycle import Listeners, serve
 from cache_node.startup import StartupError, check_store_dir
 from cache_node.store import BlobStore
+from cache_node.workers import run_workers
 from distro.debian_repo import SigningKey
 
 log = logging.getLogger("cache_node")
@@ -65,7 +66,7 @@ def _preflight(config: NodeConfig) -> Listeners:
     if config.role == "origin" and config.signing.enabled:
         assert config.signing.gnupg_home is not None
         check_signing_key(SigningKey(config.signing.gnupg_home, config.signing.key_id))
-    return Listeners.bind(config)
+    return Listeners.bind(config, reuse_port=config.workers > 1)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -90,6 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # A reload asked for while the repositories are still being built must not end the node
     # (SIGHUP's default action); the server handles SIGHUP once it serves.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if config.workers > 1:
+        return run_workers(config, sources, listeners)
     try:
         asyncio.run(serve(config, sources, listeners))
     except StartupError as exc:

@@ -84,6 +84,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("allow", "allow", "list", "--allow",
             "client networks allowed to connect (repeatable); default: everyone",
             metavar="CIDR"),
+    Setting("workers", "workers", "int", "--workers",
+            "worker processes over one store (0: one per CPU core)", metavar="N"),
     Setting("drain_timeout", "drain_timeout", "float", "--drain-timeout",
             "seconds in-flight requests may take to finish on shutdown", metavar="SECONDS"),
     Setting("access_log", "access_log", "str", "--access-log",
@@ -260,6 +262,7 @@ class NodeConfig:
     admin: AdminSettings = AdminSettings()
     allow: tuple[IPNetwork, ...] = ()  # empty: every client may connect
     drain_timeout: float = 30.0
+    workers: int = 1                   # worker processes (resolved: never 0 here)
     access_log: str | None = None      # a file path, "-" for standard output, None for off
     access_log_format: Literal["text", "json"] = "text"
     warnings: tuple[str, ...] = ()     # one line each, for the CLI to print
@@ -665,10 +668,20 @@ def _validate(v: dict[str, Any], where: dict[str, str],
         admin=_admin(v, where, admin_token, warnings),
         allow=tuple(parse_network(n, where["allow"]) for n in v["allow"]),
         drain_timeout=v["drain_timeout"],
+        workers=_workers(v["workers"], where["workers"]),
         access_log=access_log,
         access_log_format=v["access_log_format"],
         warnings=tuple(warnings),
     )
+
+
+def _workers(n: int, where: str) -> int:
+    """0 means one worker per CPU core the process may run on."""
+    if n == 0:
+        return max(1, len(os.sched_getaffinity(0)))
+    if n > 256:
+        raise ConfigError(f"{where}: at most 256 worker processes, got {n}")
+    return n
 
 
 def _url(text: str, where: str) -> str | None:
@@ -891,7 +904,7 @@ def settings_view(c: NodeConfig) -> dict[str, object]:
     view: dict[str, object] = {
         "role": c.role, "listen": c.listen, "store": c.store_dir, "upstream": c.upstream,
         "quota": c.quota_bytes, "log_level": c.log_level, "allow": c.allow,
-        "drain_timeout": c.drain_timeout, "access_log": c.access_log,
+        "drain_timeout": c.drain_timeout, "workers": c.workers, "access_log": c.access_log,
         "access_log_format": c.access_log_format, "index.ttl": c.index_ttl,
         "upstream_client.connect_timeout": u.connect_timeout,
         "upstream_client.read_timeout": u.read_timeout,
@@ -948,7 +961,7 @@ def plan_reload(running: NodeConfig, loaded: NodeConfig) -> ReloadPlan:
     # The access log's middleware is installed at start: it may move, not come or go.
     access_log = loaded.access_log \
         if (loaded.access_log is None) == (running.access_log is None) else running.access_log
-    effective = replace(loaded, role=running.role, listen=running.listen,
+    effective = replace(loaded, role=running.role, listen=running.listen, workers=running.workers,
                         store_dir=running.store_dir, signing=running.signing, tls=tls,
                         glance=glance, upstream=upstream, access_log=access_log,
                         apt=_kept_repos(running.apt, loaded.apt),

@@ -31,6 +31,7 @@ import signal
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -59,8 +60,9 @@ class Listeners:
     tls: ServerTls | None
 
     @classmethod
-    def bind(cls, config: NodeConfig) -> Listeners:
-        """Bind every configured listener; StartupError (one line) when one cannot be."""
+    def bind(cls, config: NodeConfig, reuse_port: bool = False) -> Listeners:
+        """Bind every configured listener; StartupError (one line) when one cannot be.
+        `reuse_port`: SO_REUSEPORT, so each worker process has its own socket on the port."""
         tls = None
         if config.tls.enabled:
             try:
@@ -68,9 +70,11 @@ class Listeners:
             except (OSError, ssl.SSLError, ValueError) as exc:
                 raise StartupError(f"cannot use TLS certificate {config.tls.cert}: "
                                    f"{_reason(exc)}") from None
-        plain = bind_listener(config.listen) if config.listen is not None else None
+        plain = bind_listener(config.listen, reuse_port=reuse_port) \
+            if config.listen is not None else None
         try:
-            tls_socket = bind_listener(config.tls.listen) if config.tls.listen else None
+            tls_socket = bind_listener(config.tls.listen, reuse_port=reuse_port) \
+                if config.tls.listen else None
         except StartupError:
             if plain is not None:
                 plain.close()
@@ -98,7 +102,11 @@ def _reason(exc: BaseException) -> str:
 class NodeServer:
     """Runs a started node on its listeners until SIGTERM/SIGINT; SIGHUP reloads."""
 
-    def __init__(self, node: Node, sources: ConfigSources, listeners: Listeners) -> None:
+    def __init__(self, node: Node, sources: ConfigSources, listeners: Listeners,
+                 on_ready: Callable[[list[str]], None] | None = None) -> None:
+        """`on_ready(lines)` replaces printing the `listening on` lines (a worker process
+        tells its supervisor, which prints them once every worker serves)."""
+        self.on_ready = on_ready
         self.node = node
         self.sources = sources
         self.listeners = listeners
@@ -144,7 +152,10 @@ class NodeServer:
                 loop.add_signal_handler(sig, self._on_stop, sig)
             for site in sites:
                 await site.start()
-            print("\n".join(lines), flush=True)
+            if self.on_ready is not None:
+                self.on_ready(lines)
+            else:
+                print("\n".join(lines), flush=True)
             config = self.node.config
             log.info("%s node serving, store %s", config.role, config.store_dir)
             await self._stop.wait()
@@ -243,12 +254,14 @@ class NodeServer:
         return False
 
 
-async def serve(config: NodeConfig, sources: ConfigSources, listeners: Listeners) -> None:
+async def serve(config: NodeConfig, sources: ConfigSources, listeners: Listeners,
+                worker: int | None = None,
+                on_ready: Callable[[list[str]], None] | None = None) -> None:
     """Start the node, serve until stopped, stop it (its fetches cancelled, partials gone)."""
-    node = Node(config)
+    node = Node(config, worker)
     try:
         await node.start()
-        await NodeServer(node, sources, listeners).run()
+        await NodeServer(node, sources, listeners, on_ready).run()
     finally:
         with contextlib.suppress(Exception):
             await node.stop()

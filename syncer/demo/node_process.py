@@ -33,10 +33,11 @@ class NodeProcess:
     def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
                  *, listen: str | None = "127.0.0.1:0", tls_listen: str | None = None,
                  prefix: Sequence[str] = (), client_tls: ssl.SSLContext | None = None,
-                 admin_token: str | None = None):
+                 admin_token: str | None = None, workers: int | None = 1):
         """`prefix` runs the node through another program that execs it (`ip netns exec NS`),
         so the PID stays the node's own. `admin_token` (default: the one `env` gives the node)
-        goes with the admin calls of `served()` and `admin()`."""
+        goes with the admin calls of `served()` and `admin()`. `workers` is `--workers`
+        (None: the node's default, one per core)."""
         self.admin_token = admin_token or (env or {}).get("EDGEDEPOT_ADMIN_TOKEN")
         self.args = list(args)
         self.log_path = log_path
@@ -45,6 +46,7 @@ class NodeProcess:
         self.tls_listen = tls_listen
         self.prefix = list(prefix)
         self.client_tls = client_tls
+        self.workers = workers
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.https_url = ""
@@ -59,6 +61,8 @@ class NodeProcess:
         listeners = ["--listen", self.listen or ""]
         if self.tls_listen is not None:
             listeners += ["--tls-listen", self.tls_listen]
+        if self.workers is not None:
+            listeners += ["--workers", str(self.workers)]
         expected = (self.listen is not None) + (self.tls_listen is not None)
         self.proc = subprocess.Popen(
             [*self.prefix, CACHE_NODE, "serve", *listeners, *self.args],
