@@ -88,6 +88,9 @@ class SuiteSnapshot:
     previous_by_sha256: dict[str, int] = field(default_factory=dict)
 
     rel_by_sha256: dict[str, str] = field(default_factory=dict)
+    # Made due on purpose (a forced refresh, a moved upstream): what other workers did
+    # before does not count, this worker asks the upstream itself.
+    forced: bool = False
 
     def __post_init__(self) -> None:
         self.by_sha256 = {e.sha256: e.size for e in self.index.files.values()}
@@ -180,7 +183,7 @@ class RemoteAptRepo:
         if doc is None:
             return
         snap = self._snapshots.get(suite)
-        adopt_times = snap is not None and snap.validated_at != float("-inf")  # not forced
+        adopt_times = snap is not None and not snap.forced
         if snap is None or doc.get("identity") != snap.identity:
             loaded = self._load_suite(suite)
             if loaded is None or loaded.identity != doc.get("identity"):
@@ -229,6 +232,7 @@ class RemoteAptRepo:
         for snap in self._snapshots.values():
             snap.last_modified = None
             mark_due(snap)
+            snap.forced = True
 
     @staticmethod
     def persisted_names(store: BlobStore) -> list[str]:
@@ -242,6 +246,7 @@ class RemoteAptRepo:
         for suite, snap in sorted(self._snapshots.items()):
             before = self.metrics.upstream_bytes.get(self.namespace)
             mark_due(snap)
+            snap.forced = True
             error = ""
             try:
                 new, stale = await self.current(suite)
@@ -339,6 +344,8 @@ class RemoteAptRepo:
         return reply.status, reply.body, reply.headers.get("Last-Modified")
 
     async def _revalidate(self, suite: str, old: SuiteSnapshot | None) -> SuiteSnapshot:
+        if old is not None:
+            old.forced = False
         base = f"{self.base_url}dists/{suite}/"
         cond: dict[str, str] = {}
         if old is not None and old.last_modified:

@@ -256,9 +256,10 @@ class NodeServer:
 
 async def serve(config: NodeConfig, sources: ConfigSources, listeners: Listeners,
                 worker: int | None = None,
-                on_ready: Callable[[list[str]], None] | None = None) -> None:
+                on_ready: Callable[[list[str]], None] | None = None,
+                replacement: bool = False) -> None:
     """Start the node, serve until stopped, stop it (its fetches cancelled, partials gone)."""
-    node = Node(config, worker)
+    node = Node(config, worker, replacement)
     try:
         await node.start()
         await NodeServer(node, sources, listeners, on_ready).run()

@@ -48,9 +48,12 @@ class Node:
     """One process's node. With `--workers N` the node is N of these over one store:
     `worker` is this one's index (None: the only process)."""
 
-    def __init__(self, config: NodeConfig, worker: int | None = None) -> None:
+    def __init__(self, config: NodeConfig, worker: int | None = None,
+                 replacement: bool = False) -> None:
+        """`replacement`: a worker started in place of one that died (the node was running)."""
         self.config = config
         self.worker = worker
+        self.replacement = replacement
         self.reload_listeners: list[ReloadListener] = []
         self._clients: list[HttpClient] = []
         self.metrics = Metrics()
@@ -76,7 +79,7 @@ class Node:
 
     async def start(self) -> None:
         self.config.store_dir.mkdir(parents=True, exist_ok=True)
-        self.store.open()
+        self.store.open(clean_partials=not self.replacement)
         self.metrics.add_refresher(self._refresh_gauges)
         if self.worker is not None:
             self.metrics.share(self.config.store_dir / "metrics", self.worker)

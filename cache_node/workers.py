@@ -75,7 +75,7 @@ class Supervisor:
         self._ready_r, self._ready_w = os.pipe()
 
     # -- workers -----------------------------------------------------------------------------
-    def spawn(self, index: int) -> None:
+    def spawn(self, index: int, replacement: bool = False) -> None:
         pid = os.fork()
         if pid:
             self.children[pid] = index
@@ -83,13 +83,13 @@ class Supervisor:
             return
         code = 1
         try:
-            code = self._worker(index)
+            code = self._worker(index, replacement)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
 
-    def _worker(self, index: int) -> int:
+    def _worker(self, index: int, replacement: bool) -> int:
         _die_with_parent()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
@@ -106,7 +106,7 @@ class Supervisor:
             listeners = Listeners.bind(self.config, reuse_port=True)
             try:
                 asyncio.run(serve(self.config, self.sources, listeners, worker=index,
-                                  on_ready=ready))
+                                  on_ready=ready, replacement=replacement))
             finally:
                 listeners.close()
         except StartupError as exc:
@@ -188,7 +188,7 @@ class Supervisor:
                     self._stop_all()
                     return 1
                 log.warning("worker %d exited (%s); starting a replacement", index, how)
-                self.spawn(index)
+                self.spawn(index, replacement=True)
             time.sleep(0.05)
             self._drain_ready()
 
