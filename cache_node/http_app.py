@@ -62,6 +62,7 @@ def _relpath_dir(request: web.Request) -> str:
 
 async def metrics(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
+    await node.metrics.refresh_peers()
     return web.Response(text=node.metrics.render(),
                         content_type="text/plain", charset="utf-8",
                         headers={"Cache-Control": "no-store"})
@@ -70,6 +71,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def served_paths(request: web.Request) -> web.Response:
     """Per-path request counts (what tests and operators use to prove 'fetched once')."""
     node = request.app[NODE_KEY]
+    await node.metrics.refresh_peers()
     return web.json_response(dict(node.metrics.node_served_paths()))
 
 
@@ -135,6 +137,7 @@ async def has_blobs(request: web.Request) -> web.Response:
 
 async def status_page(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
+    await node.metrics.refresh_peers()
     node.metrics.render()  # refresh gauges
     stats = node.store.stats()
     m = node.metrics

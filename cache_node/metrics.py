@@ -8,8 +8,10 @@ worker that replaces a dead one starts from the dead one's file, so counters nev
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -127,6 +129,29 @@ class Metrics:
             "gauges": {g.name: g.value for g in self.gauges()}})
         if paths:
             _write(self._file(self._worker, "paths"), dict(self.served_paths))
+
+    async def refresh_peers(self, timeout: float = 1.0) -> None:
+        """Ask every other live worker to publish now (SIGUSR1) and wait until each has, so
+        an answer includes every request made before it was asked for."""
+        if self._shared_dir is None:
+            return
+        asked = time.time()
+        waiting = []
+        for doc in self._peers():
+            pid = doc.get("pid")
+            if isinstance(pid, int) and pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGUSR1)
+                except (ProcessLookupError, PermissionError):
+                    continue  # gone: its last publication stands
+                waiting.append(pid)
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            fresh = {doc.get("pid") for doc in self._peers()
+                     if float(doc.get("at", 0)) >= asked}
+            waiting = [pid for pid in waiting if pid not in fresh]
+            if waiting:
+                await asyncio.sleep(0.01)
 
     def _peers(self, kind: str = "counters") -> list[dict[str, Any]]:
         if self._shared_dir is None:
