@@ -92,7 +92,15 @@ class SuiteSnapshot:
     # before does not count, this worker asks the upstream itself.
     forced: bool = False
 
+    def file_digest(self, fname: str) -> str:
+        """The sha256 of one of the snapshot's Release files (computed once)."""
+        digest = self._digests.get(fname)
+        if digest is None:
+            digest = self._digests[fname] = hashlib.sha256(self.files[fname]).hexdigest()
+        return digest
+
     def __post_init__(self) -> None:
+        self._digests: dict[str, str] = {}
         self.by_sha256 = {e.sha256: e.size for e in self.index.files.values()}
         self.rel_by_sha256 = {e.sha256: rel for rel, e in self.index.files.items()}
 
@@ -123,6 +131,7 @@ class RemoteAptRepo:
         self._ns_index = f"apt-index:{name}"
         self._ns_snapshot = f"{SNAPSHOT_PREFIX}{name}"
         self._snapshots: dict[str, SuiteSnapshot] = {}
+        self._shared_seen: dict[str, tuple[int, int]] = {}  # suite -> shared_version read
         self._revalidations: SingleFlight[Call[SuiteSnapshot]] = SingleFlight()
         self._pool: dict[str, PoolEntry] = {}
         self._learned: set[str] = set()
@@ -179,7 +188,11 @@ class RemoteAptRepo:
         """Adopt what another worker of this node did: a newer snapshot (whose index files it
         stored before announcing it) and its validation times, so every worker serves the
         same snapshot and only one of them asks the upstream per TTL."""
-        doc = self.store.shared_get(self._shared_key(suite))
+        key = self._shared_key(suite)
+        version = self.store.shared_version(key)
+        if version == self._shared_seen.get(suite):
+            return  # nothing changed since this worker last looked
+        doc = self.store.shared_get(key)
         if doc is None:
             return
         snap = self._snapshots.get(suite)
@@ -187,7 +200,7 @@ class RemoteAptRepo:
         if snap is None or doc.get("identity") != snap.identity:
             loaded = self._load_suite(suite)
             if loaded is None or loaded.identity != doc.get("identity"):
-                return  # mid-switch in another worker: the next request sees it
+                return  # not readable yet: the next request looks again
             if snap is not None:
                 loaded.previous_by_sha256 = snap.by_sha256
             loaded.last_modified = doc.get("last_modified")
@@ -202,6 +215,7 @@ class RemoteAptRepo:
             mono_failed = now_mono - (now_wall - failed)
             if snap.failed_at is None or mono_failed > snap.failed_at:
                 snap.failed_at = mono_failed
+        self._shared_seen[suite] = version
 
     kind: RepoKind = "apt"
 
@@ -282,7 +296,7 @@ class RemoteAptRepo:
         data = snap.files.get(fname)
         if data is None:
             raise NotFound(f"{self.namespace}: {suite} has no {fname} upstream")
-        return BytesAnswer(data, content_type_for(fname), hashlib.sha256(data).hexdigest(),
+        return BytesAnswer(data, content_type_for(fname), snap.file_digest(fname),
                            stale=stale, last_modified=snap.last_modified)
 
     async def current(self, suite: str, revalidate: bool = True) -> tuple[SuiteSnapshot, bool]:

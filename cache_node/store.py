@@ -268,6 +268,8 @@ class BlobStore:
         self._known: OrderedDict[str, int] = OrderedDict()
         self._name_cache: dict[tuple[str, str], str] = {}
         self._paths: dict[str, Path] = {}  # hot blobs' Path objects (built once, not per hit)
+        self._in_transaction = False
+        self._pending_markers: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self, clean_partials: bool = True) -> None:
@@ -321,12 +323,19 @@ class BlobStore:
     def transaction(self) -> Iterator[None]:
         """One write transaction (BEGIN IMMEDIATE: serialised against other processes)."""
         self.db.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
         try:
             yield
         except BaseException:
             self.db.execute("ROLLBACK")
+            self._pending_markers.clear()
             raise
+        finally:
+            self._in_transaction = False
         self.db.execute("COMMIT")
+        markers, self._pending_markers = self._pending_markers, []
+        for key in markers:
+            self._touch_marker(key)
 
     def close(self) -> None:
         if self._db is not None:
@@ -385,7 +394,7 @@ class BlobStore:
 
     def get(self, digest: str) -> BlobRef | None:
         size = self._known.get(digest)
-        if size is not None and not os.path.exists(self.blob_path(digest)):
+        if size is not None and not os.path.exists(f"{self._blob_prefix}{digest[:2]}/{digest}"):
             size = None  # evicted meanwhile (perhaps by another worker process)
             self._known.pop(digest, None)
         if size is None:
@@ -534,6 +543,29 @@ class BlobStore:
     def shared_put(self, key: str, value: dict[str, Any]) -> None:
         self.db.execute("INSERT OR REPLACE INTO shared(key, value) VALUES (?, ?)",
                         (key, json.dumps(value, sort_keys=True)))
+        if self._in_transaction:
+            self._pending_markers.append(key)  # only once the transaction is committed
+        else:
+            self._touch_marker(key)
+
+    def _touch_marker(self, key: str) -> None:
+        marker = self._marker(key)
+        tmp = marker.with_name(f"{marker.name}.{os.getpid()}")
+        tmp.write_bytes(b"")
+        os.replace(tmp, marker)  # a new inode: what `shared_version` tells apart
+
+    def _marker(self, key: str) -> Path:
+        return self.lock_dir / f"shared-{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+    def shared_version(self, key: str) -> tuple[int, int]:
+        """Changes whenever any worker `shared_put`s the key: a stat, not a query, so a hot
+        request path can tell cheaply whether to read the document again. (The marker is
+        replaced after the database write, so a changed version is always readable.)"""
+        try:
+            st = os.stat(self._marker(key))
+        except FileNotFoundError:
+            return (0, 0)
+        return (st.st_ino, st.st_mtime_ns)
 
     def lock(self, name: str) -> FileLock:
         """A lock shared by the node's worker processes (see `interprocess`)."""
