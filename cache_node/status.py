@@ -188,6 +188,7 @@ async def status_page(request: web.Request, node: Node, health: dict[str, Any]) 
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>edgedepot {html.escape(node.config.role)} node</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/static/console.css">
 <link rel="stylesheet" href="/static/vendor/uplot/uPlot.min.css"></head><body>
 <header class="top"><h1>edgedepot</h1><span class="sub">{html.escape(node.config.role)} node

@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "syncer.cmd_resolve",
     "syncer.cmd_delta",
     "syncer.cmd_fleet",
+    "syncer.cmd_console",
 )
 
 
