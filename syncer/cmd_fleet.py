@@ -15,16 +15,19 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
+from distro.sizes import format_duration, format_rate, format_size
 from distro.wire import RefreshReport
 from syncer.fleet import Denied, FleetClient, NodePlanStatus
 from syncer.inventory import Inventory, InventoryError, load_inventory
 from syncer.planner import PlanningError, RegionPlan, plan_regions
+from syncer.tables import Column, OperatorConsole, render_table
 
 
-def _mb(n: float) -> str:
-    return f"{n / 1e6:,.1f} MB"
+def _print_table(console: Console, lines: list[str]) -> None:
+    """Lines `render_table` fitted to the console's width, printed as they are."""
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _load(args: argparse.Namespace) -> Inventory:
@@ -73,46 +76,60 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     for plan in plans:
-        table = Table(title=f"region {plan.region}: plan {plan.spec.plan_id}")
-        for col in ("#", "kind", "artifact", "size", "sha256"):
-            table.add_column(col, justify="right" if col in ("#", "size") else "left")
         shown = plan.spec.artifacts if args.all else plan.spec.artifacts[:args.limit]
-        for i, a in enumerate(shown, 1):
-            table.add_row(str(i), a.kind, f"{a.repo}/{a.path}", _mb(a.size), a.sha256[:16])
-        console.print(table)
+        _print_table(console, render_table(
+            [Column("#", "right"), Column("kind"), Column("artifact", key=True),
+             Column("size", "right"), Column("sha256")],
+            [(str(i), a.kind, f"{a.repo}/{a.path}", format_size(a.size), a.sha256[:12])
+             for i, a in enumerate(shown, 1)], console.width,
+            f"region {plan.region}: plan {plan.spec.plan_id}"))
         if len(shown) < len(plan.spec.artifacts):
             console.print(f"  ... {len(plan.spec.artifacts) - len(shown)} more (--all)")
         console.print(f"  {len(plan.spec.artifacts)} artifacts ({plan.apt_packages} .deb, "
-                      f"{plan.pip_files} pip files, {plan.images} images), {_mb(plan.total_bytes)}; sites: "
-                      f"{len(inventory.sites_in(plan.region))}")
+                      f"{plan.pip_files} pip files, {plan.images} images), "
+                      f"{format_size(plan.total_bytes)}; sites: "
+                      f"{len(inventory.sites_in(plan.region))}", highlight=False)
         for node, have in cached.get(plan.region, {}).items():
             if node in denied:
                 state = f"[red]denied[/red]: {denied[node]}"
             elif have is None:
                 state = "[red]unreachable[/red]"
             else:
-                state = f"{_mb(have)} of {_mb(plan.total_bytes)} already cached"
+                state = f"{format_size(have)} of {format_size(plan.total_bytes)} already cached"
             console.print(f"  {node}: {state}", markup=True, highlight=False)
     return 0
 
 
-def _status_table(statuses: list[tuple[str, NodePlanStatus]]) -> Table:
-    table = Table(title="prefetch progress")
-    for col in ("region", "node", "plan", "state", "artifacts", "bytes", "rate", "ETA", "failures"):
-        table.add_column(col)
-    for region, st in statuses:
-        color = {"complete": "green", "active": "yellow"}.get(st.state, "red")
-        state = f"[{color}]{st.state}[/{color}]"
-        p = st.plan
-        if p is None:
-            table.add_row(region, st.node, st.plan_id, state, "-", "-", "-", "-", st.error[:240])
-            continue
-        failures = "; ".join(f"{f.path}: {f.error}" for f in p.failures[:3]) or st.error
-        eta = f"{p.eta_seconds:.0f}s" if p.eta_seconds is not None else "-"
-        table.add_row(region, st.node, st.plan_id, state, f"{p.done}/{p.total}",
-                      f"{_mb(p.bytes_done)}/{_mb(p.bytes_total)}", f"{p.rate / 1e6:.1f} MB/s",
-                      eta, failures[:120])
-    return table
+def status_lines(statuses: list[tuple[str, NodePlanStatus]], width: int = 80) -> list[str]:
+    """Per region, one row per node and plan; failures and errors on lines under the row."""
+    out: list[str] = []
+    regions = sorted({r for r, _ in statuses})
+    for region in regions:
+        rows: list[tuple[str, ...]] = []
+        notes: list[str] = []
+        mine = [st for r, st in statuses if r == region]
+        plan_ids = {st.plan_id for st in mine if st.plan is not None}
+        one_plan = len(plan_ids) == 1 and all(st.plan is not None or st.plan_id in plan_ids
+                                              or st.plan_id == "-" for st in mine)
+        for st in mine:
+            p = st.plan
+            head = (st.node,) if one_plan else (st.node, st.plan_id)
+            if p is None:
+                rows.append((*head, st.state, "-", "-", "-", "-"))
+                notes.append(st.error if st.state != "denied" else "")
+                continue
+            failures = "; ".join(f"{f.path}: {f.error}" for f in p.failures[:3])
+            rows.append((*head, st.state, f"{p.done}/{p.total}",
+                         f"{format_size(p.bytes_done)} / {format_size(p.bytes_total)}",
+                         format_rate(p.rate), format_duration(p.eta_seconds)))
+            notes.append(failures or st.error)
+        keys = [Column("node", key=True)] + ([] if one_plan else [Column("plan", key=True)])
+        title = f"region {region}" + (f": plan {next(iter(plan_ids))}" if one_plan else "")
+        out.extend(render_table(
+            [*keys, Column("state"), Column("done", "right"), Column("bytes", "right"),
+             Column("rate", "right"), Column("ETA", "right")], rows, width, title, notes))
+        out.append("")
+    return out
 
 
 def _print_denied(statuses: list[tuple[str, NodePlanStatus]], console: Console) -> None:
@@ -160,7 +177,7 @@ def cmd_push(args: argparse.Namespace, console: Console) -> int:
     if args.format == "json":
         print(json.dumps([{"region": r, **st.to_json()} for r, st in final], indent=2))
     else:
-        console.print(_status_table(final))
+        _print_table(console, status_lines(final, console.width))
         _print_denied(final, console)
     ok_states = ("active", "complete") if args.no_wait else ("complete",)
     return 0 if all(st.state in ok_states for _, st in final) else 1
@@ -184,7 +201,7 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         else:
             if args.watch and console.is_terminal:
                 console.clear()
-            console.print(_status_table(statuses))
+            _print_table(console, status_lines(statuses, console.width))
             _print_denied(statuses, console)
         if not args.watch:
             break
@@ -218,25 +235,29 @@ def cmd_sync(args: argparse.Namespace, console: Console) -> int:
     if args.format == "json":
         print(json.dumps([row.to_json() for row in rows], indent=2))
     else:
-        table = Table(title="index sync (delta where a basis exists)")
-        for col in ("region", "node", "index", "changed", "moved", "full copy", "saved", "note"):
-            table.add_column(col)
+        cells: list[tuple[str, ...]] = []
+        notes: list[str] = []
         for row in rows:
             r = row.report
             saved = 1 - r.bytes_moved / r.full_bytes if r.full_bytes else 0.0
-            note = r.error or ("stale: upstream unusable" if r.stale else "")
-            table.add_row(row.region, row.node, f"{r.kind}/{r.repo}/{r.name}",
-                          "yes" if r.changed else "no", _mb(r.bytes_moved), _mb(r.full_bytes),
-                          f"{saved:.0%}", note[:80])
-        console.print(table)
+            cells.append((row.region, row.node, f"{r.kind}/{r.repo}/{r.name}",
+                          "yes" if r.changed else "no", format_size(r.bytes_moved),
+                          format_size(r.full_bytes), f"{saved:.0%}"))
+            notes.append(r.error or ("stale: upstream unusable" if r.stale else ""))
+        _print_table(console, render_table(
+            [Column("region", key=True), Column("node", key=True), Column("index", key=True),
+             Column("changed"), Column("moved", "right"), Column("full copy", "right"),
+             Column("saved", "right")], cells, console.width,
+            "index sync (delta where a basis exists)", notes))
         moved = sum(row.report.bytes_moved for row in rows)
         full = sum(row.report.full_bytes for row in rows)
-        console.print(f"total: {_mb(moved)} moved, a full copy would have moved {_mb(full)}")
+        console.print(f"total: {format_size(moved)} moved, a full copy would have moved "
+                      f"{format_size(full)}", highlight=False)
     return 0 if all(not row.report.error and not row.report.stale for row in rows) else 1
 
 
 def run(args: argparse.Namespace) -> int:
-    console = Console(stderr=args.format == "json")
+    console = OperatorConsole(stderr=args.format == "json")
     try:
         handler = {"plan": cmd_plan, "push": cmd_push, "status": cmd_status,
                    "sync": cmd_sync}[args.command]
