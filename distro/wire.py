@@ -253,7 +253,7 @@ class ClientsReport:
         if not isinstance(doc, dict):
             raise DocumentError("clients report: a JSON object")
         raw = doc.get("clients")
-        if not isinstance(raw, list):
+        if not isinstance(raw, (list, tuple)):
             raise DocumentError("clients report.clients: a list")
         return ClientsReport(_field(doc, "since", float, "clients report"),
                              tuple(ClientUsage.from_json(c, f"clients report.clients[{i}]")
