@@ -9,7 +9,8 @@
 - `/etc/apt/sources.list.d/edgedepot.list`: one `deb [signed-by=...]` line per apt repository of
   the site's profile, so apt checks the signatures itself;
 - `/etc/pip.conf` (the profile's pip index; `trusted-host` for plain http);
-- `/etc/openstack/clouds.yaml` (cloud `edgedepot`: the Glance endpoint of the region) and
+- `/etc/openstack/clouds.yaml` (cloud `edgedepot`: the Glance endpoint of the region, with the
+  site's image-service token when `EDGEDEPOT_IMAGE_TOKEN` is set, else anonymous) and
   `/etc/edgedepot/site.env` (the same addresses as shell variables, `OS_IMAGE_URL` included);
 
 then reports to the console (`POST /api/sites/<site>/report` with the onboarding token) so the
@@ -228,16 +229,28 @@ repository key (want $KEY_FINGERPRINT, got ${{primary:-no key}})"
 log "repository key $KEY_FINGERPRINT verified"
 {apt}{pip}
 # -- OpenStack images ---------------------------------------------------------------------
+# With EDGEDEPOT_IMAGE_TOKEN (the site's token for the image service) clients send it;
+# without, they ask anonymously (public and community images only).
+if [ -n "${{EDGEDEPOT_IMAGE_TOKEN:-}}" ]; then
+    auth="admin_token"
+    token_line="      token: $EDGEDEPOT_IMAGE_TOKEN"
+    mode=0600
+else
+    auth="none"
+    token_line=""
+    mode=0644
+fi
 cat > "$TMP/clouds.yaml" <<EOF
 # written by the edgedepot bootstrap of site $SITE; running it again re-points the site
 clouds:
   {CLOUD_NAME}:
-    auth_type: none
+    auth_type: $auth
     auth:
       endpoint: $FRONT/glance
+$token_line
     image_endpoint_override: $FRONT/glance
 EOF
-install_file "$TMP/clouds.yaml" {CLOUDS_YAML} 0644
+install_file "$TMP/clouds.yaml" {CLOUDS_YAML} $mode
 cat > "$TMP/site.env" <<EOF
 # written by the edgedepot bootstrap of site $SITE
 EDGEDEPOT_SITE=$SITE
