@@ -41,7 +41,8 @@
         label: s.label, stroke: COLORS[i % COLORS.length], width: 2,
         value: (u, v) => v === null || v === undefined ? "-" : fmt(v),
       }))),
-      axes: [{}, { size: 90, values: (u, vals) => vals.map(fmt) }],
+      axes: [{ space: 90, values: (u, vals) => vals.map((v) => new Date(v * 1000).toLocaleTimeString()) },
+             { size: 90, values: (u, vals) => vals.map(fmt) }],
       scales: series[0] && series[0].kind === "percent" ? { y: { range: [0, 1] } } : {},
       legend: { live: true },
     };
