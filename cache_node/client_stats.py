@@ -7,14 +7,25 @@ silent. The counters are fed by the same middleware, with the same values, as th
 keys, delta), never the node's own pages or admin calls, so the console polling a node does not
 show up as a client. The table is bounded: when full, the least recently seen client is
 forgotten (and counted in `dropped`), so a scan from many addresses cannot grow memory.
+
+With several worker processes (`--workers`), each worker counts its own requests and writes
+them to `<store>/clients/worker-<n>.json` every few seconds, like the metrics; the worker that
+answers `/admin/clients` adds the others' files to its own live counts, and a worker that
+replaces a dead one continues from its file.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -75,13 +86,72 @@ class ClientStats:
             counts.hits += 1
 
     def report(self) -> ClientsReport:
+        """This process's counts plus, with workers, what the others last published."""
+        merged: dict[str, _Counts] = {a: _Counts(**asdict(c)) for a, c in self._clients.items()}
+        dropped = self.dropped
+        for doc in self._peers():
+            dropped += int(doc.get("dropped", 0) or 0)
+            for addr, raw in (doc.get("clients") or {}).items():
+                try:
+                    other = _Counts(**raw)
+                except TypeError:
+                    continue
+                mine = merged.get(addr)
+                merged[addr] = other if mine is None else _Counts(
+                    min(mine.first_seen, other.first_seen), max(mine.last_seen, other.last_seen),
+                    *(getattr(mine, f) + getattr(other, f) for f in _SUMMED))
         return ClientsReport(self.since, tuple(
             ClientUsage(addr, c.requests, c.bytes, c.artifact_bytes, c.hits, c.misses, c.errors,
                         round(c.first_seen, 3), round(c.last_seen, 3))
-            for addr, c in self._clients.items()), self.dropped)
+            for addr, c in sorted(merged.items(), key=lambda kv: kv[1].last_seen)), dropped)
+
+    # -- several worker processes -----------------------------------------------------------
+    _dir: Path | None = None
+    _worker = 0
+
+    def share(self, directory: Path, worker: int) -> None:
+        """Take part in a node of several workers (see the module docstring)."""
+        self._dir, self._worker = directory, worker
+        directory.mkdir(parents=True, exist_ok=True)
+        doc = _read(self._file(worker))
+        for addr, raw in ((doc or {}).get("clients") or {}).items():
+            with contextlib.suppress(TypeError):
+                self._clients[addr] = _Counts(**raw)
+        self.dropped += int((doc or {}).get("dropped", 0) or 0)
+
+    def _file(self, worker: int) -> Path:
+        assert self._dir is not None
+        return self._dir / f"worker-{worker}.json"
+
+    def publish(self) -> None:
+        if self._dir is None:
+            return
+        path = self._file(self._worker)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"dropped": self.dropped, "clients": {
+            a: asdict(c) for a, c in self._clients.items()}}))
+        os.replace(tmp, path)
+
+    def _peers(self) -> list[dict[str, Any]]:
+        if self._dir is None:
+            return []
+        return [doc for path in sorted(self._dir.glob("worker-*.json"))
+                if path != self._file(self._worker) and (doc := _read(path)) is not None]
 
     def __len__(self) -> int:
         return len(self._clients)
+
+
+_SUMMED = ("requests", "bytes", "artifact_bytes", "hits", "misses", "errors")
+PUBLISH_EVERY = 2.0
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 CLIENTS_KEY: web.AppKey[ClientStats] = web.AppKey("client_stats", ClientStats)
@@ -95,9 +165,31 @@ def client_stats(app: web.Application) -> ClientStats:
     return stats
 
 
-def add_client_routes(app: web.Application) -> None:
-    """`GET /admin/clients` (admin: it names client addresses)."""
+def add_client_routes(app: web.Application, shared: tuple[Path, int] | None = None) -> None:
+    """`GET /admin/clients` (admin: it names client addresses); `shared`: the directory and
+    this worker's index when the node runs several workers."""
     stats = client_stats(app)
+    if shared is not None:
+        stats.share(*shared)
+        tasks: list[asyncio.Task[None]] = []
+
+        async def publisher() -> None:
+            while True:
+                await asyncio.sleep(PUBLISH_EVERY)
+                stats.publish()
+
+        async def start(_: web.Application) -> None:
+            tasks.append(asyncio.create_task(publisher(), name="client counters"))
+
+        async def stop(_: web.Application) -> None:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            stats.publish()
+
+        app.on_startup.append(start)
+        app.on_cleanup.append(stop)
 
     async def clients(_: web.Request) -> web.Response:
         return web.json_response(stats.report().to_json(),

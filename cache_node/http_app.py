@@ -71,7 +71,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def served_paths(request: web.Request) -> web.Response:
     """Per-path request counts (what tests and operators use to prove 'fetched once')."""
     node = request.app[NODE_KEY]
-    return web.json_response(dict(node.metrics.served_paths))
+    return web.json_response(dict(node.metrics.node_served_paths()))
 
 
 def _plans(request: web.Request) -> PlanRunner:
@@ -154,7 +154,8 @@ def build_app(node: Node) -> web.Application:
     add_status_routes(app, node)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/served", served_paths)
-    add_client_routes(app)
+    add_client_routes(app, None if node.worker is None
+                      else (node.config.store_dir / "clients", node.worker))
     app.router.add_get("/admin/plans", list_plans)
     app.router.add_post("/admin/has", has_blobs)
     app.router.add_post("/admin/refresh", refresh_indexes)

@@ -19,13 +19,19 @@ def version() -> str:
 
 
 
-def hit_ratio(metrics: Metrics) -> float | None:
+def node_totals(metrics: Metrics) -> dict[str, int]:
+    """Every counter's total over all namespaces and all of the node's workers, by name."""
+    return {c.name: c.total() for c in metrics.node_counters()}
+
+
+def hit_ratio(totals: dict[str, int]) -> float | None:
     """Share of content answers that needed no upstream request of their own: store hits plus
     misses that joined a fetch in flight (the upstream saw one request). None: no answers."""
-    hits, misses = metrics.hits.total(), metrics.misses.total()
+    hits = totals.get("edgedepot_cache_hits_total", 0)
+    misses = totals.get("edgedepot_cache_misses_total", 0)
     if hits + misses == 0:
         return None
-    return (hits + metrics.coalesced.total()) / (hits + misses)
+    return (hits + totals.get("edgedepot_coalesced_total", 0)) / (hits + misses)
 
 
 def node_facts(node: Node) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from aiohttp import web
 from cache_node.health import health_document, summary_html
 from cache_node.metrics import Metrics
 from cache_node.node import Node
-from cache_node.node_facts import hit_ratio, node_facts
+from cache_node.node_facts import hit_ratio, node_facts, node_totals
 from distro.sizes import format_duration, format_rate, format_size
 
 SAMPLE_INTERVAL = 5.0
@@ -53,8 +53,9 @@ class History:
         self.samples: deque[Sample] = deque(maxlen=size)
 
     def sample(self) -> None:
-        self.samples.append(Sample(time.time(), self.metrics.upstream_bytes.total(),
-                                   self.metrics.served_bytes.total()))
+        totals = node_totals(self.metrics)  # the whole node, all workers
+        self.samples.append(Sample(time.time(), totals.get(self.metrics.upstream_bytes.name, 0),
+                                   totals.get(self.metrics.served_bytes.name, 0)))
 
     def rates(self) -> list[tuple[float, float, float]]:
         """(time, upstream bytes/s, served bytes/s) between consecutive samples."""
@@ -99,28 +100,30 @@ async def render_main(request: web.Request, node: Node, health: dict[str, Any]) 
     """The page's main part (also answered alone for the live refresh)."""
     m = node.metrics
     m.render()  # refresh gauges
+    counters = m.node_counters()  # summed over the node's workers
+    t = {c.name: c.total() for c in counters}
     history = request.app[HISTORY_KEY]
     wan_rate, lan_rate = history.recent_rate()
     facts = node_facts(node)
-    ratio = hit_ratio(m)
+    ratio = hit_ratio(t)
     quota = facts["quota_bytes"]
     store = f"{format_size(health['store_bytes'])}" + (f" of {format_size(quota)}" if quota else "")
-    stale_total, verify_total = m.stale_serves.total(), m.verify_failures.total()
+    stale_total, verify_total = t[m.stale_serves.name], t[m.verify_failures.name]
+    errors, bad_indexes = t[m.errors.name], t[m.index_errors.name]
     cards = "".join([
         _card("status", health["status"], "; ".join(health["reasons"]) or "serving",
               "card-status"),
         _card("hit ratio", "-" if ratio is None else f"{ratio:.0%}",
-              f"{m.hits.total():,} hits, {m.misses.total():,} misses "
-              f"({m.coalesced.total():,} coalesced)"),
-        _card("served (LAN)", format_rate(lan_rate), f"{format_size(m.served_bytes.total())} "
+              f"{t[m.hits.name]:,} hits, {t[m.misses.name]:,} misses "
+              f"({t[m.coalesced.name]:,} coalesced)"),
+        _card("served (LAN)", format_rate(lan_rate), f"{format_size(t[m.served_bytes.name])} "
               "since start"),
         _card("from upstream (WAN)", format_rate(wan_rate),
-              f"{format_size(m.upstream_bytes.total())} since start"),
+              f"{format_size(t[m.upstream_bytes.name])} since start"),
         _card("store", store, f"{health['blobs']:,} blobs, {health['inflight']} fetching"),
         _card("stale serves", f"{stale_total:,}", "answers from the last good snapshot"),
-        _card("failures", f"{verify_total + m.errors.total() + m.index_errors.total():,}",
-              f"{verify_total} verification, {m.index_errors.total()} bad indexes, "
-              f"{m.errors.total()} 5xx"),
+        _card("failures", f"{verify_total + errors + bad_indexes:,}",
+              f"{verify_total} verification, {bad_indexes} bad indexes, {errors} 5xx"),
         _card("images held", f"{facts['images_held']:,}", "Glance images in the store"),
         _card("version", facts["version"],
               f"up {format_duration(health['uptime_seconds'])}"),
@@ -151,10 +154,10 @@ async def render_main(request: web.Request, node: Node, health: dict[str, Any]) 
         f"<tr><td>{r.kind}</td><td>{html.escape(r.name)}</td>"
         f"<td class=mono>{html.escape(r.source)}</td>"
         f"<td>{html.escape(', '.join(r.suites))}</td></tr>" for r in node.summaries())
-    counters = "".join(
+    counter_rows = "".join(
         f"<tr><td>{html.escape(c.help)}</td><td>"
         + ", ".join(f"{html.escape(ns)}: {v:,}" for ns, v in sorted(c.values.items()))
-        + "</td></tr>" for c in m.counters() if c.values)
+        + "</td></tr>" for c in counters if c.values)
     chart = json.dumps([[round(t, 1) for t, _, _ in history.rates()],
                         [round(w) for _, w, _ in history.rates()],
                         [round(lan) for _, _, lan in history.rates()]])
@@ -173,7 +176,7 @@ async def render_main(request: web.Request, node: Node, health: dict[str, Any]) 
 <h2>Repositories</h2>
 <table class="grid"><tr><th>kind</th><th>name</th><th>source</th><th>suites</th></tr>{repos}</table>
 <details><summary><h2 style="display:inline">Counters</h2></summary>
-<table class="grid">{counters}</table></details>"""
+<table class="grid">{counter_rows}</table></details>"""
 
 
 async def _summary(request: web.Request, node: Node) -> str:

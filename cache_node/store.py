@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cache_node.interprocess import FileLock
 from distro.digests import file_sha256, is_sha256_hex
 from distro.errors import EdgedepotError, IntegrityError
 
@@ -234,6 +236,12 @@ CREATE TABLE IF NOT EXISTS totals (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     bytes INTEGER NOT NULL,
     count INTEGER NOT NULL
+);
+-- Small documents the worker processes of the node share (e.g. which apt snapshot is
+-- current and when it was last validated), by key.
+CREATE TABLE IF NOT EXISTS shared (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TRIGGER IF NOT EXISTS blobs_added AFTER INSERT ON blobs BEGIN
     UPDATE totals SET bytes = bytes + NEW.size, count = count + 1 WHERE id = 0;
@@ -505,6 +513,25 @@ class BlobStore:
         """Whether any name (of any namespace) is bound to this blob."""
         row = self.db.execute("SELECT 1 FROM names WHERE digest=? LIMIT 1", (digest,)).fetchone()
         return row is not None
+
+    def shared_get(self, key: str) -> dict[str, Any] | None:
+        """A document every worker process of the node sees (None: never written)."""
+        row = self.db.execute("SELECT value FROM shared WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            value = json.loads(row[0])
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def shared_put(self, key: str, value: dict[str, Any]) -> None:
+        self.db.execute("INSERT OR REPLACE INTO shared(key, value) VALUES (?, ?)",
+                        (key, json.dumps(value, sort_keys=True)))
+
+    def lock(self, name: str) -> FileLock:
+        """A lock shared by the node's worker processes (see `interprocess`)."""
+        return FileLock(self.lock_dir / f"{name}.lock")
 
     def namespaces(self) -> list[str]:
         """Every namespace that has a name bound (what a restarted cache served before)."""
