@@ -353,3 +353,21 @@ def test_bootstrap_script_is_valid_sh_and_points_at_the_front_door(tmp_path: Pat
         subprocess.run(["sh", "-n", str(target)], check=True)
     with pytest.raises(InventoryError, match="no site"):
         site_config(inv, "site-9999", "A" * 40)
+
+
+def test_client_stats_of_several_workers_add_up(tmp_path: Path) -> None:
+    one, two = ClientStats(), ClientStats()
+    one.share(tmp_path, 0)
+    two.share(tmp_path, 1)
+    one.record("10.0.0.1", "/apt/main/pool/a.deb", 200, 100, "miss")
+    two.record("10.0.0.1", "/apt/main/pool/b.deb", 200, 50, "hit")
+    two.record("10.0.0.2", "/pypi/local/files/x/x.whl", 200, 7, "hit")
+    one.publish()
+    two.publish()
+    report = {c.address: c for c in one.report().clients}
+    assert (report["10.0.0.1"].artifact_bytes, report["10.0.0.1"].requests) == (150, 2)
+    assert report["10.0.0.2"].bytes == 7
+    again = ClientStats()  # a worker replacing worker 0 continues from its file
+    again.share(tmp_path, 0)
+    assert {c.address: c.bytes for c in again.report().clients} == {"10.0.0.1": 150,
+                                                                     "10.0.0.2": 7}
