@@ -640,9 +640,13 @@ async def stream_fetch(fetch: Fetch, write: Callable[[bytes], Awaitable[None]],
     """
     offset = start
     fd = _open_partial(fetch)
-    if fd is None:
-        ref = await fetch.done  # renamed into the store already (or raises FetchFailed)
-        fd = os.open(fetch.blob_path(ref.digest), os.O_RDONLY)
+    while fd is None:  # not created yet (the leader is starting), or renamed into the store
+        if fetch.done.done():
+            ref = fetch.done.result()  # raises FetchFailed
+            fd = os.open(fetch.blob_path(ref.digest), os.O_RDONLY)
+            break
+        await fetch.wait_beyond(fetch.written)
+        fd = _open_partial(fetch)
     try:
         while True:
             verified = fetch.verified

@@ -23,6 +23,8 @@ from distro.wire import (
 from syncer.http_client import ClientSettings, HttpClient, UpstreamError
 from syncer.inventory import ADMIN_TOKEN_ENV, Inventory
 
+FRONT_STATUS_PATH = "/_edgedepot/front"  # answered by HAProxy itself (syncer.siblings)
+
 
 @dataclass(frozen=True)
 class NodePlanStatus:
@@ -73,23 +75,29 @@ class FleetClient:
     bounded connections); never raises for a node that cannot be asked: it says so.
 
     Admin calls carry `Authorization: Bearer` with `token_for(node)` when it gives one; a node
-    that refuses the token (401/403) is reported as `denied`, with the node's reason."""
+    that refuses the token (401/403) is reported as `denied`, with the node's reason.
+    `connections` bounds the open connections (and so the calls in flight) over the whole
+    fleet; callers fan out at most that many calls at once."""
 
     def __init__(self, timeout: float = 15.0, settings: ClientSettings | None = None,
-                 token_for: Callable[[str], str | None] | None = None) -> None:
-        self.http = HttpClient("fleet", settings or self.default_settings(timeout))
+                 token_for: Callable[[str], str | None] | None = None,
+                 connections: int = 32) -> None:
+        self.connections = connections
+        self.http = HttpClient("fleet", settings or self.default_settings(timeout, connections))
         self._token_for = token_for or (lambda node: None)
 
     @classmethod
-    def for_inventory(cls, inventory: Inventory, timeout: float = 15.0) -> FleetClient:
+    def for_inventory(cls, inventory: Inventory, timeout: float = 15.0,
+                      connections: int = 32) -> FleetClient:
         """A client with the inventory's TLS files and admin tokens."""
-        return cls(timeout, inventory.client_settings(cls.default_settings(timeout)),
-                   inventory.admin_token)
+        return cls(timeout, inventory.client_settings(cls.default_settings(timeout, connections)),
+                   inventory.admin_token, connections)
 
     @staticmethod
-    def default_settings(timeout: float = 15.0) -> ClientSettings:
+    def default_settings(timeout: float = 15.0, connections: int = 32) -> ClientSettings:
         return ClientSettings(connect_timeout=min(timeout, 10.0), read_timeout=timeout,
-                              retries=0, total_timeout=timeout)
+                              retries=0, total_timeout=timeout, connections=connections,
+                              connections_per_host=connections)
 
     def _admin_headers(self, node: str, extra: dict[str, str] | None = None
                        ) -> dict[str, str]:
@@ -218,6 +226,17 @@ class FleetClient:
         if status != 200 or not isinstance(doc, dict):
             return None
         return {str(d) for d in doc.get("present", [])}
+
+    async def front(self, front_url: str) -> tuple[bool, Any]:
+        """(answered, document) of a front's own status (`GET /_edgedepot/front`, answered
+        by HAProxy); the document is the reason when it did not answer."""
+        try:
+            status, doc = await self._json("GET", f"{front_url}{FRONT_STATUS_PATH}")
+        except Unreachable as exc:
+            return False, str(exc)
+        if status != 200:
+            return False, f"answered {status}: {str(doc)[:200]}"
+        return True, doc
 
 
     async def observe(self, node: str) -> NodeObservation:

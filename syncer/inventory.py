@@ -18,6 +18,14 @@ admin_token_file = "/etc/edgedepot/eu-west.token"  # this region's nodes (overri
 [regions.eu-west.node_token_files]             # single nodes (override the region's)
 "https://cache-eu-2.example:8443" = "/etc/edgedepot/cache-eu-2.token"
 
+[regions.us-east]                              # a sibling tier behind HAProxy
+front = "http://cache-us.example:80"           # what sites use: HAProxy in front of the siblings
+siblings = ["https://10.2.0.11:8443", "https://10.2.0.12:8443", "https://10.2.0.13:8443"]
+[regions.us-east.lb]                           # optional; these are the defaults
+hash = "sdbm avalanche"                        # hash-type consistent <function> [avalanche]
+bind = "cache-us.example:80"                   # HAProxy's bind (default: the front's host:port)
+check_interval = 2.0                           # seconds between health checks of /healthz
+
 [profiles.compute]
 apt = { repo = "main", suite = "stable", packages = ["nova-compute"], recommends = true }
 pip = { index = "local", requirements = ["edge-agent>=2"] }
@@ -37,8 +45,26 @@ onboarding_token_file = "tokens/onboarding.token"  # sites send it when they rep
 repository_key = "03B7 9093 ... 4AB6"     # the key fingerprint sites pin (default: the
                                            # origin's, read from its /keys/ when generating)
 [regions.eu-west]
-site_url = "http://cache-eu.example:8080"  # what the region's sites use (default: the parent)
+site_url = "http://cache-eu.example:8080"  # what the region's sites use (default: the
+                                           # sibling tier's front, else the parent)
 ```
+
+A region has a `parent` (optional when it has siblings), `children` that pull from the parent,
+and/or `siblings`: nodes behind one HAProxy `front` that routes each request by consistent
+hashing of its path, so each artifact lives on one sibling (`distro-sync lb-config` writes
+that HAProxy's configuration, and `push` gives each sibling the share HAProxy will send it). A
+sibling is a URL, or a table that pins what its ring position derives from:
+
+```toml
+[[regions.us-east.siblings]]
+url = "https://10.2.0.11:8443"
+name = "us-a"      # HAProxy server name, sent to clients as X-Edgedepot-Sibling (default: host:port)
+id = 11            # HAProxy server id; its ring points derive from it (default: from the name)
+weight = 100       # 1-256: 16 ring points per unit (default 100)
+```
+
+Ids default to a hash of the name rather than the position, so adding, removing or reordering
+siblings moves only the shares of the siblings added or removed.
 
 Admin tokens: the nodes' `/admin/...` calls (push, status, sync, and `plan` asking what nodes
 hold) carry `Authorization: Bearer TOKEN`, the token taken from the most specific of: the
@@ -59,6 +85,7 @@ import ipaddress
 import re
 import ssl
 import tomllib
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,11 +93,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from distro.sizes import parse_size
+from syncer.chash import MAX_ID, MAX_WEIGHT, HashSpec
 from syncer.http_client import ClientSettings, ssl_context
 
 ADMIN_TOKEN_ENV = "EDGEDEPOT_ADMIN_TOKEN"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")  # HAProxy identifier characters
+DEFAULT_SIBLING_WEIGHT = 100  # HAProxy's default (1) puts 16 points per server on the ring:
+                              # shares of 3 siblings could differ twofold
 
 
 class InventoryError(ValueError):
@@ -78,24 +109,56 @@ class InventoryError(ValueError):
 
 
 @dataclass(frozen=True)
+class Sibling:
+    """One node of a region's sibling tier, as HAProxy and the scheduler both see it."""
+
+    url: str     # where HAProxy and the scheduler reach the node
+    name: str    # HAProxy server name (X-Edgedepot-Sibling in responses through the front)
+    id: int      # HAProxy server id: the ring points derive from it
+    weight: int  # 16 ring points per unit
+
+
+@dataclass(frozen=True)
+class Front:
+    """HAProxy in front of a region's siblings."""
+
+    url: str                   # what sites use
+    bind: str                  # HOST:PORT HAProxy listens on
+    hash: HashSpec
+    check_interval: float      # seconds between health checks
+
+
+@dataclass(frozen=True)
 class Region:
     name: str
-    parent: str
+    parent: str | None
     children: tuple[str, ...]
     bandwidth: int | None
     concurrency: int
     admin_token_file: Path | None = None
     node_token_files: tuple[tuple[str, Path], ...] = ()  # (node URL, file)
+    siblings: tuple[Sibling, ...] = ()
+    front: Front | None = None
     site_url: str | None = None  # the address sites use, when it is not the default
 
     @property
     def nodes(self) -> tuple[str, ...]:
-        return (self.parent, *self.children)
+        """Every node the scheduler talks to: parent, children, siblings."""
+        head = (self.parent,) if self.parent else ()
+        return (*head, *self.children, *(s.url for s in self.siblings))
+
+    def role_of(self, node: str) -> str:
+        if node == self.parent:
+            return "parent"
+        return "child" if node in self.children else "sibling"
 
     @property
     def front_door(self) -> str:
-        """The base URL this region's sites use: `site_url`, else the parent."""
-        return self.site_url or self.parent
+        """The base URL this region's sites use: `site_url`, else the sibling tier's front,
+        else the parent."""
+        door = self.site_url or (self.front.url if self.front else None) or self.parent
+        assert door is not None  # a region has a parent or siblings behind a front
+        return door
 
 
 @dataclass(frozen=True)
@@ -230,12 +293,85 @@ def read_token_file(path: Path, where: str) -> str:
     return text
 
 
+def _default_server_name(url: str) -> str:
+    """host:port, with what HAProxy does not allow in a name (IPv6 colons too) as '-'."""
+    parts = urlsplit(url)
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", parts.hostname or "")
+    if not host[:1].isalnum():
+        host = f"ip{host}"
+    return f"{host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"[-64:]
+
+
+def _sibling(item: Any, where: str) -> Sibling:
+    table = {"url": item} if isinstance(item, str) else item
+    if not isinstance(table, dict):
+        raise InventoryError(f"{where}: a URL or a table with url, name, id, weight")
+    _check_keys(table, {"url", "name", "id", "weight"}, where)
+    url = _url(table.get("url"), f"{where}.url")
+    name = table.get("name", _default_server_name(url))
+    if not isinstance(name, str) or not _SERVER_NAME.match(name):
+        raise InventoryError(f"{where}.name: letters, digits and . _ : - (at most 64), "
+                             f"got {name!r}")
+    sid = table.get("id", 1 + zlib.crc32(name.encode()) % MAX_ID)
+    if isinstance(sid, bool) or not isinstance(sid, int) or not 1 <= sid <= MAX_ID:
+        raise InventoryError(f"{where}.id: an integer from 1 to {MAX_ID}")
+    weight = table.get("weight", DEFAULT_SIBLING_WEIGHT)
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT:
+        raise InventoryError(f"{where}.weight: an integer from 1 to {MAX_WEIGHT}")
+    return Sibling(url, name, sid, weight)
+
+
+def _siblings(table: dict[str, Any], where: str) -> tuple[tuple[Sibling, ...], Front | None]:
+    raw = table.get("siblings")
+    if raw is None:
+        for key in ("front", "lb"):
+            if key in table:
+                raise InventoryError(f"{where}.{key}: only for a region with siblings")
+        return (), None
+    if not isinstance(raw, list) or not raw:
+        raise InventoryError(f"{where}.siblings: a non-empty list of URLs or tables")
+    siblings = tuple(_sibling(item, f"{where}.siblings[{i}]") for i, item in enumerate(raw))
+    for attr in ("url", "name", "id"):
+        seen: dict[Any, int] = {}
+        for i, sib in enumerate(siblings):
+            value = getattr(sib, attr)
+            if value in seen:
+                hint = " (ids default to a hash of the name: give one of them an explicit id)" \
+                    if attr == "id" else ""
+                raise InventoryError(f"{where}.siblings[{i}]: {attr} {value!r} is also "
+                                     f"siblings[{seen[value]}]'s{hint}")
+            seen[value] = i
+    if "front" not in table:
+        raise InventoryError(f"{where}.front: the URL sites use to reach the siblings "
+                             "(HAProxy in front of them)")
+    front_url = _url(table["front"], f"{where}.front")
+    lb = table.get("lb", {})
+    if not isinstance(lb, dict):
+        raise InventoryError(f"{where}.lb: expected a table")
+    _check_keys(lb, {"hash", "bind", "check_interval"}, f"{where}.lb")
+    try:
+        hash_spec = HashSpec.parse(str(lb.get("hash", "sdbm avalanche")))
+    except ValueError as exc:
+        raise InventoryError(f"{where}.lb.hash: {exc}") from None
+    parts = urlsplit(front_url)
+    default_port = 443 if parts.scheme == "https" else 80
+    bind = lb.get("bind", f"{parts.hostname}:{parts.port or default_port}")
+    if not isinstance(bind, str) or not re.fullmatch(r"[^\s:]*:[0-9]{1,5}|\[[0-9a-fA-F:.]+\]:[0-9]{1,5}",
+                                                    bind):
+        raise InventoryError(f"{where}.lb.bind: HOST:PORT, got {bind!r}")
+    interval = lb.get("check_interval", 2.0)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
+            or not 0.1 <= interval <= 600:
+        raise InventoryError(f"{where}.lb.check_interval: seconds from 0.1 to 600")
+    return siblings, Front(front_url, bind, hash_spec, float(interval))
+
+
 def _region(name: str, table: Any, base_dir: Path) -> Region:
     where = f"regions.{name}"
     if not isinstance(table, dict):
         raise InventoryError(f"{where}: expected a table")
     _check_keys(table, {"parent", "children", "bandwidth", "concurrency", "admin_token_file",
-                        "node_token_files", "site_url"}, where)
+                        "node_token_files", "siblings", "front", "lb", "site_url"}, where)
     try:
         bandwidth = parse_size(table.get("bandwidth"), f"{where}.bandwidth")
     except ValueError as exc:
@@ -245,23 +381,32 @@ def _region(name: str, table: Any, base_dir: Path) -> Region:
         raise InventoryError(f"{where}.concurrency: an integer from 1 to 64")
     children = tuple(_url(c, f"{where}.children") for c in _strings(table.get("children"),
                                                                         f"{where}.children"))
-    parent = _url(table.get("parent"), f"{where}.parent")
+    siblings, front = _siblings(table, where)
+    if "parent" not in table and not siblings:
+        raise InventoryError(f"{where}: needs a parent or siblings")
+    parent = _url(table["parent"], f"{where}.parent") if "parent" in table else None
+    if children and parent is None:
+        raise InventoryError(f"{where}.children: children pull from a parent; give one")
+    nodes = [n for n in (parent, *children, *(s.url for s in siblings)) if n]
+    if len(set(nodes)) != len(nodes):
+        twice = sorted({n for n in nodes if nodes.count(n) > 1})
+        raise InventoryError(f"{where}: {', '.join(twice)} named more than once")
     node_files = table.get("node_token_files", {})
     if not isinstance(node_files, dict):
         raise InventoryError(f"{where}.node_token_files: expected a table of node URL = file")
     per_node: list[tuple[str, Path]] = []
     for node, value in node_files.items():
         url = _url(node, f"{where}.node_token_files")
-        if url not in (parent, *children):
+        if url not in nodes:
             raise InventoryError(f"{where}.node_token_files: {node!r} is not a node of this "
-                                 f"region{_suggest(url, [parent, *children])}")
+                                 f"region{_suggest(url, nodes)}")
         path = _path(value, f"{where}.node_token_files.{node!r}", base_dir)
         assert path is not None
         per_node.append((url, path))
     site_url = _url(table["site_url"], f"{where}.site_url") if "site_url" in table else None
     return Region(name, parent, children, bandwidth, concurrency,
                   _path(table.get("admin_token_file"), f"{where}.admin_token_file", base_dir),
-                  tuple(per_node), site_url)
+                  tuple(per_node), siblings, front, site_url)
 
 
 def _tokens(tree: dict[str, Any], regions: dict[str, Region], base_dir: Path,

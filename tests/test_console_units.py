@@ -16,7 +16,7 @@ import pytest
 from cache_node.client_stats import ClientStats
 from distro.sizes import format_duration, format_rate, format_size
 from distro.wire import ClientsReport, ClientUsage, ItemStatus, PlanStatus
-from syncer.cmd_fleet import status_lines
+from syncer.cmd_fleet import NodeRow, rows_lines
 from syncer.console.reports import ReportError, SiteReports, parse_report
 from syncer.console.state import AddressBook, FleetState, Monotonic
 from syncer.fleet import NodeObservation, NodePlanStatus
@@ -84,19 +84,22 @@ def _status(node: str, plan_id: str, state: str, failures: int = 0) -> NodePlanS
 
 
 def test_status_lines_fit_and_name_every_node_and_plan() -> None:
-    statuses = [("north", _status(LONG_NODE, "north-c653b856104f", "active")),
-                ("north", _status("http://10.0.0.2:8080", "north-c653b856104f", "failed", 2)),
-                ("south", _status("http://10.9.0.1:8080", "south-aaaaaaaaaaaa", "complete")),
-                ("south", NodePlanStatus("http://10.9.0.2:8080", "-", False,
-                                         problem="unreachable", error="connection refused"))]
-    lines = status_lines(statuses, 80)
+    statuses = [NodeRow("north", "parent", _status(LONG_NODE, "north-c653b856104f", "active")),
+                NodeRow("north", "child",
+                        _status("http://10.0.0.2:8080", "north-c653b856104f", "failed", 2)),
+                NodeRow("south", "sibling",
+                        _status("http://10.9.0.1:8080", "south-aaaaaaaaaaaa", "complete")),
+                NodeRow("south", "sibling", NodePlanStatus(
+                    "http://10.9.0.2:8080", "-", False, problem="unreachable",
+                    error="connection refused"), front_up=False)]
+    lines = rows_lines(statuses, "prefetch", 80)
     text = "\n".join(lines)
     assert all(len(line) <= 80 for line in lines), text
     for name in (LONG_NODE, "http://10.0.0.2:8080", "http://10.9.0.2:8080",
                  "north-c653b856104f", "south-aaaaaaaaaaaa"):
         assert name in text
     assert "4.0 kB / 8.4 MB" in text and "0.0 MB" not in text
-    assert "unreachable" in text and "connection refused" in text
+    assert "unreachable (front: down)" in text and "connection refused" in text
     assert "pool/main/p/pkg0_1.0_amd64.deb: upstream answered 502" in text
 
 
@@ -371,3 +374,23 @@ def test_client_stats_of_several_workers_add_up(tmp_path: Path) -> None:
     again.share(tmp_path, 0)
     assert {c.address: c.bytes for c in again.report().clients} == {"10.0.0.1": 150,
                                                                      "10.0.0.2": 7}
+
+
+def test_sibling_tier_front_door_and_roles() -> None:
+    tree = _inventory(1, 1, 1)
+    tree["regions"]["tier"] = {  # type: ignore[index]
+        "front": "http://front.test:80",
+        "siblings": ["http://10.5.0.1:8080", "http://10.5.0.2:8080"]}
+    tree["sites"]["edge-9"] = {"region": "tier", "profile": "compute"}  # type: ignore[index]
+    inv = parse_inventory(tree)
+    assert inv.regions["tier"].front_door == "http://front.test:80"
+    assert inv.regions["r00"].front_door == "http://10.0.0.1:8080"
+    assert site_config(inv, "edge-9", "A" * 40).front == "http://front.test:80"
+    state = FleetState(inv)
+    siblings = ["http://10.5.0.1:8080", "http://10.5.0.2:8080"]
+    state.update([_observe(u, 100, 400, []) for u in siblings], 1.0)
+    state.update([_observe(u, 300, 900, []) for u in siblings], 3.0)
+    row = next(r for r in state.overview()["regions"] if r["region"] == "tier")
+    assert row["front"] == "http://front.test:80" and row["siblings"] == 2
+    assert row["wan_bytes"] == 600 and row["lan_bytes"] == 1800  # siblings talk to the origin
+    assert {r["role"] for r in state.nodes_page(region="tier")["items"]} == {"sibling"}

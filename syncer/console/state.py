@@ -7,9 +7,10 @@ per-region WAN and LAN totals and rates, plan progress, per-site downloads, and 
 history for the charts. The views (`overview`, `nodes_page`, `sites_page`, ...) answer with
 summaries first and pages of details, so nothing lists 200 nodes or 1,000 sites at once.
 
-Bytes, per region: **WAN** is what the region's nodes that talk to the origin (the parent;
-siblings) received from upstream; **LAN** (served to sites) is what every node of the region
-served minus what children received from their parent (that stays inside the region).
+Bytes, per region: **WAN** is what the region's nodes that talk to the origin (the parent, or
+the siblings of a tier behind its HAProxy front) received from upstream; **LAN** (served to
+sites) is what every node of the region served minus what children received from their
+parent (that stays inside the region).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Monotonic:
 class NodeTrack:
     url: str
     region: str
-    role: str  # parent | child | sibling
+    role: str  # parent | child | sibling (Region.role_of)
     last: NodeObservation | None = None
     seen_at: float | None = None  # last round it answered
     upstream: Monotonic = field(default_factory=Monotonic)
@@ -185,8 +186,7 @@ class FleetState:
         wanted: dict[str, tuple[str, str]] = {}
         for name, region in inventory.regions.items():
             for node in region.nodes:
-                role = "parent" if node == region.parent else "child"
-                wanted[node] = (name, role)
+                wanted[node] = (name, region.role_of(node))
             self.regions.setdefault(name, RegionTrack(name))
         for url in list(self.nodes):
             if url not in wanted:
@@ -400,6 +400,7 @@ class FleetState:
         track = self.regions[name]
         return {
             "region": name, "front": region.front_door, "nodes": len(nodes),
+            "siblings": len(region.siblings), "children": len(region.children),
             "node_states": {s: states.count(s) for s in
                             ("up", "degraded", "stale", "unreachable", "unknown")},
             "store_bytes": sum(int(h.get("store_bytes", 0)) for h in store),
@@ -458,8 +459,9 @@ class FleetState:
 
     def nodes_page(self, region: str | None = None, state: str | None = None,
                    q: str = "", page: int = 1, per_page: int = 50) -> dict[str, Any]:
+        order = {"parent": 0, "sibling": 1, "child": 2}
         rows = [self.node_row(t) for t in sorted(self.nodes.values(),
-                                                 key=lambda t: (t.region, t.role != "parent",
+                                                 key=lambda t: (t.region, order.get(t.role, 3),
                                                                 t.url))
                 if (region is None or t.region == region)
                 and (state is None or t.state == state) and q.lower() in t.url.lower()]
