@@ -176,14 +176,14 @@ def install_access_log(app: web.Application, config: NodeConfig) -> AccessLog | 
             raise
         finally:
             client = _printable(request.remote or "-")
-            clients.record(client, request.path, status, size, note.cache)
-            if sink is not None:
+            if sink is not None:  # the log line first: readers of the log wait for nothing else
                 sink.write(AccessEntry(
                     datetime.fromtimestamp(arrived, UTC).isoformat(timespec="milliseconds")
                     .replace("+00:00", "Z"),
                     client, _printable(request.method),
                     _raw_path(request), status, size, round(time.monotonic() - started, 6),
                     note.cache))
+            clients.record(client, request.path, status, size, note.cache)
 
     app.middlewares.insert(0, logged)
     return sink
