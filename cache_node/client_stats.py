@@ -58,12 +58,14 @@ class ClientStats:
         self.max_clients = max_clients
         self.dropped = 0
         self._clients: OrderedDict[str, _Counts] = OrderedDict()  # least recently seen first
+        self._dirty = False
 
     def record(self, client: str, path: str, status: int, sent: int, cache: str) -> None:
         """Count one answered request (called once per request, after it was answered)."""
         if not path.startswith(CONTENT_PREFIXES):
             return
         now = time.time()
+        self._dirty = True
         counts = self._clients.get(client)
         if counts is None:
             if len(self._clients) >= self.max_clients:
@@ -124,8 +126,10 @@ class ClientStats:
         return self._dir / f"worker-{worker}.json"
 
     def publish(self) -> None:
-        if self._dir is None:
+        """Write this worker's counts for the others (atomically), when they changed."""
+        if self._dir is None or not self._dirty:
             return
+        self._dirty = False
         path = self._file(self._worker)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"dropped": self.dropped, "clients": {
@@ -143,7 +147,7 @@ class ClientStats:
 
 
 _SUMMED = ("requests", "bytes", "artifact_bytes", "hits", "misses", "errors")
-PUBLISH_EVERY = 2.0
+PUBLISH_EVERY = 0.5  # seconds; only when something changed
 
 
 def _read(path: Path) -> dict[str, Any] | None:

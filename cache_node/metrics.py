@@ -72,6 +72,9 @@ class Metrics:
             "edgedepot_delta_saved_bytes_total", "Bytes a whole fetch would have moved, minus "
             "what the delta moved")
         self.errors = LabelledCounter("edgedepot_error_responses_total", "Answers with status >= 500")
+        self.reloads = LabelledCounter(
+            "edgedepot_config_reloads_total",
+            "Configuration reloads (SIGHUP), labelled applied or refused")
         self.inflight = Gauge("edgedepot_inflight_fetches", "Upstream fetches in progress")
         self.store_bytes = Gauge("edgedepot_store_bytes", "Bytes of verified blobs in the store")
         self.store_blobs = Gauge("edgedepot_store_blobs", "Verified blobs in the store")
@@ -90,7 +93,8 @@ class Metrics:
     def counters(self) -> list[LabelledCounter]:
         return [self.requests, self.hits, self.misses, self.coalesced, self.upstream_requests,
                 self.upstream_bytes, self.served_bytes, self.stale_serves, self.verify_failures,
-                self.index_errors, self.delta_fetches, self.delta_saved_bytes, self.errors]
+                self.index_errors, self.delta_fetches, self.delta_saved_bytes, self.errors,
+                self.reloads]
 
     def gauges(self) -> list[Gauge]:
         return [self.inflight, self.store_bytes, self.store_blobs]

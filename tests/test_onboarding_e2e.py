@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -124,10 +125,18 @@ def apt_get(root: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     return proc
 
 
-def clients_of(node: NodeProcess) -> dict[str, dict[str, int]]:
-    status, body, _ = node.get("/admin/clients")
-    assert status == 200, body
-    return {c["address"]: c for c in json.loads(body)["clients"]}
+def clients_of(node: NodeProcess, address: str, key: str, at_least: int) -> int:
+    """The node's count `key` for `address` once it reached `at_least` (a node's workers
+    publish their counts to each other within a second); fails with the last value."""
+    value = 0
+    for _ in range(60):
+        status, body, _ = node.get("/admin/clients")
+        assert status == 200, body
+        value = next((c[key] for c in json.loads(body)["clients"] if c["address"] == address), 0)
+        if value >= at_least:
+            return int(value)
+        time.sleep(0.5)
+    raise AssertionError(f"{node.url}: {address} {key} = {value}, expected >= {at_least}")
 
 
 def report(console: ConsoleProcess, site: str, token: str | None) -> int:
@@ -165,8 +174,7 @@ def test_bootstrap_configures_apt_pip_and_images_and_repoints(stack: Stack,
         apt_get(root, "install", "-y", "--download-only", stack.top_package)
         debs = sorted((root / "var/cache/apt/archives").glob("*.deb"))
         assert any(d.name.startswith(stack.top_package + "_") for d in debs), debs
-        assert clients_of(stack.a)["127.0.0.1"]["artifact_bytes"] >= \
-            sum(d.stat().st_size for d in debs)
+        clients_of(stack.a, "127.0.0.1", "artifact_bytes", sum(d.stat().st_size for d in debs))
 
         # the same root with the keyring emptied: apt itself refuses the repository
         saved = keyring.read_bytes()
@@ -193,7 +201,7 @@ def test_bootstrap_configures_apt_pip_and_images_and_repoints(stack: Stack,
             env={**os.environ, "OS_CLIENT_CONFIG_FILE": str(root / "etc/openstack/clouds.yaml")})
         assert sdk.returncode == 0, sdk.stderr
         assert sdk.stdout.strip() == "['cirros-0.6', 'edge-private']"  # with the site's token
-        assert clients_of(stack.a)["127.0.0.1"]["requests"] > 0
+        clients_of(stack.a, "127.0.0.1", "requests", 1)
 
         # the console saw the report; a report without the onboarding token is refused
         doc = console.wait_for("/api/sites/north-01", lambda d: d["onboarded"] is not None)
@@ -222,7 +230,7 @@ def test_bootstrap_configures_apt_pip_and_images_and_repoints(stack: Stack,
             deb.unlink()
         apt_get(root, "update")
         apt_get(root, "install", "-y", "--download-only", stack.top_package)
-        assert clients_of(stack.b)["127.0.0.1"]["artifact_bytes"] > 0
+        clients_of(stack.b, "127.0.0.1", "artifact_bytes", 1)
         doc = console.wait_for("/api/sites/north-01",
                                lambda d: d["onboarded"]["front"] == stack.b.url)
         assert doc["onboarded"]["count"] == 2
