@@ -9,14 +9,14 @@ show up as a client. The table is bounded: when full, the least recently seen cl
 forgotten (and counted in `dropped`), so a scan from many addresses cannot grow memory.
 
 With several worker processes (`--workers`), each worker counts its own requests and writes
-them to `<store>/clients/worker-<n>.json` every few seconds, like the metrics; the worker that
-answers `/admin/clients` adds the others' files to its own live counts, and a worker that
-replaces a dead one continues from its file.
+them to `<store>/clients/worker-<n>.json` whenever it publishes its metrics (when they
+changed); the worker that answers `/admin/clients` first asks the others to publish (as
+`/metrics` does), then adds their files to its own live counts. A worker that replaces a dead
+one continues from its file.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -29,6 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cache_node.metrics import Metrics
 from distro.wire import ClientsReport, ClientUsage
 
 MAX_CLIENTS = 20_000
@@ -147,7 +148,6 @@ class ClientStats:
 
 
 _SUMMED = ("requests", "bytes", "artifact_bytes", "hits", "misses", "errors")
-PUBLISH_EVERY = 0.5  # seconds; only when something changed
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -169,33 +169,18 @@ def client_stats(app: web.Application) -> ClientStats:
     return stats
 
 
-def add_client_routes(app: web.Application, shared: tuple[Path, int] | None = None) -> None:
+def add_client_routes(app: web.Application, metrics: Metrics,
+                      shared: tuple[Path, int] | None = None) -> None:
     """`GET /admin/clients` (admin: it names client addresses); `shared`: the directory and
-    this worker's index when the node runs several workers."""
+    this worker's index when the node runs several workers. The counts are published with
+    the worker's metrics (and so asked for fresh by `refresh_peers`, as `/metrics` does)."""
     stats = client_stats(app)
     if shared is not None:
         stats.share(*shared)
-        tasks: list[asyncio.Task[None]] = []
-
-        async def publisher() -> None:
-            while True:
-                await asyncio.sleep(PUBLISH_EVERY)
-                stats.publish()
-
-        async def start(_: web.Application) -> None:
-            tasks.append(asyncio.create_task(publisher(), name="client counters"))
-
-        async def stop(_: web.Application) -> None:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            stats.publish()
-
-        app.on_startup.append(start)
-        app.on_cleanup.append(stop)
+        metrics.publish_hooks.append(stats.publish)
 
     async def clients(_: web.Request) -> web.Response:
+        await metrics.refresh_peers()
         return web.json_response(stats.report().to_json(),
                                  headers={"Cache-Control": "no-store"})
 

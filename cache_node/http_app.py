@@ -63,6 +63,7 @@ def _relpath_dir(request: web.Request) -> str:
 
 async def metrics(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
+    await node.metrics.refresh_peers()
     return web.Response(text=node.metrics.render(),
                         content_type="text/plain", charset="utf-8",
                         headers={"Cache-Control": "no-store"})
@@ -71,6 +72,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def served_paths(request: web.Request) -> web.Response:
     """Per-path request counts (what tests and operators use to prove 'fetched once')."""
     node = request.app[NODE_KEY]
+    await node.metrics.refresh_peers()
     return web.json_response(dict(node.metrics.node_served_paths()))
 
 
@@ -157,7 +159,7 @@ def build_app(node: Node) -> web.Application:
     add_status_routes(app, node)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/served", served_paths)
-    add_client_routes(app, None if node.worker is None
+    add_client_routes(app, node.metrics, None if node.worker is None
                       else (node.config.store_dir / "clients", node.worker))
     app.router.add_get("/admin/plans", list_plans)
     app.router.add_post("/admin/has", has_blobs)

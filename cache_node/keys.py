@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -396,9 +397,12 @@ class KeyService:
     def _adopt_recent_check(self) -> bool:
         """Take the key another worker checked within the TTL (its stamp next to the key)."""
         try:
-            checked = float(self._disk.with_suffix(".checked").read_text())
-        except (OSError, ValueError):
+            stamp = json.loads(self._disk.with_suffix(".checked").read_text())
+            checked, url = float(stamp["at"]), str(stamp["url"])
+        except (OSError, ValueError, KeyError, TypeError):
             return False
+        if url != self.upstream_url:
+            return False  # asked of another upstream (it moved since)
         age = time.time() - checked
         if age >= self.config.index_ttl:
             return False
@@ -426,7 +430,8 @@ class KeyService:
                          format_fingerprint(key.fingerprint))
         self._key, self._error, self._checked_at = key, None, time.monotonic()
         with contextlib.suppress(OSError):
-            self._disk.with_suffix(".checked").write_text(str(time.time()))
+            self._disk.with_suffix(".checked").write_text(
+                json.dumps({"at": time.time(), "url": url}))
 
     def _persist(self, key: PublicKey | None) -> None:
         if key is None:

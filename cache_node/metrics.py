@@ -8,8 +8,10 @@ worker that replaces a dead one starts from the dead one's file, so counters nev
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -82,6 +84,9 @@ class Metrics:
         self._refreshers: list[Callable[[], None]] = []
         self._shared_dir: Path | None = None
         self._worker = 0
+        # Other per-worker state published with the counters (per-client counts), so one
+        # refresh_peers makes it fresh too.
+        self.publish_hooks: list[Callable[[], None]] = []
 
     def add_refresher(self, refresh: Callable[[], None]) -> None:
         self._refreshers.append(refresh)
@@ -121,12 +126,37 @@ class Metrics:
         which can be large, only when `paths`."""
         if self._shared_dir is None:
             return
+        for hook in self.publish_hooks:
+            hook()
         _write(self._file(self._worker), {
             "pid": os.getpid(), "at": time.time(),
             "counters": {c.name: dict(c.values) for c in self.counters()},
             "gauges": {g.name: g.value for g in self.gauges()}})
         if paths:
             _write(self._file(self._worker, "paths"), dict(self.served_paths))
+
+    async def refresh_peers(self, timeout: float = 1.0) -> None:
+        """Ask every other live worker to publish now (SIGUSR1) and wait until each has, so
+        an answer includes every request made before it was asked for."""
+        if self._shared_dir is None:
+            return
+        asked = time.time()
+        waiting = []
+        for doc in self._peers():
+            pid = doc.get("pid")
+            if isinstance(pid, int) and pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGUSR1)
+                except (ProcessLookupError, PermissionError):
+                    continue  # gone: its last publication stands
+                waiting.append(pid)
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            fresh = {doc.get("pid") for doc in self._peers()
+                     if float(doc.get("at", 0)) >= asked}
+            waiting = [pid for pid in waiting if pid not in fresh]
+            if waiting:
+                await asyncio.sleep(0.01)
 
     def _peers(self, kind: str = "counters") -> list[dict[str, Any]]:
         if self._shared_dir is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -83,6 +84,10 @@ class Node:
         self.metrics.add_refresher(self._refresh_gauges)
         if self.worker is not None:
             self.metrics.share(self.config.store_dir / "metrics", self.worker)
+            self.metrics.publish(paths=True)
+            # Another worker answering /metrics asks this one to publish at once.
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGUSR1, lambda: self.metrics.publish(paths=True))
         for repo in self.config.apt:
             self.repos[("apt", repo.name)] = await self._make_apt(repo)
         for repo in self.config.pypi:

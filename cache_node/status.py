@@ -99,6 +99,7 @@ def _bar(fraction: float) -> str:
 async def render_main(request: web.Request, node: Node, health: dict[str, Any]) -> str:
     """The page's main part (also answered alone for the live refresh)."""
     m = node.metrics
+    await m.refresh_peers()  # every worker's requests so far
     m.render()  # refresh gauges
     counters = m.node_counters()  # summed over the node's workers
     t = {c.name: c.total() for c in counters}

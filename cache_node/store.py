@@ -278,16 +278,19 @@ class BlobStore:
         self.lock_dir.mkdir(parents=True, exist_ok=True)
         if clean_partials:
             self.remove_stale_partials()
-        self._db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None,
-                                   check_same_thread=False, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        with self.transaction():
-            if self._db.execute("SELECT 1 FROM totals WHERE id=0").fetchone() is None:
-                self._db.execute("INSERT INTO totals(id, bytes, count) SELECT 0, "
-                                 "COALESCE(SUM(size), 0), COUNT(*) FROM blobs")
-        self._reconcile()
+        # Worker processes starting together set the database up one at a time (switching
+        # to WAL and creating the schema need the database to themselves).
+        with FileLock(self.lock_dir / "open.lock").blocking():
+            self._db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None,
+                                       check_same_thread=False, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            with self.transaction():
+                if self._db.execute("SELECT 1 FROM totals WHERE id=0").fetchone() is None:
+                    self._db.execute("INSERT INTO totals(id, bytes, count) SELECT 0, "
+                                     "COALESCE(SUM(size), 0), COUNT(*) FROM blobs")
+            self._reconcile()
 
     @property
     def lock_dir(self) -> Path:
