@@ -30,6 +30,7 @@ from typing import IO, Literal
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from cache_node.client_stats import client_stats
 from cache_node.config import NodeConfig
 from cache_node.request_note import NOTE_KEY, RequestNote
 
@@ -141,17 +142,20 @@ def _body_bytes(request: web.Request, response: web.StreamResponse, note: Reques
 def install_access_log(app: web.Application, config: NodeConfig) -> AccessLog | None:
     """Log every request when `access_log` is set: inserted as the outermost middleware, so
     requests refused by the allow-list or token checks are logged too. The middleware sends
-    plain responses itself, so duration and bytes cover the whole answer."""
-    if config.access_log is None:
-        return None
-    sink = AccessLog(config.access_log, config.access_log_format)
-    sink.open()
-    app[ACCESS_LOG] = sink
+    plain responses itself, so duration and bytes cover the whole answer. It is installed
+    with the log off too: the per-client counters (`client_stats.py`) take the same values."""
+    clients = client_stats(app)
+    sink: AccessLog | None = None
+    if config.access_log is not None:
+        sink = AccessLog(config.access_log, config.access_log_format)
+        sink.open()
+        app[ACCESS_LOG] = sink
 
-    async def close(_: web.Application) -> None:
-        sink.close()
+        async def close(_: web.Application) -> None:
+            assert sink is not None
+            sink.close()
 
-    app.on_cleanup.append(close)
+        app.on_cleanup.append(close)
 
     @web.middleware
     async def logged(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -177,12 +181,15 @@ def install_access_log(app: web.Application, config: NodeConfig) -> AccessLog | 
             status, size = 499, note.sent or 0  # the client left mid-answer
             raise
         finally:
-            sink.write(AccessEntry(
-                datetime.fromtimestamp(arrived, UTC).isoformat(timespec="milliseconds")
-                .replace("+00:00", "Z"),
-                _printable(request.remote or "-"), _printable(request.method),
-                _raw_path(request), status, size, round(time.monotonic() - started, 6),
-                note.cache))
+            client = _printable(request.remote or "-")
+            if sink is not None:  # the log line first: readers of the log wait for nothing else
+                sink.write(AccessEntry(
+                    datetime.fromtimestamp(arrived, UTC).isoformat(timespec="milliseconds")
+                    .replace("+00:00", "Z"),
+                    client, _printable(request.method),
+                    _raw_path(request), status, size, round(time.monotonic() - started, 6),
+                    note.cache))
+            clients.record(client, request.path, status, size, note.cache)
 
     app.middlewares.insert(0, logged)
     return sink

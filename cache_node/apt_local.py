@@ -23,7 +23,7 @@ from pathlib import Path
 from cache_node.answers import Answer, BlobAnswer, NotFound, content_type_for
 from cache_node.config import NodeConfig, RepoSource
 from cache_node.interprocess import FileLock
-from cache_node.repository import RepoKind, RepoSummary
+from cache_node.repository import RepoKind, RepoSummary, SnapshotState
 from cache_node.startup import StartupError
 from distro.debian_repo import (
     BuiltRepository,
@@ -168,7 +168,9 @@ class LocalAptRepo:
 
     def summary(self) -> RepoSummary:
         suites = () if self.is_mirror_tree else (self.source.suite,)
-        return RepoSummary("apt", self.name, self.source.source, suites)
+        states = () if self.built is None else (
+            SnapshotState(self.source.suite, self.built.release.date, None, False),)
+        return RepoSummary("apt", self.name, self.source.source, suites, states)
 
     def reconfigure(self, config: NodeConfig) -> None:
         """Served from a directory read at start: a reload changes nothing here (another

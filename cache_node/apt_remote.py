@@ -36,7 +36,7 @@ from cache_node.answers import (
 from cache_node.config import NodeConfig, delta_client_settings
 from cache_node.fetch import FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.metrics import Metrics
-from cache_node.repository import RepoKind, RepoSummary
+from cache_node.repository import RepoKind, RepoSummary, SnapshotState
 from cache_node.revalidation import freshness, mark_due, mark_failed, mark_valid
 from cache_node.single_flight import Call, SingleFlight, run_once
 from cache_node.store import BlobStore
@@ -223,7 +223,14 @@ class RemoteAptRepo:
         return dict(self._snapshots)
 
     def summary(self) -> RepoSummary:
-        return RepoSummary("apt", self.name, self.base_url, tuple(sorted(self._snapshots)))
+        now = time.monotonic()
+        states = tuple(
+            SnapshotState(suite, snap.index.date,
+                          now - snap.validated_at if snap.validated_at > float("-inf") else None,
+                          snap.failed_at is not None)
+            for suite, snap in sorted(self._snapshots.items()))
+        return RepoSummary("apt", self.name, self.base_url, tuple(sorted(self._snapshots)),
+                           states)
 
     def locate(self, sha256: str) -> Path | None:
         return None  # what it mirrors lives in the store

@@ -30,6 +30,7 @@ from cache_node.config import NodeConfig, client_settings
 from cache_node.key_routes import key_service
 from cache_node.keys import format_fingerprint
 from cache_node.node import Node
+from cache_node.node_facts import node_facts
 from syncer.http_client import ClientSettings, HttpClient, describe_client_error
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,8 @@ async def health_document(app: web.Application, node: Node) -> dict[str, Any]:
             "store_bytes": stats.total_bytes, "inflight": node.fetches.inflight_count,
             "uptime_seconds": round(time.time() - node.started_at, 1),
             "key_fingerprint": key_service(app).fingerprint,
-            "upstream": upstream.to_json() if upstream is not None else None}
+            "upstream": upstream.to_json() if upstream is not None else None,
+            **node_facts(node)}
 
 
 async def summary_html(app: web.Application, node: Node) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import logging
 
@@ -12,13 +11,15 @@ from aiohttp import web
 from cache_node.access_log import install_access_log
 from cache_node.admin_auth import install_access_control
 from cache_node.answers import Answer, BadRequest, NotFound, ServiceError, safe_relpath
+from cache_node.client_stats import add_client_routes
 from cache_node.delta_routes import add_delta_routes
 from cache_node.glance_routes import add_glance_routes
-from cache_node.health import add_health_routes, summary_html
+from cache_node.health import add_health_routes
 from cache_node.key_routes import add_key_routes
 from cache_node.node import Node
 from cache_node.plans import PlanRunner
 from cache_node.responses import error_middleware, send_answer
+from cache_node.status import add_status_routes
 from distro.digests import is_sha256_hex
 from distro.wire import PlanError, parse_plan
 
@@ -135,48 +136,6 @@ async def has_blobs(request: web.Request) -> web.Response:
     return web.json_response({"present": present})
 
 
-async def status_page(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
-    await node.metrics.refresh_peers()
-    node.metrics.render()  # refresh gauges
-    stats = node.store.stats()
-    m = node.metrics
-    rows = "".join(
-        f"<tr><td>{html.escape(c.help)}</td>"
-        + "".join(f"<td>{html.escape(ns)}: {v:,}</td>" for ns, v in sorted(c.values.items()))
-        + "</tr>" for c in m.node_counters() if c.values)
-    repos = "".join(
-        f"<tr><td>{r.kind}</td><td>{html.escape(r.name)}</td><td>{html.escape(r.source)}</td>"
-        f"<td>{html.escape(', '.join(r.suites))}</td></tr>" for r in node.summaries())
-    quota = f"{stats.quota_bytes:,}" if stats.quota_bytes else "unlimited"
-    runner = node.plans
-    plan_rows = ""
-    if runner is not None:
-        for pid in runner.plan_ids():
-            st = runner.status(pid)
-            if st is None:
-                continue
-            pct = 100.0 * st.bytes_done / st.bytes_total if st.bytes_total else 100.0
-            plan_rows += (f"<tr><td>{html.escape(pid)}</td><td>{st.state}</td>"
-                          f"<td>{st.done}/{st.total}</td><td>{st.failed}</td>"
-                          f"<td>{st.bytes_done:,} / {st.bytes_total:,} ({pct:.0f}%)</td></tr>")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>edgedepot node</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 10px;text-align:left}}
-table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
-<h1>edgedepot {html.escape(node.config.role)} node</h1>
-{await summary_html(request.app, node)}
-<p>store: {stats.blob_count:,} blobs, {stats.total_bytes:,} bytes (quota {quota}) &middot;
-in-flight fetches: {node.fetches.inflight_count}</p>
-<h2>Repositories</h2><table><tr><th>kind</th><th>name</th><th>source</th><th>suites</th></tr>
-{repos}</table>
-<h2>Prefetch plans</h2><table><tr><th>plan</th><th>state</th><th>artifacts done</th>
-<th>failed</th><th>bytes</th></tr>{plan_rows}</table>
-<h2>Counters</h2><table>{rows}</table>
-<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a></p>
-</body></html>"""
-    return web.Response(text=page, content_type="text/html")
-
-
 def _count_path(request: web.Request) -> None:
     if request.path.startswith(("/apt/", "/pypi/", "/delta/", "/glance/", "/keys/")):
         request.app[NODE_KEY].metrics.count_served_path(request.path)
@@ -197,9 +156,11 @@ def build_app(node: Node) -> web.Application:
     if sink is not None:
         node.reload_listeners.append(sink.reconfigure)
     add_health_routes(app, node)
-    app.router.add_get("/", status_page)
+    add_status_routes(app, node)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/served", served_paths)
+    add_client_routes(app, node.metrics, None if node.worker is None
+                      else (node.config.store_dir / "clients", node.worker))
     app.router.add_get("/admin/plans", list_plans)
     app.router.add_post("/admin/has", has_blobs)
     app.router.add_post("/admin/refresh", refresh_indexes)

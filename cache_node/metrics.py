@@ -84,6 +84,9 @@ class Metrics:
         self._refreshers: list[Callable[[], None]] = []
         self._shared_dir: Path | None = None
         self._worker = 0
+        # Other per-worker state published with the counters (per-client counts), so one
+        # refresh_peers makes it fresh too.
+        self.publish_hooks: list[Callable[[], None]] = []
 
     def add_refresher(self, refresh: Callable[[], None]) -> None:
         self._refreshers.append(refresh)
@@ -123,6 +126,8 @@ class Metrics:
         which can be large, only when `paths`."""
         if self._shared_dir is None:
             return
+        for hook in self.publish_hooks:
+            hook()
         _write(self._file(self._worker), {
             "pid": os.getpid(), "at": time.time(),
             "counters": {c.name: dict(c.values) for c in self.counters()},

@@ -22,11 +22,27 @@ RepoKind = Literal["apt", "pypi", "glance"]
 
 
 @dataclass(frozen=True)
+class SnapshotState:
+    """One suite's index snapshot as the node serves it: how old, and whether it is stale."""
+
+    suite: str
+    date: str  # the Release file's Date field ("" when it has none)
+    validated_seconds_ago: float | None  # None: not confirmed with the upstream since start
+    stale: bool  # the last revalidation failed: served from the last good snapshot
+
+    def to_json(self) -> dict[str, object]:
+        return {"suite": self.suite, "date": self.date, "stale": self.stale,
+                "validated_seconds_ago": None if self.validated_seconds_ago is None
+                else round(self.validated_seconds_ago, 1)}
+
+
+@dataclass(frozen=True)
 class RepoSummary:
     kind: str
     name: str
     source: str
     suites: tuple[str, ...]
+    snapshots: tuple[SnapshotState, ...] = ()
 
 
 class Repository(Protocol):

@@ -3,7 +3,9 @@ regional caches, and write the HAProxy configuration of a region's sibling tier.
 
 Every command fans out to the fleet's nodes concurrently, at most `--connections` calls at
 once over one HTTP session, so a fleet of hundreds of nodes is asked in a few round trips'
-time. Tables summarise each region; `--details` (or `--region R`) lists every node.
+time. Tables summarise each region; `--details` (or `--region R`) lists every node. Tables
+are plain text that fits the terminal and never cuts a name (`syncer.tables`); sizes are
+human (`distro.sizes`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
+from distro.sizes import format_duration, format_rate, format_size
 from distro.wire import PlanSpec, RefreshReport
 from syncer.fleet import Denied, FleetClient, NodePlanStatus
 from syncer.inventory import Inventory, InventoryError, Region, load_inventory
 from syncer.planner import PlanningError, RegionPlan, plan_regions
 from syncer.siblings import SiblingMap, haproxy_config, parse_front_status, split_plan
+from syncer.tables import Column, OperatorConsole, render_table
 
 DEFAULT_CONNECTIONS = 32
 
@@ -36,8 +39,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _mb(n: float) -> str:
-    return f"{n / 1e6:,.1f} MB"
+def _print_table(console: Console, lines: list[str]) -> None:
+    """Lines `render_table` fitted to the console's width, printed as they are."""
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _load(args: argparse.Namespace) -> Inventory:
@@ -225,18 +230,19 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(doc, indent=2))
         return 0
     for plan in plans:
-        table = Table(title=f"region {plan.region}: plan {plan.spec.plan_id}")
-        for col in ("#", "kind", "artifact", "size", "sha256"):
-            table.add_column(col, justify="right" if col in ("#", "size") else "left")
         shown = plan.spec.artifacts if args.all else plan.spec.artifacts[:args.limit]
-        for i, a in enumerate(shown, 1):
-            table.add_row(str(i), a.kind, f"{a.repo}/{a.path}", _mb(a.size), a.sha256[:16])
-        console.print(table)
+        _print_table(console, render_table(
+            [Column("#", "right"), Column("kind"), Column("artifact", key=True),
+             Column("size", "right"), Column("sha256")],
+            [(str(i), a.kind, f"{a.repo}/{a.path}", format_size(a.size), a.sha256[:12])
+             for i, a in enumerate(shown, 1)], console.width,
+            f"region {plan.region}: plan {plan.spec.plan_id}"))
         if len(shown) < len(plan.spec.artifacts):
             console.print(f"  ... {len(plan.spec.artifacts) - len(shown)} more (--all)")
         console.print(f"  {len(plan.spec.artifacts)} artifacts ({plan.apt_packages} .deb, "
                       f"{plan.pip_files} pip files, {plan.images} images), "
-                      f"{_mb(plan.total_bytes)}; sites: {len(inventory.sites_in(plan.region))}")
+                      f"{format_size(plan.total_bytes)}; sites: "
+                      f"{len(inventory.sites_in(plan.region))}", highlight=False)
         nodes = cached.get(plan.region, [])
         if len(nodes) > 12 and not args.details:
             down = sum(1 for n, have in nodes if have is None and n.node not in denied)
@@ -258,49 +264,56 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
                 state = "[red]unreachable[/red]"
             else:
                 total = sum(x.size for x in node.spec.artifacts)
-                state = f"{_mb(have)} of {_mb(total)} already cached{share}"
+                state = f"{format_size(have)} of {format_size(total)} already cached{share}"
             console.print(f"  {node.node}: {state}", markup=True, highlight=False)
     return 0
 
 
 # -- push and status ----------------------------------------------------------------------
 
-def _rows_table(rows: list[NodeRow], title: str) -> Table:
-    """One row per node and plan."""
-    table = Table(title=title)
-    for col in ("region", "role", "node", "plan", "state", "artifacts", "bytes", "rate", "ETA",
-                "failures"):
-        table.add_column(col)
-    for row in rows:
-        st = row.status
-        color = {"complete": "green", "active": "yellow"}.get(st.state, "red")
-        state = f"[{color}]{st.state}[/{color}]"
-        if row.front_up is False:
-            state += " [red](front: down)[/red]"
-        p = st.plan
-        if p is None:
-            table.add_row(row.region, row.role, st.node, st.plan_id, state, "-", "-", "-", "-",
-                          st.error[:240])
-            continue
-        failures = "; ".join(f"{f.path}: {f.error}" for f in p.failures[:3]) or st.error
-        eta = f"{p.eta_seconds:.0f}s" if p.eta_seconds is not None else "-"
-        table.add_row(row.region, row.role, st.node, st.plan_id, state, f"{p.done}/{p.total}",
-                      f"{_mb(p.bytes_done)}/{_mb(p.bytes_total)}", f"{p.rate / 1e6:.1f} MB/s",
-                      eta, failures[:120])
-    return table
+def rows_lines(rows: list[NodeRow], title: str, width: int = 80) -> list[str]:
+    """Per region, one row per node and plan; failures and errors on lines under the row.
+    A region whose nodes all hold one plan names it in its title instead of a column."""
+    out: list[str] = []
+    for region in sorted({row.region for row in rows}):
+        mine = [row for row in rows if row.region == region]
+        plan_ids = {row.status.plan_id for row in mine if row.status.plan is not None}
+        one_plan = len(plan_ids) == 1 and all(row.status.plan is not None for row in mine)
+        cells: list[tuple[str, ...]] = []
+        notes: list[str] = []
+        for row in mine:
+            st = row.status
+            state = st.state + (" (front: down)" if row.front_up is False else "")
+            head = (st.node, row.role) if one_plan else (st.node, row.role, st.plan_id)
+            p = st.plan
+            if p is None:
+                cells.append((*head, state, "-", "-", "-", "-"))
+                notes.append(st.error if st.state != "denied" else "")
+                continue
+            cells.append((*head, state, f"{p.done}/{p.total}",
+                          f"{format_size(p.bytes_done)} / {format_size(p.bytes_total)}",
+                          format_rate(p.rate), format_duration(p.eta_seconds)))
+            notes.append("; ".join(f"{f.path}: {f.error}" for f in p.failures[:3]) or st.error)
+        keys = [Column("node", key=True), Column("role")] + \
+            ([] if one_plan else [Column("plan", key=True)])
+        heading = f"{title}: region {region}" + \
+            (f", plan {next(iter(plan_ids))}" if one_plan else "")
+        out.extend(render_table(
+            [*keys, Column("state"), Column("done", "right"), Column("bytes", "right"),
+             Column("rate", "right"), Column("ETA", "right")], cells, width, heading, notes))
+        out.append("")
+    return out
 
 
-def _summary_table(rows: list[NodeRow], regions: Sequence[Region],
-                   views: dict[str, FrontView], title: str) -> Table:
-    """One row per region: what a fleet of hundreds of nodes looks like on one screen."""
-    table = Table(title=title)
-    for col in ("region", "nodes up", "front", "plans", "artifacts", "bytes", "rate", "ETA",
-                "problems"):
-        table.add_column(col, justify="right" if col in ("artifacts", "bytes", "rate", "ETA")
-                         else "left")
+def summary_lines(rows: list[NodeRow], regions: Sequence[Region],
+                  views: dict[str, FrontView], title: str, width: int = 80) -> list[str]:
+    """One row per region: what a fleet of hundreds of nodes looks like on one screen;
+    problems on a line under the region."""
     by_region: dict[str, list[NodeRow]] = {}
     for row in rows:
         by_region.setdefault(row.region, []).append(row)
+    cells: list[tuple[str, ...]] = []
+    notes: list[str] = []
     for region in regions:
         mine = by_region.get(region.name, [])
         unreachable = sorted({r.status.node for r in mine if not r.status.reachable})
@@ -317,7 +330,7 @@ def _summary_table(rows: list[NodeRow], regions: Sequence[Region],
         errors = [r.status for r in mine if r.status.reachable and r.status.plan is None
                   and r.status.state not in ("no plans", "not pushed")]
         if errors:
-            problems.append(f"{len(errors)} {errors[0].state}: {errors[0].error[:60]}")
+            problems.append(f"{len(errors)} {errors[0].state}: {errors[0].error[:200]}")
         failed_items = sum(p.failed for p in plans)
         if failed_items:
             problems.append(f"{failed_items} artifacts failed (--details)")
@@ -327,15 +340,19 @@ def _summary_table(rows: list[NodeRow], regions: Sequence[Region],
             down = sorted(name for name, up in view.up.items() if not up)
             problems.insert(0, f"front routes around {', '.join(down[:3])}"
                             + (" ..." if len(down) > 3 else ""))
-        color = "green" if up == len(region.nodes) and not problems else "red"
-        table.add_row(
-            region.name, f"[{color}]{up}/{len(region.nodes)}[/{color}]", front[:40],
+        cells.append((
+            region.name, f"{up}/{len(region.nodes)}", front,
             ", ".join(f"{n} {s}" for s, n in states.items() if n) or "none",
             f"{sum(p.done for p in plans)}/{sum(p.total for p in plans)}",
-            f"{_mb(sum(p.bytes_done for p in plans))}/{_mb(sum(p.bytes_total for p in plans))}",
-            f"{sum(p.rate for p in active) / 1e6:.1f} MB/s",
-            f"{max(etas):.0f}s" if etas else "-", "; ".join(problems)[:100])
-    return table
+            f"{format_size(sum(p.bytes_done for p in plans))} / "
+            f"{format_size(sum(p.bytes_total for p in plans))}",
+            format_rate(sum(p.rate for p in active)),
+            format_duration(max(etas)) if etas else "-"))
+        notes.append("; ".join(problems))
+    return render_table(
+        [Column("region", key=True), Column("up", "right"), Column("front"), Column("plans"),
+         Column("done", "right"), Column("bytes", "right"), Column("rate", "right"),
+         Column("ETA", "right")], cells, width, title, notes)
 
 
 def _print_denied(rows: list[NodeRow], console: Console) -> None:
@@ -349,8 +366,9 @@ def _print_denied(rows: list[NodeRow], console: Console) -> None:
 def _print_rows(console: Console, args: argparse.Namespace, rows: list[NodeRow],
                 regions: Sequence[Region], views: dict[str, FrontView], title: str) -> None:
     if args.details or args.region:
-        console.print(_rows_table(rows, title))
-    console.print(_summary_table(rows, regions, views, f"{title}: per region"))
+        _print_table(console, rows_lines(rows, title, console.width))
+    _print_table(console, summary_lines(rows, regions, views, f"{title}: per region",
+                                        console.width))
     _print_denied(rows, console)
     for view in views.values():
         if not view.answered:
@@ -507,35 +525,41 @@ def cmd_sync(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps([row.to_json() for row in rows], indent=2))
         return 0 if all(not r.report.error and not r.report.stale for r in rows) else 1
     if args.details or args.region:
-        table = Table(title="index sync (delta where a basis exists)")
-        for col in ("region", "node", "index", "changed", "moved", "full copy", "saved", "note"):
-            table.add_column(col)
+        detail: list[tuple[str, ...]] = []
+        detail_notes: list[str] = []
         for row in rows:
             r = row.report
             saved = 1 - r.bytes_moved / r.full_bytes if r.full_bytes else 0.0
-            note = r.error or ("stale: upstream unusable" if r.stale else "")
-            table.add_row(row.region, row.node, f"{r.kind}/{r.repo}/{r.name}",
-                          "yes" if r.changed else "no", _mb(r.bytes_moved), _mb(r.full_bytes),
-                          f"{saved:.0%}", note[:80])
-        console.print(table)
-    summary = Table(title="index sync per region (delta where a basis exists)")
-    for col in ("region", "nodes ok", "indexes changed", "moved", "full copy", "saved",
-                "problems"):
-        summary.add_column(col)
+            detail.append((row.region, row.node, f"{r.kind}/{r.repo}/{r.name}",
+                           "yes" if r.changed else "no", format_size(r.bytes_moved),
+                           format_size(r.full_bytes), f"{saved:.0%}"))
+            detail_notes.append(r.error or ("stale: upstream unusable" if r.stale else ""))
+        _print_table(console, render_table(
+            [Column("region", key=True), Column("node", key=True), Column("index", key=True),
+             Column("changed"), Column("moved", "right"), Column("full copy", "right"),
+             Column("saved", "right")], detail, console.width,
+            "index sync (delta where a basis exists)", detail_notes))
+    summary: list[tuple[str, ...]] = []
+    problems: list[str] = []
     for region in regions:
         mine = [r for r in rows if r.region == region.name]
         bad = [r for r in mine if r.report.error or r.report.stale]
         moved = sum(r.report.bytes_moved for r in mine)
         full = sum(r.report.full_bytes for r in mine)
         nodes_bad = {r.node for r in bad}
-        problem = f"{bad[0].node}: {bad[0].report.error or 'stale'}" if bad else ""
-        summary.add_row(region.name, f"{len(region.nodes) - len(nodes_bad)}/{len(region.nodes)}",
-                        str(sum(1 for r in mine if r.report.changed)), _mb(moved), _mb(full),
-                        f"{1 - moved / full:.0%}" if full else "-", problem[:90])
-    console.print(summary)
+        problems.append(f"{bad[0].node}: {bad[0].report.error or 'stale'}" if bad else "")
+        summary.append((region.name, f"{len(region.nodes) - len(nodes_bad)}/{len(region.nodes)}",
+                        str(sum(1 for r in mine if r.report.changed)), format_size(moved),
+                        format_size(full), f"{1 - moved / full:.0%}" if full else "-"))
+    _print_table(console, render_table(
+        [Column("region", key=True), Column("nodes ok", "right"),
+         Column("indexes changed", "right"), Column("moved", "right"),
+         Column("full copy", "right"), Column("saved", "right")], summary, console.width,
+        "index sync per region (delta where a basis exists)", problems))
     moved = sum(row.report.bytes_moved for row in rows)
     full = sum(row.report.full_bytes for row in rows)
-    console.print(f"total: {_mb(moved)} moved, a full copy would have moved {_mb(full)}")
+    console.print(f"total: {format_size(moved)} moved, a full copy would have moved "
+                  f"{format_size(full)}", highlight=False)
     return 0 if all(not row.report.error and not row.report.stale for row in rows) else 1
 
 
@@ -569,7 +593,8 @@ def cmd_lb_config(args: argparse.Namespace, console: Console) -> int:
 # -- parsers ------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
-    console = Console(stderr=args.format == "json" or getattr(args, "output", "") in (None, "-"))
+    console = OperatorConsole(stderr=args.format == "json"
+                              or getattr(args, "output", "") in (None, "-"))
     try:
         handler = {"plan": cmd_plan, "push": cmd_push, "status": cmd_status,
                    "sync": cmd_sync, "lb-config": cmd_lb_config}[args.command]

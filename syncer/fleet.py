@@ -12,6 +12,7 @@ import aiohttp
 
 from distro.errors import EdgedepotError
 from distro.wire import (
+    ClientsReport,
     DocumentError,
     PlanSpec,
     PlanStatus,
@@ -236,6 +237,49 @@ class FleetClient:
         if status != 200:
             return False, f"answered {status}: {str(doc)[:200]}"
         return True, doc
+
+
+    async def observe(self, node: str) -> NodeObservation:
+        """Everything the console shows of one node, in one round: `/healthz`, `/metrics`,
+        its plans and its per-client counters (admin calls: the node's token)."""
+        try:
+            status, health = await self._json("GET", f"{node}/healthz")
+            if status != 200 or not isinstance(health, dict):
+                raise Unreachable(f"/healthz answered {status}: {str(health)[:200]}")
+            _, text = await self._call("GET", f"{node}/metrics")
+        except Unreachable as exc:
+            return NodeObservation(node, False, str(exc))
+        plans = tuple(await self.plans(node))
+        clients: ClientsReport | None = None
+        clients_error = ""
+        try:
+            status, doc = await self._json("GET", f"{node}/admin/clients",
+                                           headers=self._admin_headers(node))
+            if status in (401, 403):
+                clients_error = f"denied: {denied_reason(status, doc)}"
+            elif status != 200:
+                clients_error = f"/admin/clients answered {status}"
+            else:
+                clients = ClientsReport.from_json(doc)
+        except (Unreachable, DocumentError) as exc:
+            clients_error = str(exc)
+        return NodeObservation(node, True, "", health,
+                               parse_metrics(text.decode(errors="replace")), plans, clients,
+                               clients_error)
+
+
+@dataclass(frozen=True)
+class NodeObservation:
+    """One node as the console saw it in one round (`reachable=False`: no /healthz answer)."""
+
+    node: str
+    reachable: bool
+    error: str = ""
+    health: dict[str, Any] | None = None
+    metrics: dict[tuple[str, str], float] | None = None
+    plans: tuple[NodePlanStatus, ...] = ()
+    clients: ClientsReport | None = None
+    clients_error: str = ""
 
 
 def denied_reason(status: int, doc: Any) -> str:

@@ -34,6 +34,19 @@ images = ["cirros-0.6"]
 [sites.site-001]
 region = "eu-west"
 profile = "compute"
+addresses = ["10.1.7.0/28"]   # optional: where its requests come from (see the console)
+```
+
+Console and onboarding (all optional; see `distro-sync console --help`):
+
+```toml
+console_url = "http://mgmt.example:8090"   # where bootstrapped sites report (the console)
+onboarding_token_file = "tokens/onboarding.token"  # sites send it when they report
+repository_key = "03B7 9093 ... 4AB6"     # the key fingerprint sites pin (default: the
+                                           # origin's, read from its /keys/ when generating)
+[regions.eu-west]
+site_url = "http://cache-eu.example:8080"  # what the region's sites use (default: the
+                                           # sibling tier's front, else the parent)
 ```
 
 A region has a `parent` (optional when it has siblings), `children` that pull from the parent,
@@ -126,6 +139,7 @@ class Region:
     node_token_files: tuple[tuple[str, Path], ...] = ()  # (node URL, file)
     siblings: tuple[Sibling, ...] = ()
     front: Front | None = None
+    site_url: str | None = None  # the address sites use, when it is not the default
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -138,6 +152,14 @@ class Region:
             return "parent"
         return "child" if node in self.children else "sibling"
 
+    @property
+    def front_door(self) -> str:
+        """The base URL this region's sites use: `site_url`, else the sibling tier's front,
+        else the parent."""
+        door = self.site_url or (self.front.url if self.front else None) or self.parent
+        assert door is not None  # a region has a parent or siblings behind a front
+        return door
+
 
 @dataclass(frozen=True)
 class AptProfile:
@@ -146,6 +168,7 @@ class AptProfile:
     packages: tuple[str, ...]
     recommends: bool
     arch: str
+    components: tuple[str, ...] = ("main",)
 
 
 @dataclass(frozen=True)
@@ -169,6 +192,8 @@ class Site:
     name: str
     region: str
     profile: str
+    # where the site's requests come from: the console attributes downloads by address
+    addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -181,6 +206,15 @@ class FleetTls:
 
 
 @dataclass(frozen=True)
+class Onboarding:
+    """What bootstrapped sites are told: where to report, with which token, which key to pin."""
+
+    console_url: str | None = None
+    token: str | None = field(default=None, repr=False)
+    repository_key: str | None = None  # fingerprint, 40 upper-case hex digits
+
+
+@dataclass(frozen=True)
 class Inventory:
     origin: str
     regions: dict[str, Region]
@@ -190,6 +224,7 @@ class Inventory:
     # node URL -> admin token, resolved for every node that has one (never printed)
     tokens: Mapping[str, str] = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = ()
+    onboarding: Onboarding = Onboarding()
 
     def admin_token(self, node: str) -> str | None:
         """The bearer token for `node`'s admin calls (None: send none)."""
@@ -336,7 +371,7 @@ def _region(name: str, table: Any, base_dir: Path) -> Region:
     if not isinstance(table, dict):
         raise InventoryError(f"{where}: expected a table")
     _check_keys(table, {"parent", "children", "bandwidth", "concurrency", "admin_token_file",
-                        "node_token_files", "siblings", "front", "lb"}, where)
+                        "node_token_files", "siblings", "front", "lb", "site_url"}, where)
     try:
         bandwidth = parse_size(table.get("bandwidth"), f"{where}.bandwidth")
     except ValueError as exc:
@@ -368,9 +403,10 @@ def _region(name: str, table: Any, base_dir: Path) -> Region:
         path = _path(value, f"{where}.node_token_files.{node!r}", base_dir)
         assert path is not None
         per_node.append((url, path))
+    site_url = _url(table["site_url"], f"{where}.site_url") if "site_url" in table else None
     return Region(name, parent, children, bandwidth, concurrency,
                   _path(table.get("admin_token_file"), f"{where}.admin_token_file", base_dir),
-                  tuple(per_node), siblings, front)
+                  tuple(per_node), siblings, front, site_url)
 
 
 def _tokens(tree: dict[str, Any], regions: dict[str, Region], base_dir: Path,
@@ -444,12 +480,17 @@ def _profile(name: str, table: Any) -> Profile:
         t = table["apt"]
         if not isinstance(t, dict):
             raise InventoryError(f"{where}.apt: expected a table")
-        _check_keys(t, {"repo", "suite", "packages", "recommends", "arch"}, f"{where}.apt")
+        _check_keys(t, {"repo", "suite", "packages", "recommends", "arch", "components"},
+                    f"{where}.apt")
         packages = _strings(t.get("packages"), f"{where}.apt.packages")
         if not packages:
             raise InventoryError(f"{where}.apt.packages: at least one package")
+        components = _strings(t.get("components", ["main"]), f"{where}.apt.components")
+        if not components or not all(_NAME.match(c) for c in components):
+            raise InventoryError(f"{where}.apt.components: a list of component names")
         apt = AptProfile(str(t.get("repo", "main")), str(t.get("suite", "stable")), packages,
-                         bool(t.get("recommends", True)), str(t.get("arch", "amd64")))
+                         bool(t.get("recommends", True)), str(t.get("arch", "amd64")),
+                         components)
     pip = None
     if "pip" in table:
         t = table["pip"]
@@ -474,7 +515,8 @@ def parse_inventory(tree: dict[str, Any], base_dir: Path | None = None,
     `EDGEDEPOT_ADMIN_TOKEN` is looked up (nowhere when None)."""
     base_dir = base_dir or Path.cwd()
     _check_keys(tree, {"origin", "regions", "profiles", "sites", "admin_token_file",
-                       "ca_file", "client_cert", "client_key"}, "inventory")
+                       "ca_file", "client_cert", "client_key", "console_url",
+                       "onboarding_token_file", "repository_key"}, "inventory")
     origin = _url(tree.get("origin"), "origin")
     regions: dict[str, Region] = {}
     for name, table in dict(tree.get("regions", {})).items():
@@ -489,17 +531,45 @@ def parse_inventory(tree: dict[str, Any], base_dir: Path | None = None,
         where = f"sites.{name}"
         if not isinstance(table, dict):
             raise InventoryError(f"{where}: expected a table")
-        _check_keys(table, {"region", "profile"}, where)
+        _check_keys(table, {"region", "profile", "addresses"}, where)
         region, profile = str(table.get("region", "")), str(table.get("profile", ""))
         if region not in regions:
             raise InventoryError(f"{where}: unknown region {region!r}{_suggest(region, sorted(regions))}")
         if profile not in profiles:
             raise InventoryError(
                 f"{where}: unknown profile {profile!r}{_suggest(profile, sorted(profiles))}")
-        sites[name] = Site(name, region, profile)
+        sites[name] = Site(name, region, profile,
+                           _networks(table.get("addresses"), f"{where}.addresses"))
     tokens, warnings = _tokens(tree, regions, base_dir, env or {})
     return Inventory(origin, regions, profiles, sites, _tls(tree, base_dir), tokens,
-                     tuple(warnings))
+                     tuple(warnings), _onboarding(tree, base_dir))
+
+
+def _networks(value: Any, where: str
+              ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for text in _strings(value, where):
+        try:
+            out.append(ipaddress.ip_network(text, strict=True))
+        except ValueError as exc:
+            raise InventoryError(f"{where}: {exc}") from None
+    return tuple(out)
+
+
+_FINGERPRINT = re.compile(r"^[0-9A-F]{40}$")
+
+
+def _onboarding(tree: dict[str, Any], base_dir: Path) -> Onboarding:
+    console = _url(tree["console_url"], "console_url") if "console_url" in tree else None
+    token_file = _path(tree.get("onboarding_token_file"), "onboarding_token_file", base_dir)
+    token = read_token_file(token_file, "onboarding_token_file") if token_file else None
+    key = tree.get("repository_key")
+    if key is not None:
+        key = re.sub(r"\s+", "", str(key)).upper()
+        if not _FINGERPRINT.match(key):
+            raise InventoryError("repository_key: a key fingerprint (40 hex digits, spaces "
+                                 "allowed)")
+    return Onboarding(console, token, key)
 
 
 def load_inventory(path: Path, env: Mapping[str, str] | None = None) -> Inventory:

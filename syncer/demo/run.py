@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distro.debian_repo import stop_gpg_agent
+from distro.sizes import format_size
 from syncer.cmd_fleet import push_plans, sync_indexes
 from syncer.demo.apt_site import AptRoot
 from syncer.demo.images import build_image_pair, fetch_image
@@ -91,7 +92,7 @@ def _pip_site(name: str, region: str, out: Path, node_url: str,
 
 
 def _mb(n: float) -> str:
-    return f"{n / 1e6:,.2f} MB"
+    return format_size(n)
 
 
 def _write_inventory(path: Path, origin: NodeProcess, nodes: dict[str, NodeProcess],
