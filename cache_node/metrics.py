@@ -60,6 +60,9 @@ class Metrics:
         self.delta_saved_bytes = LabelledCounter(
             "edgedepot_delta_saved_bytes_total", "Bytes a whole fetch would have moved, minus "
             "what the delta moved")
+        self.delta_computed = LabelledCounter(
+            "edgedepot_delta_computed_total", "Delta signatures and patches computed (namespace "
+            "delta-signature, delta-patch), on request or prepared ahead")
         self.errors = LabelledCounter("edgedepot_error_responses_total", "Answers with status >= 500")
         self.inflight = Gauge("edgedepot_inflight_fetches", "Upstream fetches in progress")
         self.store_bytes = Gauge("edgedepot_store_bytes", "Bytes of verified blobs in the store")
@@ -77,7 +80,8 @@ class Metrics:
     def counters(self) -> list[LabelledCounter]:
         return [self.requests, self.hits, self.misses, self.coalesced, self.upstream_requests,
                 self.upstream_bytes, self.served_bytes, self.stale_serves, self.verify_failures,
-                self.index_errors, self.delta_fetches, self.delta_saved_bytes, self.errors]
+                self.index_errors, self.delta_fetches, self.delta_saved_bytes,
+                self.delta_computed, self.errors]
 
     def gauges(self) -> list[Gauge]:
         return [self.inflight, self.store_bytes, self.store_blobs]
