@@ -127,6 +127,7 @@ class DeltaService:
         self._queue: asyncio.Queue[tuple[str, str]] | None = None
         self._preparer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
         self.computed_signatures = 0
         self.computed_patches = 0
 
@@ -199,6 +200,8 @@ class DeltaService:
     def prepare(self, target_sha256: str, basis_sha256: str) -> None:
         """Compute the target's signature and its patch from ``basis`` in the background
         (queued: one pair at a time, so preparing never takes more than one core)."""
+        if self._closed:
+            return
         if self._queue is None:
             self._queue = asyncio.Queue()
             self._preparer = asyncio.get_running_loop().create_task(self._prepare_loop(),
@@ -377,6 +380,7 @@ class DeltaService:
         return await run_once(self._flights, key, run)
 
     async def close(self) -> None:
+        self._closed = True
         tasks = [t for t in (self._preparer, *self._background) if t is not None]
         for task in tasks:
             task.cancel()

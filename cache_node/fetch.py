@@ -8,10 +8,15 @@ computed in the one pass that writes the partial file; large batches are written
 a worker thread (the digests in parallel threads) while the event loop receives the next one.
 
 The first miss for a key starts the fetch; every concurrent miss joins it (`SingleFlight`) and
-reads the partial file as it grows, by sendfile. The fetch belongs to the coordinator, not to
-any client: a client that disconnects does not cancel it. The last byte of every stream is held
-back until the whole download verified, so a client never receives a complete body of wrong
-bytes: on a failed verification its response is aborted instead.
+reads the partial file as it grows, by sendfile. The bytes normally come from the upstream URL;
+a fetch may instead be given a `Producer` that makes them some other way into the same partial
+file (an image rebuilt from a delta against an older image), publishing its progress the same
+way, so clients stream it alike; a producer can hand over to the upstream download at any
+offset (`FetchCoordinator.download` resumes with `Range` from what the partial holds).
+The fetch belongs to the coordinator, not to any client: a client that disconnects does not
+cancel it. The last byte of every stream is held back until the whole download verified, so a
+client never receives a complete body of wrong bytes: on a failed verification its response is
+aborted instead.
 
 A tier whose upstream is another edgedepot node verifies what that node vouches for instead of
 recomputing every digest: the upstream's `Repr-Digest` carries its sha-256 and, for images, the
@@ -79,6 +84,12 @@ class FetchPlan:
     confirm_sha256: Callable[[], Awaitable[str | None]] | None = None
 
 
+Producer = Callable[["Fetch", PartialWriter], Awaitable[tuple[str | None, dict[str, str]]]]
+"""Makes a fetch's bytes into its partial file, publishing progress (`Fetch.published`) and the
+head (size and sha256) as soon as it knows them; returns the sha256 the bytes must have (or
+None to take the upstream's) and the digests an upstream tier vouched for with it."""
+
+
 @dataclass(frozen=True)
 class FetchHead:
     size: int | None
@@ -112,6 +123,12 @@ class Fetch:
     def notify(self) -> None:
         self._progress.set()
         self._progress = asyncio.Event()
+
+    def published(self, size: int) -> None:
+        """``size`` bytes of the partial file are written (call on the event loop)."""
+        if size > self.written:
+            self.written = size
+            self.notify()
 
     async def wait_beyond(self, seen: int) -> None:
         while self.written <= seen and not self.done.done():
@@ -149,14 +166,22 @@ class FetchCoordinator:
     def running_keys(self) -> frozenset[str]:
         return self._flights.keys()
 
-    def start(self, plan: FetchPlan, client: HttpClient) -> Fetch:
-        """Join the download of `plan.key`, or start it."""
+    def start(self, plan: FetchPlan, client: HttpClient,
+              produce: Producer | None = None) -> Fetch:
+        """Join the fetch of `plan.key`, or start it: a download of `plan.url`, or what
+        `produce` makes (which may hand over to the download, see `download`)."""
         def make() -> Fetch:
             loop = asyncio.get_running_loop()
             partial = self.store.new_partial(tuple(algo for algo, _ in plan.expected_others))
+
+            async def job(f: Fetch) -> None:
+                if produce is None:
+                    await self._run(f, partial, lambda: self.download(f, partial, client))
+                else:
+                    await self._run(f, partial, lambda: produce(f, partial))
+
             fetch = Fetch(plan, partial.path, self.store.blob_path, loop.create_future(),
-                          loop.create_future(),
-                          lambda f: self._run(f, partial, client))
+                          loop.create_future(), job)
             # Nobody may be left with an unretrieved exception warning.
             fetch.head.add_done_callback(_consume)
             fetch.done.add_done_callback(_consume)
@@ -170,12 +195,14 @@ class FetchCoordinator:
     async def close(self) -> None:
         await self._flights.close()
 
-    async def _run(self, fetch: Fetch, partial: PartialWriter, client: HttpClient) -> None:
+    async def _run(self, fetch: Fetch, partial: PartialWriter,
+                   produce: Callable[[], Awaitable[tuple[str | None, dict[str, str]]]]
+                   ) -> None:
         plan = fetch.plan
         try:
             if plan.expected_size:
                 self.store.evict_to_quota(incoming=plan.expected_size)
-            expected_sha, vouched = await self._download(fetch, partial, client)
+            expected_sha, vouched = await produce()
             size = plan.expected_size if plan.expected_size is not None else fetch.size
             if expected_sha is None and vouched and plan.confirm_sha256 is not None:
                 expected_sha = await plan.confirm_sha256()
@@ -234,8 +261,8 @@ class FetchCoordinator:
             raise StoreFullError(28, f"store disk is full: {free} bytes free, "
                                      f"{size} needed")
 
-    def _accept_head(self, fetch: Fetch, resp: aiohttp.ClientResponse,
-                     total: int | None) -> tuple[str | None, dict[str, str], int | None]:
+    def _accept_head(self, fetch: Fetch, resp: aiohttp.ClientResponse, total: int | None,
+                     offset: int = 0) -> tuple[str | None, dict[str, str], int | None]:
         """Check the first response's length and digests against the plan; publish the head."""
         plan = fetch.plan
         upstream = parse_repr_digests(resp.headers.get("Repr-Digest"))
@@ -256,6 +283,8 @@ class FetchCoordinator:
                 if have is not None:
                     vouched[algo] = have
         length = resp.content_length
+        if length is not None and resp.status == 206:
+            length += offset
         if total is None:
             total = length
         elif length is not None and length != total:
@@ -266,9 +295,10 @@ class FetchCoordinator:
         fetch.head.set_result(FetchHead(total, expected_sha))
         return expected_sha, vouched, total
 
-    async def _download(self, fetch: Fetch, partial: PartialWriter,
-                        client: HttpClient) -> tuple[str | None, dict[str, str]]:
-        """Stream the upstream body into the partial; resume with Range after a break."""
+    async def download(self, fetch: Fetch, partial: PartialWriter,
+                       client: HttpClient) -> tuple[str | None, dict[str, str]]:
+        """Stream the upstream body into the partial; resume with Range after a break, and
+        from whatever the partial holds already (a producer handing over mid-way)."""
         plan = fetch.plan
         settings = client.settings
         expected_sha = plan.expected_sha256
@@ -292,7 +322,8 @@ class FetchCoordinator:
                     else:
                         raise UpstreamUnavailable(plan.url, f"answered {resp.status} {resp.reason}")
                     if not fetch.head.done():
-                        expected_sha, vouched, total = self._accept_head(fetch, resp, total)
+                        expected_sha, vouched, total = self._accept_head(fetch, resp, total,
+                                                                         partial.size)
                         if vouched:
                             partial.drop_digests(tuple(vouched))
                     async for chunk in resp.content.iter_chunked(READ_CHUNK):

@@ -60,6 +60,9 @@ class Metrics:
         self.delta_saved_bytes = LabelledCounter(
             "edgedepot_delta_saved_bytes_total", "Bytes a whole fetch would have moved, minus "
             "what the delta moved")
+        self.delta_resumed_bytes = LabelledCounter(
+            "edgedepot_delta_resumed_bytes_total", "Delta bytes an interrupted transfer had "
+            "fetched already and a resumed one did not fetch again")
         self.delta_computed = LabelledCounter(
             "edgedepot_delta_computed_total", "Delta signatures and patches computed (namespace "
             "delta-signature, delta-patch), on request or prepared ahead")
@@ -81,7 +84,7 @@ class Metrics:
         return [self.requests, self.hits, self.misses, self.coalesced, self.upstream_requests,
                 self.upstream_bytes, self.served_bytes, self.stale_serves, self.verify_failures,
                 self.index_errors, self.delta_fetches, self.delta_saved_bytes,
-                self.delta_computed, self.errors]
+                self.delta_resumed_bytes, self.delta_computed, self.errors]
 
     def gauges(self) -> list[Gauge]:
         return [self.inflight, self.store_bytes, self.store_blobs]

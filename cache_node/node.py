@@ -67,7 +67,7 @@ class Node:
         if self.config.role == "cache":
             await self._restore_cache_repos()
         self.glance = await make_glance_service(self.config, self.store, self.fetches,
-                                                self.metrics, self._exit)
+                                                self.metrics, self._exit, self.delta.prepare)
         self.plans = PlanRunner(self.store, self.resolve_artifact)
         self.plans.resume_all()
         self._housekeeping = asyncio.create_task(self._housekeep())

@@ -297,6 +297,11 @@ class DeltaClient:
         self._sent = 0
         self._requests = 0
 
+    @property
+    def received(self) -> int:
+        """Response bytes of the current (or last) call so far."""
+        return self._received
+
     async def __aenter__(self) -> DeltaClient:
         if self._own:
             await self.http.__aenter__()
