@@ -369,10 +369,9 @@ class RemoteAptRepo:
         assert self.delta_url is not None and self.work_dir is not None
         self.work_dir.mkdir(parents=True, exist_ok=True)
         out = self.work_dir / f"{sha256}.delta-out"
-        async with DeltaClient() as client:
+        async with DeltaClient(self.client) as client:  # the upstream's client (TLS, timeouts)
             result = await client.fetch(f"{self.delta_url}blobs/{sha256}", basis=basis, out=out,
                                         basis_sha256=basis_sha256)
-        self.metrics.upstream_requests.inc(self.namespace, result.requests)
         self.metrics.upstream_bytes.inc(self.namespace, result.bytes_received)
         self.metrics.delta_fetches.inc(self.namespace)
         self.metrics.delta_saved_bytes.inc(self.namespace,

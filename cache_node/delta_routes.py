@@ -2,7 +2,8 @@
 
     GET  /delta/v1/blobs/{sha256}                       the blob (Range), Repr-Digest
     GET  /delta/v1/blobs/{sha256}/signature[?block_size=N]
-    GET  /delta/v1/blobs/{target}/patch?basis={sha256}  (Range; 404 JSON if basis/target unknown)
+    GET  /delta/v1/blobs/{target}/patch?basis={sha256}[&wait=0]  (Range; 404 JSON if basis/target
+                                                        unknown; wait=0: 409 + offer if not ready)
     POST /delta/v1/blobs/{sha256}/ranges                zstd body, Edgedepot-Payload-Sha256
     POST /delta/v1/blobs/{sha256}/hashes?block_size=N   sub-block hashes of the ranges asked for
     GET  /delta/v1/blobs/{target}/offer?basis={sha256}  JSON: what is ready (patch, signature)
@@ -80,6 +81,13 @@ def add_delta_routes(app: web.Application, service_for_request: ServiceFor) -> N
             raise BadRequest("query parameter basis must be a sha256 hex digest",
                              code="bad_basis")
         service = service_for_request(request)
+        if request.query.get("wait") == "0":  # only a patch that is ready, else the offer
+            ready = service.ready_patch(target, basis)
+            if ready is None:
+                service.metrics.requests.inc(NAMESPACE)
+                return web.json_response(service.offer(target, basis).to_json(), status=409,
+                                         headers={"Cache-Control": "no-store"})
+            return await send(request, ready, PATCH_TYPE)
         return await send(request, await service.patch(target, basis), PATCH_TYPE)
 
     async def get_offer(request: web.Request) -> web.StreamResponse:

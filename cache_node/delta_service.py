@@ -187,6 +187,17 @@ class DeltaService:
             signature, ssize = "absent", None
         return Offer(target.size, patch, psize, eta, signature, ssize)
 
+    def ready_patch(self, target_sha256: str, basis_sha256: str) -> ServedFile | None:
+        """The stored patch for this pair, or None (also when the basis is unknown here: the
+        offer says so); 404 `unknown_blob` for an unknown target."""
+        self.blob(target_sha256)
+        if not self._has(basis_sha256):
+            return None
+        ref = self.store.lookup(PATCH_NAMESPACE, f"{target_sha256}/{basis_sha256}")
+        if ref is None:
+            return None
+        return ServedFile(self.store.blob_path(ref.digest), ref.size, ref.digest)
+
     def _has(self, sha256: str) -> bool:
         path = self.locate(sha256)
         return path is not None and path.exists()

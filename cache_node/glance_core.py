@@ -345,7 +345,8 @@ class GlanceService:
             fetches = self.fetches
             produce = self.delta.producer(
                 image, basis, lambda: backend.fetch_digest(caller, image.id),
-                lambda fetch, partial: fetches.download(fetch, partial, source.client))
+                lambda fetch, partial: fetches.download(fetch, partial, source.client),
+                source.client)
         fetch = self.fetches.start(plan, source.client, produce)
         if not running:
             how = f"by delta against image {basis.image.id}" if basis is not None else "whole"

@@ -45,7 +45,7 @@ from distro.digests import file_sha256
 from distro.errors import IntegrityError
 from distro.glance_images import GlanceImage, family_key
 from syncer.delta_client import DeltaClient, DeltaError, DeltaTransferError, WholeIsBetter
-from syncer.http_client import UpstreamUnavailable
+from syncer.http_client import HttpClient, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +182,11 @@ class ImageDeltaFetcher:
     def producer(self, image: GlanceImage, basis: Basis,
                  digest_of: Callable[[], Awaitable[ImageDigest | None]],
                  download: Callable[[Fetch, PartialWriter], Awaitable[
-                     tuple[str | None, dict[str, str]]]]) -> Producer:
-        """The producer of the fetch of ``image``: its delta against ``basis``, handing over
-        to ``download`` (the plain download, resuming where the partial stands) when the
-        delta cannot be had."""
+                     tuple[str | None, dict[str, str]]]], client: HttpClient) -> Producer:
+        """The producer of the fetch of ``image``: its delta against ``basis`` (over
+        ``client``, the upstream's: its connections are open already), handing over to
+        ``download`` (the plain download, resuming where the partial stands) when the delta
+        cannot be had."""
 
         async def produce(fetch: Fetch, partial: PartialWriter
                           ) -> tuple[str | None, dict[str, str]]:
@@ -198,7 +199,7 @@ class ImageDeltaFetcher:
             sink = _PublishingSink(partial, fetch, asyncio.get_running_loop())
             self.store.mark_busy(basis.ref.digest)
             try:
-                await self._rebuild(image, digest, basis, sink)
+                await self._rebuild(image, digest, basis, sink, client)
                 return digest.sha256, vouched
             except DeltaTransferError as exc:  # state kept: the next attempt resumes
                 raise UpstreamUnavailable(self.delta_url, f"image {image.id} delta: {exc}") \
@@ -237,13 +238,13 @@ class ImageDeltaFetcher:
         return digest
 
     async def _rebuild(self, image: GlanceImage, digest: ImageDigest, basis: Basis,
-                       sink: _PublishingSink) -> None:
+                       sink: _PublishingSink, http: HttpClient) -> None:
         started = time.monotonic()
         state = self.work_dir / f"{digest.sha256}.delta-out"
         url = f"{self.delta_url}blobs/{digest.sha256}"
         basis_path = self.store.blob_path(basis.ref.digest)
         for attempt in range(self.retries + 1):
-            client = DeltaClient()
+            client = DeltaClient(http)
             try:
                 async with client:
                     result = await client.fetch_into(url, basis_path, sink, state,
@@ -259,8 +260,7 @@ class ImageDeltaFetcher:
             except (DeltaError, IntegrityError, OSError):
                 _discard(state)  # nothing to resume: the next attempt starts afresh
                 raise
-        self.metrics.upstream_requests.inc(NAMESPACE, result.requests)
-        self.metrics.upstream_bytes.inc(NAMESPACE, result.bytes_received)
+        self.metrics.upstream_bytes.inc(NAMESPACE, result.bytes_received)  # (requests: by http)
         self.metrics.delta_fetches.inc(NAMESPACE)
         self.metrics.delta_saved_bytes.inc(NAMESPACE, max(0, digest.size - result.wire_bytes))
         self.metrics.delta_resumed_bytes.inc(NAMESPACE, result.resumed_bytes)

@@ -104,6 +104,14 @@ class WholeIsBetter(DeltaUnavailable):
     raises it: the caller fetches the blob its own way)."""
 
 
+class PatchNotReady(DeltaUnavailable):
+    """The node has no patch ready for this pair (yet): its offer says what it has."""
+
+    def __init__(self, offer: Offer | None) -> None:
+        super().__init__("the node has no patch ready")
+        self.offer = offer
+
+
 class RebuildMismatch(IntegrityError):
     """What was rebuilt from basis blocks did not verify (a false block match, a basis that
     changed); nothing of it was kept. ``auto`` then fetches the whole blob."""
@@ -387,51 +395,48 @@ class DeltaClient:
     async def _rebuild(self, blob: BlobUrl, basis: Path, basis_sha: str, sink: Sink,
                        files: _Files, path: DeltaPath, block_size: int | None,
                        started: float) -> DeltaResult:
-        choice: str = path
-        if path == "auto":
-            choice = await self._choose(blob, basis, basis_sha)
+        if path == "patch":
+            return await self._via_patch(blob, basis, basis_sha, sink, files, started)
+        if path == "blocks":
+            return await self._via_blocks(blob, basis, sink, files, block_size, started)
+        # auto: one request in the common case, the patch the node has ready; else its offer
+        offer: Offer | None = None
+        try:
+            return await self._via_patch(blob, basis, basis_sha, sink, files, started,
+                                         only_ready=True)
+        except PatchNotReady as exc:
+            offer = exc.offer
+        except DeltaUnavailable:
+            pass  # the node lacks the basis: the block path
+        if offer is not None:
+            ratio = await asyncio.to_thread(compressed_ratio, basis)
+            choice = choose_path(offer, basis.stat().st_size, ratio, self.patch_wait)
             if choice == "whole":
                 raise WholeIsBetter(f"a whole fetch of {blob.sha256[:12]} is expected to move "
                                     "fewer bytes than a delta")
-        if choice == "patch":
-            try:
+            if choice == "patch":
                 return await self._via_patch(blob, basis, basis_sha, sink, files, started)
-            except DeltaUnavailable:
-                if path == "patch":
-                    raise
         return await self._via_blocks(blob, basis, sink, files, block_size, started)
-
-    async def _choose(self, blob: BlobUrl, basis: Path, basis_sha: str) -> str:
-        offer = await self._offer(blob, basis_sha)
-        if offer is None:
-            return "patch"  # a node without offers: patch first, blocks on 404
-        if offer.patch == "ready" and offer.patch_size is not None \
-                and offer.patch_size <= offer.size // 8:
-            return "patch"  # whatever the data, the whole would not be smaller
-        ratio = await asyncio.to_thread(compressed_ratio, basis)
-        return choose_path(offer, basis.stat().st_size, ratio, self.patch_wait)
-
-    async def _offer(self, blob: BlobUrl, basis_sha: str) -> Offer | None:
-        async with self._request("GET", blob.offer, params={"basis": basis_sha}) as resp:
-            if resp.status != 200:
-                if resp.status == 404 and "unknown_blob" in (await resp.text())[:200]:
-                    raise DeltaUnavailable(f"node has no blob {blob.sha256}")
-                return None
-            body = await self._read_body(resp)
-        try:
-            return Offer.from_json(json.loads(body))
-        except ValueError:
-            return None
 
     # -- paths -----------------------------------------------------------------------------
     async def _via_patch(self, blob: BlobUrl, basis: Path, basis_sha: str, sink: Sink,
-                         files: _Files, started: float) -> DeltaResult:
-        """The patch, applied segment by segment while it downloads."""
+                         files: _Files, started: float, only_ready: bool = False
+                         ) -> DeltaResult:
+        """The patch, applied segment by segment while it downloads. ``only_ready``: if the
+        node has it ready; else `PatchNotReady` with the node's offer (a node without offers
+        computes it, as for a plain request)."""
         have = files.begin(blob.sha256, "patch", basis_sha)
         headers = {"Range": f"bytes={have}-"} if have else {}
         skip = sink.size
-        async with self._request("GET", blob.patch, params={"basis": basis_sha},
-                                 headers=headers) as resp:
+        params = {"basis": basis_sha, **({"wait": "0"} if only_ready else {})}
+        async with self._request("GET", blob.patch, params=params, headers=headers) as resp:
+            if resp.status == 409 and only_ready:
+                try:
+                    offer: Offer | None = Offer.from_json(
+                        json.loads(await self._read_body(resp)))
+                except ValueError:
+                    offer = None
+                raise PatchNotReady(offer)
             if resp.status == 404:
                 files.discard()
                 raise DeltaUnavailable(f"node has no patch from {basis_sha[:12]} to "

@@ -2,7 +2,7 @@
 
 The origin serves an image directory; a new version dropped into it is noticed and its patch
 against the previous version prepared before any cache asks. The cache reaches the origin
-through `HoldingProxy`, which can hold back the rest of a delta after its first bytes: the test
+through `HoldingProxy`, which can hold back the rest of a patch after its first bytes: the test
 then sees the client stream the image while the cache is still rebuilding it (the last byte
 held until verified), and a cache killed mid-delta resume after its restart.
 """
@@ -50,8 +50,9 @@ def next_version(data: bytes, seed: int) -> bytes:
 
 
 class HoldingProxy:
-    """A loopback TCP proxy in front of the origin. Connections opened while it is armed
-    forward `budget` response bytes, then wait until it is released."""
+    """A loopback HTTP/1.1 proxy in front of the origin (TCP, reading just enough of each
+    response to frame it). While it is armed, the body of a delta patch (by its content type)
+    is forwarded up to `budget` bytes, the rest once it is released."""
 
     def __init__(self, port: int) -> None:
         self.port_to = port
@@ -80,10 +81,9 @@ class HoldingProxy:
                 client, _ = self.sock.accept()
             except OSError:
                 return
-            budget = self.budget
-            threading.Thread(target=self._serve, args=(client, budget), daemon=True).start()
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
-    def _serve(self, client: socket.socket, budget: int | None) -> None:
+    def _serve(self, client: socket.socket) -> None:
         upstream = socket.create_connection(("127.0.0.1", self.port_to))
 
         def up() -> None:
@@ -94,13 +94,39 @@ class HoldingProxy:
                 pass
 
         threading.Thread(target=up, daemon=True).start()
-        sent = 0
+        buf = b""
         try:
-            while data := upstream.recv(4096):
-                if budget is not None and sent + len(data) > budget:
-                    self.released.wait()
-                client.sendall(data)
-                sent += len(data)
+            while True:
+                while b"\r\n\r\n" not in buf:  # a response head
+                    data = upstream.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                client.sendall(head + b"\r\n\r\n")
+                fields = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:]
+                              if b":" in line)
+                fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
+                if b"content-length" not in fields:  # not framed: pass the rest through
+                    client.sendall(buf)
+                    while data := upstream.recv(65536):
+                        client.sendall(data)
+                    return
+                left = int(fields[b"content-length"])
+                budget = self.budget if b"delta-patch" in fields.get(b"content-type", b"") \
+                    else None
+                sent = 0
+                while left:
+                    if not buf:
+                        buf = upstream.recv(4096)
+                        if not buf:
+                            return
+                    piece, buf = buf[:min(left, 4096)], buf[min(left, 4096):]
+                    if budget is not None and sent + len(piece) > budget:
+                        self.released.wait()
+                    client.sendall(piece)
+                    sent += len(piece)
+                    left -= len(piece)
         except OSError:
             pass
         finally:
