@@ -433,7 +433,7 @@ def verdicts(pair: Pair, rows: list[Row]) -> list[str]:
     zsync = by.get("zsync")
     out = []
     if patch and limit:
-        bound = 2.0 if pair.name == "packages" else 1.10
+        bound = 1.10
         out.append(f"known-basis wire {patch.wire / limit:.2f}x limit (target <= {bound}x): "
                    f"{'PASS' if patch.wire <= bound * limit else 'FAIL'}")
     if blocks and rsync:
