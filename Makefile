@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEB_TOOLS := dpkg-dev gnupg apt xz-utils zstd
+DEB_TOOLS := dpkg-dev gnupg apt xz-utils zstd haproxy
 # every peer the benchmarks compare against (benchmarks/*.py), plus what they drive it with
 BENCH_TOOLS := apt-cacher-ng nginx-light wrk rsync zsync curl zstd
 
@@ -32,8 +32,9 @@ benchtools: debtools
 	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
+# both benchmarks run, even when the first reports a failure; the exit code says if any did
 bench: venv benchtools
-	$(PY) -m benchmarks.cache_node
+	$(PY) -m benchmarks.cache_node; a=$$?; $(PY) -m benchmarks.siblings; b=$$?; exit $$((a | b))
 
 lint: venv
 	$(VENV)/bin/ruff check distro cache_node syncer tests benchmarks

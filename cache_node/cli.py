@@ -21,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from cache_node.admin_auth import startup_warning as admin_startup_warning
 from cache_node.config import SETTINGS, ConfigError, ConfigSources, NodeConfig
 from cache_node.http_app import build_app
 from cache_node.keys import check_signing_key, format_fingerprint, generate_signing_key
@@ -69,9 +70,6 @@ def _unwired(config: NodeConfig) -> list[str]:
     pending = [
         ("tls.listen", config.tls.enabled),
         ("upstream_tls.*", bool(config.upstream_tls.ca or config.upstream_tls.client_cert)),
-        ("admin token", config.admin.token is not None),
-        ("allow", bool(config.allow)),
-        ("access_log", config.access_log is not None),
     ]
     return [f"{name} is validated but not in effect yet" for name, on in pending if on]
 
@@ -121,7 +119,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"config error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
-    for warning in (*config.warnings, *_unwired(config)):
+    warnings = [*config.warnings, *_unwired(config)]
+    if (admin_warning := admin_startup_warning(config)) is not None:
+        warnings.append(admin_warning)
+    for warning in warnings:
         print(f"config warning: {warning}", file=sys.stderr)
     try:
         sock = _preflight(config)

@@ -10,13 +10,13 @@ a worker thread (the digests in parallel threads) while the event loop receives 
 The first miss for a key starts the fetch; every concurrent miss joins it (`SingleFlight`) and
 reads the partial file as it grows, by sendfile. The bytes normally come from the upstream URL;
 a fetch may instead be given a `Producer` that makes them some other way into the same partial
-file (an image rebuilt from a delta against an older image), publishing its progress the same
-way, so clients stream it alike; a producer can hand over to the upstream download at any
-offset (`FetchCoordinator.download` resumes with `Range` from what the partial holds).
-The fetch belongs to the coordinator, not to any client: a client that disconnects does not
-cancel it. The last byte of every stream is held back until the whole download verified, so a
-client never receives a complete body of wrong bytes: on a failed verification its response is
-aborted instead.
+file (an image rebuilt from a delta against an older image), publishing its head and progress
+the same way, so clients (and the node's other workers) follow it alike; a producer can hand
+over to the upstream download at any offset (`Lead.download` resumes with `Range` from what
+the partial holds). The fetch belongs to the coordinator, not to
+any client: a client that disconnects does not cancel it. The last byte of every stream is held
+back until the whole download verified, so a client never receives a complete body of wrong
+bytes: on a failed verification its response is aborted instead.
 
 A tier whose upstream is another edgedepot node verifies what that node vouches for instead of
 recomputing every digest: the upstream's `Repr-Digest` carries its sha-256 and, for images, the
@@ -28,9 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
+import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +43,7 @@ from typing import Any
 import aiohttp
 
 from cache_node.metrics import Metrics
+from cache_node.rate_limit import PLAN_LIMITER, TokenBucket
 from cache_node.single_flight import SingleFlight
 from cache_node.store import BlobRef, BlobStore, PartialWriter, StoreFullError
 from distro.digests import parse_repr_digests
@@ -58,6 +63,8 @@ INLINE_WRITE = 256 << 10  # smaller final batches are written on the loop: no th
 DISK_HEADROOM = 64 << 10
 STREAM_BATCH = 1 << 20    # bytes a follower lets accumulate before its next send
 STREAM_PATIENCE = 0.005   # seconds it waits for them at most
+FOLLOW_MIN_WAIT = 0.002   # a follower in another worker polls the partial file this often
+FOLLOW_MAX_WAIT = 0.05    # ... backing off to this while it does not grow
 
 
 
@@ -84,12 +91,6 @@ class FetchPlan:
     confirm_sha256: Callable[[], Awaitable[str | None]] | None = None
 
 
-Producer = Callable[["Fetch", PartialWriter], Awaitable[tuple[str | None, dict[str, str]]]]
-"""Makes a fetch's bytes into its partial file, publishing progress (`Fetch.published`) and the
-head (size and sha256) as soon as it knows them; returns the sha256 the bytes must have (or
-None to take the upstream's) and the digests an upstream tier vouched for with it."""
-
-
 @dataclass(frozen=True)
 class FetchHead:
     size: int | None
@@ -106,7 +107,7 @@ class FetchFailed(Exception):
 
 @dataclass(eq=False)
 class Fetch:
-    """One running download; what every client of the same key follows."""
+    """One running download (or production); what every client of the same key follows."""
 
     plan: FetchPlan
     partial_path: Path
@@ -115,6 +116,8 @@ class Fetch:
     done: asyncio.Future[BlobRef]
     _job: Callable[[Fetch], Awaitable[None]]
     written: int = 0
+    limiter: TokenBucket | None = None  # a plan's bandwidth cap; None once a client joins
+    produced: bool = False  # the bytes come from a `Producer`, not (only) the upstream URL
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -168,20 +171,21 @@ class FetchCoordinator:
 
     def start(self, plan: FetchPlan, client: HttpClient,
               produce: Producer | None = None) -> Fetch:
-        """Join the fetch of `plan.key`, or start it: a download of `plan.url`, or what
-        `produce` makes (which may hand over to the download, see `download`)."""
+        """Join the fetch of `plan.key`, or start it (here, or by following the worker
+        process of this node that is fetching it already): a download of `plan.url`, or what
+        `produce` makes (which may hand over to the download, see `Lead`)."""
+        return self.join(plan, client, produce)[0]
+
+    def join(self, plan: FetchPlan, client: HttpClient,
+             produce: Producer | None = None) -> tuple[Fetch, bool]:
+        """`start`, also telling whether this caller joined a running download (coalesced)."""
         def make() -> Fetch:
             loop = asyncio.get_running_loop()
-            partial = self.store.new_partial(tuple(algo for algo, _ in plan.expected_others))
-
-            async def job(f: Fetch) -> None:
-                if produce is None:
-                    await self._run(f, partial, lambda: self.download(f, partial, client))
-                else:
-                    await self._run(f, partial, lambda: produce(f, partial))
-
-            fetch = Fetch(plan, partial.path, self.store.blob_path, loop.create_future(),
-                          loop.create_future(), job)
+            name = hashlib.sha256(plan.key.encode()).hexdigest()[:40]
+            fetch = Fetch(plan, self.store.partial_dir / f"{name}.part", self.store.blob_path,
+                          loop.create_future(), loop.create_future(),
+                          lambda f: self._lead_or_follow(f, client, name, produce),
+                          limiter=PLAN_LIMITER.get(), produced=produce is not None)
             # Nobody may be left with an unretrieved exception warning.
             fetch.head.add_done_callback(_consume)
             fetch.done.add_done_callback(_consume)
@@ -190,65 +194,162 @@ class FetchCoordinator:
         fetch, started = self._flights.start(plan.key, make)
         if not started:
             self.metrics.coalesced.inc(plan.namespace)
-        return fetch
+            if PLAN_LIMITER.get() is None:
+                fetch.limiter = None  # a client needs it now: no pre-warm cap
+        return fetch, not started
 
     async def close(self) -> None:
         await self._flights.close()
 
-    async def _run(self, fetch: Fetch, partial: PartialWriter,
-                   produce: Callable[[], Awaitable[tuple[str | None, dict[str, str]]]]
-                   ) -> None:
+    # -- one download per key across the node's worker processes ---------------------------
+    async def _lead_or_follow(self, fetch: Fetch, client: HttpClient, name: str,
+                              produce: Producer | None) -> None:
+        """The process that holds the key's lock file downloads (or produces); the others
+        follow its partial file as it grows and take over (resuming) if it dies."""
+        lock = _KeyLock(self.store.lock_dir / f"{name}.lock")
+        try:
+            if lock.acquire():
+                await self._lead(fetch, client, lock, produce=produce)
+            else:
+                self.metrics.coalesced.inc(fetch.plan.namespace)
+                await self._follow(fetch, client, lock, produce)
+        except asyncio.CancelledError:
+            _fail(fetch, FetchFailed("node shutting down", 503))
+            raise
+        finally:
+            lock.release()
+            fetch.notify()
+
+    async def _lead(self, fetch: Fetch, client: HttpClient, lock: _KeyLock,
+                    following_since: float | None = None,
+                    produce: Producer | None = None) -> None:
+        """Download as the key's only writer. A follower taking over (`following_since`)
+        first checks whether the leader it followed failed: then it fails alike instead of
+        asking the upstream again at once (a new request later does retry)."""
+        plan = fetch.plan
+        stored = self._already_stored(plan)
+        if stored is not None:  # another worker finished it just now
+            fetch.partial_path.unlink(missing_ok=True)
+            lock.head_path.unlink(missing_ok=True)
+            _settle(fetch, stored)
+            return
+        failed = lock.failure_since(following_since) if following_since is not None else None
+        if failed is not None:
+            _fail(fetch, failed)
+            return
+        lock.clear_failure()
+        resume = lock.head_matches(plan) and fetch.partial_path.exists()
+        partial = await asyncio.to_thread(
+            PartialWriter, fetch.partial_path, tuple(algo for algo, _ in plan.expected_others),
+            resume=resume)
+        if resume and partial.size:
+            log.info("resuming %s at byte %d (left by an earlier worker)", plan.url,
+                     partial.size)
+        fetch.written = partial.size
+        await self._run(fetch, partial, client, lock, produce)
+
+    async def _follow(self, fetch: Fetch, client: HttpClient, lock: _KeyLock,
+                      produce: Producer | None = None) -> None:
+        """Follow another worker's download: its head, its partial file's growth, and its
+        end (the blob bound in the shared store, or its failure). If it dies, lead."""
+        fd: int | None = None
+        idle = FOLLOW_MIN_WAIT
+        since = time.time()
+        try:
+            while True:
+                if lock.acquire():  # the leader is gone: finished, failed or killed
+                    if fd is not None:
+                        os.close(fd)
+                        fd = None
+                    await self._lead(fetch, client, lock, following_since=since,
+                                     produce=produce)
+                    return
+                if not fetch.head.done():
+                    head = lock.read_head()
+                    if head is not None:
+                        fetch.head.set_result(head)
+                if fd is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        fd = os.open(fetch.partial_path, os.O_RDONLY)
+                size = os.fstat(fd).st_size if fd is not None else 0
+                if size > fetch.written:
+                    fetch.written = size
+                    fetch.notify()
+                    idle = FOLLOW_MIN_WAIT
+                else:
+                    idle = min(idle * 2, FOLLOW_MAX_WAIT)
+                await asyncio.sleep(idle)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _already_stored(self, plan: FetchPlan) -> BlobRef | None:
+        """The verified blob of this plan if some worker stored and bound it already."""
+        if plan.expected_sha256 is not None:  # names may still point at older versions
+            ref = self.store.get(plan.expected_sha256)
+            if ref is not None:
+                for namespace, name in plan.binds:
+                    self.store.bind(namespace, name, ref.digest)
+            return ref
+        if plan.binds:  # immutable names (pool paths, files, image ids) of unknown digest
+            digests = {self.store.bound_digest(ns, n) for ns, n in plan.binds}
+            if len(digests) == 1:
+                (digest,) = digests
+                if digest is not None:
+                    return self.store.get(digest)
+        return None
+
+    async def _run(self, fetch: Fetch, partial: PartialWriter, client: HttpClient,
+                   lock: _KeyLock, produce: Producer | None = None) -> None:
         plan = fetch.plan
         try:
             if plan.expected_size:
                 self.store.evict_to_quota(incoming=plan.expected_size)
-            expected_sha, vouched = await produce()
+            if produce is None:
+                expected_sha, vouched = await self._download(fetch, partial, client, lock)
+            else:
+                expected_sha, vouched = await produce(Lead(
+                    fetch, partial, lock, lambda: self._download(fetch, partial, client, lock)))
             size = plan.expected_size if plan.expected_size is not None else fetch.size
             if expected_sha is None and vouched and plan.confirm_sha256 is not None:
                 expected_sha = await plan.confirm_sha256()
                 if expected_sha is None:
-                    partial.discard()
                     raise _bad(plan, "the upstream did not confirm the sha256 of the bytes "
                                      "it vouched for")
 
             def verify_and_commit() -> BlobRef:  # waits for the hash lanes: not on the loop
-                try:
-                    _check_others(plan, partial, vouched)
-                except IntegrityError:
-                    partial.discard()
-                    raise
+                _check_others(plan, partial, vouched)
                 return self.store.commit_file(partial, expected_sha, size)
 
             ref = await asyncio.to_thread(verify_and_commit)
             self.store.register(ref)
             for namespace, name in plan.binds:
                 self.store.bind(namespace, name, ref.digest)
+            lock.head_path.unlink(missing_ok=True)
             fetch.done.set_result(ref)
+            return
         except asyncio.CancelledError:
             partial.discard()
+            lock.head_path.unlink(missing_ok=True)
             _fail(fetch, FetchFailed("node shutting down", 503))
             raise
         except IntegrityError as exc:
-            partial.discard()
             self.metrics.verify_failures.inc(plan.namespace)
             log.error("discarding %s: %s", plan.url, exc)
-            _fail(fetch, FetchFailed(f"upstream bytes failed verification: {exc}", 502))
+            failure = FetchFailed(f"upstream bytes failed verification: {exc}", 502)
         except StoreFullError as exc:
-            partial.discard()
             log.error("store full while fetching %s: %s", plan.url, exc)
-            _fail(fetch, FetchFailed(f"cache store is full: {exc}", 507))
+            failure = FetchFailed(f"cache store is full: {exc}", 507)
         except UpstreamError as exc:
-            partial.discard()
-            if isinstance(exc, IntegrityError):
-                self.metrics.verify_failures.inc(plan.namespace)
             log.warning("fetch failed: %s", exc)
-            _fail(fetch, FetchFailed(str(exc), exc.http_status))
+            failure = FetchFailed(str(exc), exc.http_status)
         except Exception as exc:
-            partial.discard()
             log.exception("unexpected error fetching %s", plan.url)
-            _fail(fetch, FetchFailed(f"internal error: {exc}", 500))
-        finally:
-            fetch.notify()
+            failure = FetchFailed(f"internal error: {exc}", 500)
+        partial.discard()
+        lock.head_path.unlink(missing_ok=True)
+        lock.record_failure(failure)
+        _fail(fetch, failure)
 
     def _ensure_room(self, size: int) -> None:
         """Refuse up front (507) a download the disk cannot hold, after trying eviction."""
@@ -261,8 +362,8 @@ class FetchCoordinator:
             raise StoreFullError(28, f"store disk is full: {free} bytes free, "
                                      f"{size} needed")
 
-    def _accept_head(self, fetch: Fetch, resp: aiohttp.ClientResponse, total: int | None,
-                     offset: int = 0) -> tuple[str | None, dict[str, str], int | None]:
+    def _accept_head(self, fetch: Fetch, resp: aiohttp.ClientResponse,
+                     total: int | None) -> tuple[str | None, dict[str, str], int | None]:
         """Check the first response's length and digests against the plan; publish the head."""
         plan = fetch.plan
         upstream = parse_repr_digests(resp.headers.get("Repr-Digest"))
@@ -283,8 +384,9 @@ class FetchCoordinator:
                 if have is not None:
                     vouched[algo] = have
         length = resp.content_length
-        if length is not None and resp.status == 206:
-            length += offset
+        if resp.status == 206:  # a resumed download: the total is after the slash
+            tail = resp.headers.get("Content-Range", "").rpartition("/")[2]
+            length = int(tail) if tail.isdigit() else None
         if total is None:
             total = length
         elif length is not None and length != total:
@@ -295,10 +397,9 @@ class FetchCoordinator:
         fetch.head.set_result(FetchHead(total, expected_sha))
         return expected_sha, vouched, total
 
-    async def download(self, fetch: Fetch, partial: PartialWriter,
-                       client: HttpClient) -> tuple[str | None, dict[str, str]]:
-        """Stream the upstream body into the partial; resume with Range after a break, and
-        from whatever the partial holds already (a producer handing over mid-way)."""
+    async def _download(self, fetch: Fetch, partial: PartialWriter, client: HttpClient,
+                        lock: _KeyLock) -> tuple[str | None, dict[str, str]]:
+        """Stream the upstream body into the partial; resume with Range after a break."""
         plan = fetch.plan
         settings = client.settings
         expected_sha = plan.expected_sha256
@@ -322,12 +423,18 @@ class FetchCoordinator:
                     else:
                         raise UpstreamUnavailable(plan.url, f"answered {resp.status} {resp.reason}")
                     if not fetch.head.done():
-                        expected_sha, vouched, total = self._accept_head(fetch, resp, total,
-                                                                         partial.size)
-                        if vouched:
+                        expected_sha, vouched, total = self._accept_head(fetch, resp, total)
+                        if vouched and not partial.size:
                             partial.drop_digests(tuple(vouched))
+                        else:
+                            vouched = {}  # resumed bytes were hashed with every digest
+                        lock.write_head(plan, fetch.head.result())
+                    elif expected_sha is None and fetch.head.result().sha256 is not None:
+                        expected_sha = fetch.head.result().sha256
                     async for chunk in resp.content.iter_chunked(READ_CHUNK):
                         client.count_bytes(len(chunk))
+                        if fetch.limiter is not None:
+                            await fetch.limiter.take(len(chunk))
                         if skip:
                             drop = min(skip, len(chunk))
                             chunk = chunk[drop:]
@@ -441,6 +548,123 @@ def _check_others(plan: FetchPlan, partial: PartialWriter, vouched: Mapping[str,
             raise IntegrityError(f"{algo} mismatch: expected {want}, got {have}")
 
 
+class _KeyLock:
+    """The lock file of one key in `<store>/locks/`: held by the worker process that
+    downloads the key; beside it the `.head` the followers need and a `.failed` note that
+    stops other workers from retrying a failure at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.head_path = path.with_suffix(".head")
+        self.failed_path = path.with_suffix(".failed")
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def write_head(self, plan: FetchPlan, head: FetchHead) -> None:
+        _write_json(self.head_path, {"url": plan.url, "size": head.size, "sha256": head.sha256})
+
+    def read_head(self) -> FetchHead | None:
+        doc = _read_json(self.head_path)
+        if doc is None:
+            return None
+        size, sha256 = doc.get("size"), doc.get("sha256")
+        return FetchHead(size if isinstance(size, int) else None,
+                         sha256 if isinstance(sha256, str) else None)
+
+    def head_matches(self, plan: FetchPlan) -> bool:
+        doc = _read_json(self.head_path)
+        return doc is not None and doc.get("url") == plan.url and (
+            plan.expected_sha256 is None or doc.get("sha256") == plan.expected_sha256)
+
+    def record_failure(self, failure: FetchFailed) -> None:
+        _write_json(self.failed_path, {"message": str(failure), "status": failure.http_status,
+                                       "at": time.time()})
+
+    def failure_since(self, since: float) -> FetchFailed | None:
+        """The failure the leader recorded while we followed it, if any."""
+        doc = _read_json(self.failed_path)
+        if doc is None or float(doc.get("at", 0)) < since:
+            return None
+        return FetchFailed(str(doc.get("message", "failed in another worker")),
+                           int(doc.get("status", 502)))
+
+    def clear_failure(self) -> None:
+        self.failed_path.unlink(missing_ok=True)
+
+
+class Lead:
+    """What a `Producer` works with as the key's only writer: the partial file (hashed as it
+    is written; it may hold bytes an earlier worker left, `partial.size`), the head to publish
+    (to this worker's clients and the node's other workers), and the plain download of the
+    plan's URL to hand over to (it resumes with `Range` from what the partial holds)."""
+
+    def __init__(self, fetch: Fetch, partial: PartialWriter, lock: _KeyLock,
+                 download: Callable[[], Awaitable[tuple[str | None, dict[str, str]]]]) -> None:
+        self.fetch = fetch
+        self.partial = partial
+        self._lock = lock
+        self._download = download
+
+    def set_head(self, head: FetchHead) -> None:
+        if not self.fetch.head.done():
+            self.fetch.head.set_result(head)
+            self._lock.write_head(self.fetch.plan, head)
+
+    def published(self) -> None:
+        """What the partial holds is written (call on the event loop)."""
+        self.fetch.published(self.partial.size)
+
+    async def download(self) -> tuple[str | None, dict[str, str]]:
+        self.published()
+        return await self._download()
+
+
+Producer = Callable[[Lead], Awaitable[tuple[str | None, dict[str, str]]]]
+"""Makes a fetch's bytes into `Lead.partial`, publishing the head (`Lead.set_head`) as soon as
+it knows it and its progress (`Fetch.published`); returns the sha256 the bytes must have (None:
+the upstream's) and the record digests an upstream tier vouched for with it."""
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _settle(fetch: Fetch, ref: BlobRef) -> None:
+    """A fetch another worker completed: the blob is the answer."""
+    if not fetch.head.done():
+        fetch.head.set_result(FetchHead(ref.size, ref.digest))
+    fetch.written = ref.size
+    fetch.partial_path = fetch.blob_path(ref.digest)
+    if not fetch.done.done():
+        fetch.done.set_result(ref)
+
+
 def _bad(plan: FetchPlan, problem: str) -> IntegrityError:
     return IntegrityError(f"upstream {plan.url}: {problem}")
 
@@ -472,9 +696,13 @@ async def stream_fetch(fetch: Fetch, write: Callable[[bytes], Awaitable[None]],
     """
     offset = start
     fd = _open_partial(fetch)
-    if fd is None:
-        ref = await fetch.done  # renamed into the store already (or raises FetchFailed)
-        fd = os.open(fetch.blob_path(ref.digest), os.O_RDONLY)
+    while fd is None:  # not created yet (the leader is starting), or renamed into the store
+        if fetch.done.done():
+            ref = fetch.done.result()  # raises FetchFailed
+            fd = os.open(fetch.blob_path(ref.digest), os.O_RDONLY)
+            break
+        await fetch.wait_beyond(fetch.written)
+        fd = _open_partial(fetch)
     try:
         while True:
             verified = fetch.verified

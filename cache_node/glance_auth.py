@@ -47,9 +47,11 @@ class UpstreamOffline(ServiceError):
 
 @dataclass(frozen=True)
 class Caller:
-    """The identity a request carries: the token it presented (if any)."""
+    """The identity a request carries: the token it presented (if any), and whether it also
+    presented this node's own admin token (`admin_auth`), which lets it manage the cache."""
 
     token: str | None
+    node_admin: bool = False
 
     @property
     def key(self) -> str:
@@ -221,7 +223,10 @@ class GlanceAuthorizer:
         return tuple(allowed.values())
 
     async def require_admin(self, caller: Caller) -> None:
-        """Raise 401/403 unless the upstream confirms `caller` is an admin."""
+        """Raise 401/403 unless `caller` is this node's admin or the upstream confirms it is a
+        Glance admin."""
+        if caller.node_admin:
+            return
         if not caller.token:
             raise Unauthorized("the cache-management API needs an admin token")
         key = ("admin", caller.key)

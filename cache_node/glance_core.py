@@ -258,7 +258,10 @@ class GlanceService:
             raise UpstreamOffline(f"upstream unreachable and image {image_id} is not cached")
         self.metrics.misses.inc(NAMESPACE)
         self.hits[image_id] += 1
-        return StreamAnswer(self._start(caller, image, source), IMAGE_TYPE, headers)
+        joined = self.fetches.running(_fetch_key(image.id))
+        fetch = self._start(caller, image, source)
+        return StreamAnswer(fetch, IMAGE_TYPE, headers, coalesced=joined,
+                            delta=fetch.produced)
 
     def _stored(self, image: GlanceImage, ref: BlobRef,
                 headers: tuple[tuple[str, str], ...]) -> BlobAnswer:
@@ -342,11 +345,8 @@ class GlanceService:
         produce = None
         basis = self._basis(image) if self.delta is not None and not running else None
         if self.delta is not None and basis is not None:
-            fetches = self.fetches
             produce = self.delta.producer(
-                image, basis, lambda: backend.fetch_digest(caller, image.id),
-                lambda fetch, partial: fetches.download(fetch, partial, source.client),
-                source.client)
+                image, basis, lambda: backend.fetch_digest(caller, image.id), source.client)
         fetch = self.fetches.start(plan, source.client, produce)
         if not running:
             how = f"by delta against image {basis.image.id}" if basis is not None else "whole"

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache_node.fetch import Fetch, FetchHead, Producer
+from cache_node.fetch import Fetch, FetchHead, Lead, Producer
 from cache_node.glance_backends import ImageDigest
 from cache_node.metrics import Metrics
 from cache_node.store import BlobRef, BlobStore, PartialWriter
@@ -161,9 +161,6 @@ class _PublishingSink:
         self.loop.call_soon_threadsafe(self.fetch.published, self.partial.size)
 
 
-Download = Callable[[], Awaitable[tuple[str | None, dict[str, str]]]]
-
-
 class ImageDeltaFetcher:
     """Makes an image's data from its upstream's `/delta/v1/` and a basis blob, as the
     producer of the node's one fetch of that image."""
@@ -181,22 +178,22 @@ class ImageDeltaFetcher:
 
     def producer(self, image: GlanceImage, basis: Basis,
                  digest_of: Callable[[], Awaitable[ImageDigest | None]],
-                 download: Callable[[Fetch, PartialWriter], Awaitable[
-                     tuple[str | None, dict[str, str]]]], client: HttpClient) -> Producer:
+                 client: HttpClient) -> Producer:
         """The producer of the fetch of ``image``: its delta against ``basis`` (over
-        ``client``, the upstream's: its connections are open already), handing over to
-        ``download`` (the plain download, resuming where the partial stands) when the delta
+        ``client``, the upstream's: its connections are open already), handing over to the
+        plain download (`Lead.download`, resuming where the partial stands) when the delta
         cannot be had."""
 
-        async def produce(fetch: Fetch, partial: PartialWriter
-                          ) -> tuple[str | None, dict[str, str]]:
+        async def produce(lead: Lead) -> tuple[str | None, dict[str, str]]:
+            partial = lead.partial
             digest = await self._digest(image, digest_of)
             if digest is None:
-                return await download(fetch, partial)
+                return await lead.download()
             vouched = vouched_digests(digest)
-            partial.drop_digests(tuple(vouched))
-            fetch.head.set_result(FetchHead(digest.size, digest.sha256))
-            sink = _PublishingSink(partial, fetch, asyncio.get_running_loop())
+            if not partial.size:  # (bytes an earlier worker left were hashed with all)
+                partial.drop_digests(tuple(vouched))
+            lead.set_head(FetchHead(digest.size, digest.sha256))
+            sink = _PublishingSink(partial, lead.fetch, asyncio.get_running_loop())
             self.store.mark_busy(basis.ref.digest)
             try:
                 await self._rebuild(image, digest, basis, sink, client)
@@ -213,8 +210,7 @@ class ImageDeltaFetcher:
                     await self._check_basis(basis)
             finally:
                 self.store.unmark_busy(basis.ref.digest)
-            fetch.published(partial.size)
-            await download(fetch, partial)
+            await lead.download()
             return digest.sha256, vouched
 
         return produce

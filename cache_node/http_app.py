@@ -6,13 +6,15 @@ import dataclasses
 import html
 import json
 import logging
-import time
 
 from aiohttp import web
 
+from cache_node.access_log import install_access_log
+from cache_node.admin_auth import install_access_control
 from cache_node.answers import Answer, BadRequest, NotFound, ServiceError, safe_relpath
 from cache_node.delta_routes import add_delta_routes
 from cache_node.glance_routes import add_glance_routes
+from cache_node.health import add_health_routes, summary_html
 from cache_node.key_routes import add_key_routes
 from cache_node.node import Node
 from cache_node.plans import PlanRunner
@@ -58,15 +60,6 @@ def _relpath_dir(request: web.Request) -> str:
     return (safe_relpath(stripped, raw_tail) if stripped else "") + "/"
 
 
-async def healthz(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
-    stats = node.store.stats()
-    body = {"status": "ok", "role": node.config.role, "blobs": stats.blob_count,
-            "store_bytes": stats.total_bytes, "inflight": node.fetches.inflight_count,
-            "uptime_seconds": round(time.time() - node.started_at, 1)}
-    return web.json_response(body)
-
-
 async def metrics(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     return web.Response(text=node.metrics.render(),
@@ -77,7 +70,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def served_paths(request: web.Request) -> web.Response:
     """Per-path request counts (what tests and operators use to prove 'fetched once')."""
     node = request.app[NODE_KEY]
-    return web.json_response(dict(node.metrics.served_paths))
+    return web.json_response(dict(node.metrics.node_served_paths()))
 
 
 def _plans(request: web.Request) -> PlanRunner:
@@ -148,7 +141,7 @@ async def status_page(request: web.Request) -> web.Response:
     rows = "".join(
         f"<tr><td>{html.escape(c.help)}</td>"
         + "".join(f"<td>{html.escape(ns)}: {v:,}</td>" for ns, v in sorted(c.values.items()))
-        + "</tr>" for c in m.counters() if c.values)
+        + "</tr>" for c in m.node_counters() if c.values)
     repos = "".join(
         f"<tr><td>{r.kind}</td><td>{html.escape(r.name)}</td><td>{html.escape(r.source)}</td>"
         f"<td>{html.escape(', '.join(r.suites))}</td></tr>" for r in node.summaries())
@@ -168,8 +161,8 @@ async def status_page(request: web.Request) -> web.Response:
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 10px;text-align:left}}
 table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
 <h1>edgedepot {html.escape(node.config.role)} node</h1>
-<p>upstream: {html.escape(node.config.upstream or "none (origin)")} &middot;
-store: {stats.blob_count:,} blobs, {stats.total_bytes:,} bytes (quota {quota}) &middot;
+{await summary_html(request.app, node)}
+<p>store: {stats.blob_count:,} blobs, {stats.total_bytes:,} bytes (quota {quota}) &middot;
 in-flight fetches: {node.fetches.inflight_count}</p>
 <h2>Repositories</h2><table><tr><th>kind</th><th>name</th><th>source</th><th>suites</th></tr>
 {repos}</table>
@@ -195,8 +188,10 @@ def _server_error(request: web.Request, status: int, message: str) -> None:
 def build_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[error_middleware(_count_path, _server_error)])
     app[NODE_KEY] = node
+    install_access_control(app, node.config)  # allow-list, admin token (admin_auth.py)
+    install_access_log(app, node.config)  # outermost: refusals are logged too
+    add_health_routes(app, node)
     app.router.add_get("/", status_page)
-    app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/served", served_paths)
     app.router.add_get("/admin/plans", list_plans)

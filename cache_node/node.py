@@ -32,9 +32,15 @@ from syncer.http_client import HttpClient
 
 log = logging.getLogger(__name__)
 
+PUBLISH_EVERY = 0.3  # seconds between a worker's metric publications
+
 class Node:
-    def __init__(self, config: NodeConfig) -> None:
+    """One process's node. With `--workers N` the node is N of these over one store:
+    `worker` is this one's index (None: the only process)."""
+
+    def __init__(self, config: NodeConfig, worker: int | None = None) -> None:
         self.config = config
+        self.worker = worker
         self.metrics = Metrics()
         self.store = BlobStore(config.store_dir / "store", config.quota_bytes)
         self.fetches = FetchCoordinator(self.store, self.metrics)
@@ -60,26 +66,39 @@ class Node:
         self.config.store_dir.mkdir(parents=True, exist_ok=True)
         self.store.open()
         self.metrics.add_refresher(self._refresh_gauges)
+        if self.worker is not None:
+            self.metrics.share(self.config.store_dir / "metrics", self.worker)
         for repo in self.config.apt:
             self.repos[("apt", repo.name)] = await self._make_apt(repo)
         for repo in self.config.pypi:
             self.repos[("pypi", repo.name)] = await self._make_pypi(repo)
         if self.config.role == "cache":
             await self._restore_cache_repos()
+        # One worker prepares patches ahead (the others would only compute them again).
+        prepare = self.delta.prepare if self.worker in (None, 0) else None
         self.glance = await make_glance_service(self.config, self.store, self.fetches,
-                                                self.metrics, self._exit, self.delta.prepare)
+                                                self.metrics, self._exit, prepare)
         self.plans = PlanRunner(self.store, self.resolve_artifact)
         self.plans.resume_all()
         self._housekeeping = asyncio.create_task(self._housekeep())
 
     async def _housekeep(self) -> None:
+        """Batched LRU times to SQLite; with workers, this worker's counters for the others
+        (counters often, the per-path counts now and then)."""
+        ticks = 0
         while True:
-            await asyncio.sleep(10)
-            self.store.flush_access()
+            await asyncio.sleep(PUBLISH_EVERY if self.worker is not None else 10)
+            ticks += 1
+            if self.worker is not None:
+                self.metrics.publish(paths=ticks % 10 == 0)
+            if self.worker is None or ticks % 30 == 0:
+                self.store.flush_access()
 
     async def stop(self) -> None:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        if self.worker is not None:
+            self.metrics.publish(paths=True)
         if self.plans is not None:
             await self.plans.close()
         await self.fetches.close()

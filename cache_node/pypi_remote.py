@@ -224,7 +224,8 @@ class RemotePypiIndex(PypiPaths):
                          url=url, namespace=self.namespace, expected_sha256=sha256,
                          expected_size=size, binds=((self._ns_file, name),))
         self.metrics.misses.inc(self.namespace)
-        return StreamAnswer(self.fetches.start(plan, self.client), content_type_for(filename))
+        fetch, joined = self.fetches.join(plan, self.client)
+        return StreamAnswer(fetch, content_type_for(filename), coalesced=joined)
 
 
 __all__ = ["RemotePypiIndex", "BytesAnswer"]

@@ -30,6 +30,7 @@ from cache_node.answers import (
 from cache_node.fetch import FetchFailed, stream_fetch
 from cache_node.hot_blobs import HotBlobs
 from cache_node.metrics import Metrics
+from cache_node.request_note import CacheStatus, note_of
 from distro.digests import format_repr_digests
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,9 @@ async def send_answer(request: web.Request, answer: Answer, namespace: str, metr
     metrics.requests.inc(namespace)
     if isinstance(answer, RedirectAnswer):
         raise web.HTTPMovedPermanently(answer.location)
+    note = note_of(request)
+    note.cache = cache_status(answer)
+    note.sent = 0
     if isinstance(answer, StreamAnswer):
         try:
             head = await answer.fetch.head
@@ -164,6 +168,7 @@ async def send_answer(request: web.Request, answer: Answer, namespace: str, metr
                 headers["Content-Range"] = f"bytes {span.start}-{span.end - 1}/{size}"
             if not head_only:
                 metrics.served_bytes.inc(namespace, len(body))
+                note.sent = len(body)
             return web.Response(status=206 if span else 200, body=None if head_only else body,
                                 headers=headers)
 
@@ -198,9 +203,23 @@ async def send_answer(request: web.Request, answer: Answer, namespace: str, metr
         raise
     finally:
         metrics.served_bytes.inc(namespace, sender.sent)
+        note.sent = sender.sent
         sender.close()
     await response.write_eof()
     return response
+
+
+def cache_status(answer: Answer) -> CacheStatus:
+    """How the node came by an answer's bytes, as the access log reports it."""
+    if isinstance(answer, StreamAnswer):
+        return "coalesced" if answer.coalesced else "delta" if answer.delta else "miss"
+    if isinstance(answer, RedirectAnswer):
+        return "-"
+    if answer.stale:
+        return "stale"
+    if isinstance(answer, BlobAnswer) and answer.delta:
+        return "delta"
+    return "hit"
 
 
 def _if_range_ok(request: web.Request, etag: str | None) -> bool:

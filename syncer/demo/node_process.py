@@ -23,9 +23,12 @@ class NodeProcess:
     """A `cache-node serve` subprocess on 127.0.0.1 with a free port; stopped by PID."""
 
     def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
-                 *, listen: str = "127.0.0.1:0", prefix: Sequence[str] = ()):
+                 *, listen: str = "127.0.0.1:0", prefix: Sequence[str] = (),
+                 admin_token: str | None = None):
         """`prefix` runs the node through another program that execs it (`ip netns exec NS`),
-        so the PID stays the node's own."""
+        so the PID stays the node's own. `admin_token` (default: the one `env` gives the node)
+        goes with the admin calls of `served()` and `admin()`."""
+        self.admin_token = admin_token or (env or {}).get("EDGEDEPOT_ADMIN_TOKEN")
         self.args = list(args)
         self.log_path = log_path
         self.env = env
@@ -77,8 +80,13 @@ class NodeProcess:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read(), dict(exc.headers)
 
+    def admin(self, path: str) -> tuple[int, bytes, dict[str, str]]:
+        """GET an admin path with the node's admin token (when it has one)."""
+        token = {"Authorization": f"Bearer {self.admin_token}"} if self.admin_token else {}
+        return self.get(path, token)
+
     def served(self) -> dict[str, int]:
-        return dict(json.loads(self.get("/admin/served")[1]))
+        return dict(json.loads(self.admin("/admin/served")[1]))
 
     def metrics(self) -> dict[tuple[str, str], float]:
         return parse_metrics(self.get("/metrics")[1].decode())
