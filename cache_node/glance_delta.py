@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "glance"
 HASH_CHUNK = 4 << 20
+FIRST_PUBLISH = 128 << 10  # below the store's threshold for hashing in lane threads
+PUBLISH_STEP = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -157,8 +159,15 @@ class _PublishingSink:
         return self.partial.size
 
     def write(self, data: bytes | memoryview) -> None:  # from the rebuild's worker thread
-        self.partial.write_chunks((data,))
-        self.loop.call_soon_threadsafe(self.fetch.published, self.partial.size)
+        view = memoryview(data)
+        # The first piece small (hashed inline, told at once), then in steps that keep the
+        # followers moving while a large segment is written.
+        step = FIRST_PUBLISH if self.partial.size == 0 else PUBLISH_STEP
+        while view:
+            self.partial.write_chunks((view[:step],))
+            view = view[step:]
+            step = PUBLISH_STEP
+            self.loop.call_soon_threadsafe(self.fetch.published, self.partial.size)
 
 
 class ImageDeltaFetcher:

@@ -2,7 +2,7 @@
 
 zstd with the basis as a *prefix* (what ``zstd --patch-from`` does), long-distance matching on,
 and a window covering prefix and target, reaches the physical limit of a delta. Holding a 1 GiB
-pair in memory is not an option, so the target is cut into segments (1, 2, 4, 8 MiB, then
+pair in memory is not an option, so the target is cut into segments (256 KiB, doubling up to
 ``SEGMENT`` bytes each: a client serves the first bytes after a small first frame) and each
 is compressed against its own prefix: the basis regions where the segment's blocks were found by
 the block matcher (plus padding), and the same region of the basis (the "diagonal"), within a
@@ -46,8 +46,8 @@ _LEN = struct.Struct("<Q")
 
 SINGLE_LIMIT = 96 << 20  # basis + target up to this: one segment against the whole basis
 SEGMENT = 16 << 20
-FIRST_SEGMENT = 1 << 20  # segments ramp up 1, 2, 4, 8, 16 MiB: the first bytes of a target
-                         # are rebuilt (and can be served) after a small first frame
+FIRST_SEGMENT = 256 << 10  # segments ramp up 256 KiB, 512 KiB, 1, 2, ... 16 MiB: the first
+                           # bytes of a target are rebuilt (and served) after a small frame
 PREFIX_BUDGET = 48 << 20
 PAD = 64 << 10  # around each basis region a segment's blocks came from
 DIAGONAL = 1 << 20
