@@ -79,15 +79,21 @@ class AccessLog:
 
     def reopen(self) -> None:
         """Close and open the target again (log rotation); standard output stays as it is."""
-        if self.target == "-":
-            return
         old, self._file = self._file, None
-        if old is not None:
+        if old is not None and old is not sys.stdout:
             old.close()
         try:
             self.open()
         except OSError as exc:
             log.error("access log %s: cannot reopen: %s", self.target, exc)
+
+    def reconfigure(self, old: NodeConfig, new: NodeConfig) -> None:
+        """A reload listener: reopen (logrotate moved the file), at the path and in the format
+        the reloaded configuration gives (`plan_reload` keeps the log on or off)."""
+        if new.access_log is not None:
+            self.target = new.access_log
+        self.format = new.access_log_format
+        self.reopen()
 
     def close(self) -> None:
         if self._file is not None and self._file is not sys.stdout:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cache_node.answers import Answer, BlobAnswer, NotFound, content_type_for
-from cache_node.config import RepoSource
+from cache_node.config import NodeConfig, RepoSource
 from cache_node.interprocess import FileLock
 from cache_node.repository import RepoKind, RepoSummary
 from cache_node.startup import StartupError
@@ -169,6 +169,10 @@ class LocalAptRepo:
     def summary(self) -> RepoSummary:
         suites = () if self.is_mirror_tree else (self.source.suite,)
         return RepoSummary("apt", self.name, self.source.source, suites)
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Served from a directory read at start: a reload changes nothing here (another
+        directory needs a restart, which `plan_reload` reports)."""
 
     async def refresh(self) -> list[RefreshReport]:
         return []

@@ -33,6 +33,7 @@ from cache_node.answers import (
     StreamAnswer,
     content_type_for,
 )
+from cache_node.config import NodeConfig, delta_client_settings
 from cache_node.fetch import FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.metrics import Metrics
 from cache_node.repository import RepoKind, RepoSummary
@@ -50,7 +51,13 @@ from distro.debian_repo import (
 from distro.errors import IntegrityError
 from distro.wire import RefreshReport
 from syncer.delta_client import DeltaClient, DeltaError
-from syncer.http_client import HttpClient, UpstreamError, UpstreamNotFound, UpstreamUnavailable
+from syncer.http_client import (
+    ClientSettings,
+    HttpClient,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +88,9 @@ class SuiteSnapshot:
     previous_by_sha256: dict[str, int] = field(default_factory=dict)
 
     rel_by_sha256: dict[str, str] = field(default_factory=dict)
+    # Made due on purpose (a forced refresh, a moved upstream): what other workers did
+    # before does not count, this worker asks the upstream itself.
+    forced: bool = False
 
     def __post_init__(self) -> None:
         self.by_sha256 = {e.sha256: e.size for e in self.index.files.values()}
@@ -96,9 +106,11 @@ class RemoteAptRepo:
 
     def __init__(self, name: str, base_url: str, store: BlobStore, fetches: FetchCoordinator,
                  client: HttpClient, metrics: Metrics, index_ttl: float,
-                 delta_url: str | None = None, work_dir: Path | None = None) -> None:
+                 delta_url: str | None = None, work_dir: Path | None = None,
+                 delta_settings: ClientSettings | None = None) -> None:
         self.name = name
         self.delta_url = delta_url  # the upstream node's /delta/v1/ (None: not an edgedepot node)
+        self.delta_settings = delta_settings  # the node's trust and client certificate
         self.work_dir = work_dir
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.store = store
@@ -171,7 +183,7 @@ class RemoteAptRepo:
         if doc is None:
             return
         snap = self._snapshots.get(suite)
-        adopt_times = snap is not None and snap.validated_at != float("-inf")  # not forced
+        adopt_times = snap is not None and not snap.forced
         if snap is None or doc.get("identity") != snap.identity:
             loaded = self._load_suite(suite)
             if loaded is None or loaded.identity != doc.get("identity"):
@@ -202,6 +214,26 @@ class RemoteAptRepo:
     def locate(self, sha256: str) -> Path | None:
         return None  # what it mirrors lives in the store
 
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Follow the upstream to a new URL: pool files and index files stay in the store and
+        are served from there; each suite revalidates against the new upstream on its next
+        request (unconditionally: the new server's Last-Modified says nothing of ours)."""
+        self.index_ttl = config.index_ttl
+        self.delta_url = config.delta_url
+        self.delta_settings = delta_client_settings(config)
+        source = config.repo_source("apt", self.name)
+        if source is None or not source.is_url:
+            return
+        base_url = source.source if source.source.endswith("/") else source.source + "/"
+        if base_url == self.base_url:
+            return
+        log.info("%s: upstream moves from %s to %s", self.namespace, self.base_url, base_url)
+        self.base_url = base_url
+        for snap in self._snapshots.values():
+            snap.last_modified = None
+            mark_due(snap)
+            snap.forced = True
+
     @staticmethod
     def persisted_names(store: BlobStore) -> list[str]:
         """Names of the apt repositories whose snapshots a restarted cache kept."""
@@ -214,6 +246,7 @@ class RemoteAptRepo:
         for suite, snap in sorted(self._snapshots.items()):
             before = self.metrics.upstream_bytes.get(self.namespace)
             mark_due(snap)
+            snap.forced = True
             error = ""
             try:
                 new, stale = await self.current(suite)
@@ -288,17 +321,17 @@ class RemoteAptRepo:
         """One revalidation per suite for the whole node: the worker holding the suite's lock
         asks the upstream; a worker that had to wait for it takes its result instead."""
         lock = self.store.lock(f"apt-{self.name}-{suite}")
-        was_free = await lock.acquire()
+        await lock.acquire()
         try:
-            if not was_free:
-                self._follow_shared(suite)
-                done = self._snapshots.get(suite)
-                if done is not None and freshness(done, self.index_ttl) != "due":
-                    if freshness(done, self.index_ttl) == "backing-off":
-                        raise UpstreamUnavailable(self.base_url, "another worker of this node "
-                                                  "could not revalidate just now")
-                    return done
-            return await self._revalidate(suite, self._snapshots.get(suite))
+            # Another worker may have revalidated since this one decided it was due.
+            self._follow_shared(suite)
+            done = self._snapshots.get(suite)
+            if done is not None and freshness(done, self.index_ttl) != "due":
+                if freshness(done, self.index_ttl) == "backing-off":
+                    raise UpstreamUnavailable(self.base_url, "another worker of this node "
+                                              "could not revalidate just now")
+                return done
+            return await self._revalidate(suite, done)
         finally:
             lock.release()
 
@@ -311,6 +344,8 @@ class RemoteAptRepo:
         return reply.status, reply.body, reply.headers.get("Last-Modified")
 
     async def _revalidate(self, suite: str, old: SuiteSnapshot | None) -> SuiteSnapshot:
+        if old is not None:
+            old.forced = False
         base = f"{self.base_url}dists/{suite}/"
         cond: dict[str, str] = {}
         if old is not None and old.last_modified:
@@ -449,9 +484,10 @@ class RemoteAptRepo:
         assert self.delta_url is not None and self.work_dir is not None
         self.work_dir.mkdir(parents=True, exist_ok=True)
         out = self.work_dir / f"{sha256}.delta-out"
-        async with DeltaClient(self.client) as client:  # the upstream's client (TLS, timeouts)
+        async with DeltaClient(settings=self.delta_settings) as client:
             result = await client.fetch(f"{self.delta_url}blobs/{sha256}", basis=basis, out=out,
                                         basis_sha256=basis_sha256)
+        self.metrics.upstream_requests.inc(self.namespace, result.requests)
         self.metrics.upstream_bytes.inc(self.namespace, result.bytes_received)
         self.metrics.delta_fetches.inc(self.namespace)
         self.metrics.delta_saved_bytes.inc(self.namespace,

@@ -125,6 +125,9 @@ class _TTLCache:
         self._data.move_to_end(key)
         return entry
 
+    def clear(self) -> None:
+        self._data.clear()
+
     def put(self, key: tuple[str, ...], value: object) -> None:
         self._data[key] = _Entry(value, self.clock())
         self._data.move_to_end(key)
@@ -145,6 +148,16 @@ class GlanceAuthorizer:
         self.source = source
         self.offline_policy = offline_policy
         self._cache = _TTLCache(ttl, clock)
+
+    def reconfigure(self, ttl: float, offline_policy: str) -> None:
+        """A reload: answers already cached now expire after the new TTL."""
+        if offline_policy not in OFFLINE_POLICIES:
+            raise ValueError(f"unknown offline policy {offline_policy!r}")
+        self._cache.ttl, self.offline_policy = ttl, offline_policy
+
+    def forget(self) -> None:
+        """Drop every cached answer (the upstream that gave them is no longer asked)."""
+        self._cache.clear()
 
     async def image(self, caller: Caller, image_id: str,
                     cached_record: GlanceImage | None) -> ImageDecision:

@@ -45,7 +45,7 @@ from distro.digests import file_sha256
 from distro.errors import IntegrityError
 from distro.glance_images import GlanceImage, family_key
 from syncer.delta_client import DeltaClient, DeltaError, DeltaTransferError, WholeIsBetter
-from syncer.http_client import HttpClient, UpstreamUnavailable
+from syncer.http_client import ClientSettings, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -175,23 +175,27 @@ class ImageDeltaFetcher:
     producer of the node's one fetch of that image."""
 
     def __init__(self, store: BlobStore, metrics: Metrics, delta_url: str,
-                 work_dir: Path, retries: int = 3, backoff: float = 1.0) -> None:
+                 work_dir: Path, settings: ClientSettings | None = None, retries: int = 3,
+                 backoff: float = 1.0) -> None:
         self.store = store
         self.metrics = metrics
         self.delta_url = delta_url.rstrip("/") + "/"
+        self.settings = settings  # the node's trust, client certificate, a patch-long timeout
         self.work_dir = work_dir
         self.retries = retries
         self.backoff = backoff
         work_dir.mkdir(parents=True, exist_ok=True)
         cleanup_stale_work(work_dir)
 
+    def reconfigure(self, delta_url: str, settings: ClientSettings) -> None:
+        """A reload: the next attempts go to this upstream with these settings."""
+        self.delta_url, self.settings = delta_url.rstrip("/") + "/", settings
+
     def producer(self, image: GlanceImage, basis: Basis,
-                 digest_of: Callable[[], Awaitable[ImageDigest | None]],
-                 client: HttpClient) -> Producer:
-        """The producer of the fetch of ``image``: its delta against ``basis`` (over
-        ``client``, the upstream's: its connections are open already), handing over to the
-        plain download (`Lead.download`, resuming where the partial stands) when the delta
-        cannot be had."""
+                 digest_of: Callable[[], Awaitable[ImageDigest | None]]) -> Producer:
+        """The producer of the fetch of ``image``: its delta against ``basis``, handing over
+        to the plain download (`Lead.download`, resuming where the partial stands) when the
+        delta cannot be had."""
 
         async def produce(lead: Lead) -> tuple[str | None, dict[str, str]]:
             partial = lead.partial
@@ -205,7 +209,7 @@ class ImageDeltaFetcher:
             sink = _PublishingSink(partial, lead.fetch, asyncio.get_running_loop())
             self.store.mark_busy(basis.ref.digest)
             try:
-                await self._rebuild(image, digest, basis, sink, client)
+                await self._rebuild(image, digest, basis, sink)
                 return digest.sha256, vouched
             except DeltaTransferError as exc:  # state kept: the next attempt resumes
                 raise UpstreamUnavailable(self.delta_url, f"image {image.id} delta: {exc}") \
@@ -243,13 +247,13 @@ class ImageDeltaFetcher:
         return digest
 
     async def _rebuild(self, image: GlanceImage, digest: ImageDigest, basis: Basis,
-                       sink: _PublishingSink, http: HttpClient) -> None:
+                       sink: _PublishingSink) -> None:
         started = time.monotonic()
         state = self.work_dir / f"{digest.sha256}.delta-out"
         url = f"{self.delta_url}blobs/{digest.sha256}"
         basis_path = self.store.blob_path(basis.ref.digest)
         for attempt in range(self.retries + 1):
-            client = DeltaClient(http)
+            client = DeltaClient(settings=self.settings)
             try:
                 async with client:
                     result = await client.fetch_into(url, basis_path, sink, state,
@@ -265,7 +269,8 @@ class ImageDeltaFetcher:
             except (DeltaError, IntegrityError, OSError):
                 _discard(state)  # nothing to resume: the next attempt starts afresh
                 raise
-        self.metrics.upstream_bytes.inc(NAMESPACE, result.bytes_received)  # (requests: by http)
+        self.metrics.upstream_requests.inc(NAMESPACE, result.requests)
+        self.metrics.upstream_bytes.inc(NAMESPACE, result.bytes_received)
         self.metrics.delta_fetches.inc(NAMESPACE)
         self.metrics.delta_saved_bytes.inc(NAMESPACE, max(0, digest.size - result.wire_bytes))
         self.metrics.delta_resumed_bytes.inc(NAMESPACE, result.resumed_bytes)

@@ -30,7 +30,7 @@ from cache_node.config import NodeConfig, client_settings
 from cache_node.key_routes import key_service
 from cache_node.keys import format_fingerprint
 from cache_node.node import Node
-from syncer.http_client import HttpClient
+from syncer.http_client import ClientSettings, HttpClient, describe_client_error
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,39 @@ class UpstreamProbe:
                  timeout: float = PROBE_TIMEOUT) -> None:
         self.url = config.upstream
         self.interval = interval
-        settings = dataclasses.replace(client_settings(config), connect_timeout=timeout,
-                                       read_timeout=timeout, total_timeout=timeout, retries=0,
-                                       connections=2, connections_per_host=2)
-        self._client = HttpClient("health", settings)
+        self.timeout = timeout
+        self._client = HttpClient("health", self._settings(config))
         self._last = UpstreamHealth(self.url or "")
         self._probe: asyncio.Task[UpstreamHealth] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def _settings(self, config: NodeConfig) -> ClientSettings:
+        return dataclasses.replace(client_settings(config), connect_timeout=self.timeout,
+                                   read_timeout=self.timeout, total_timeout=self.timeout,
+                                   retries=0, connections=2, connections_per_host=2)
+
+    async def reconfigure(self, old: NodeConfig, new: NodeConfig) -> None:
+        """A reload listener: probe the (possibly moved) upstream with the new TLS settings;
+        a probe running now finishes on the old client, which is closed after it."""
+        if self.url is None or new.upstream is None:
+            return
+        fresh = HttpClient("health", self._settings(new))
+        await fresh.__aenter__()
+        stale, self._client = self._client, fresh
+        running = self._probe
+        if running is not None and not running.done():
+            running.add_done_callback(lambda _: self._close_later(stale))
+        else:
+            await stale.__aexit__(None, None, None)
+        if new.upstream != self.url:
+            self.url, self._last = new.upstream, UpstreamHealth(new.upstream)
+            self._probe = None
+            self._kick()
+
+    def _close_later(self, client: HttpClient) -> None:
+        task = asyncio.get_running_loop().create_task(client.__aexit__(None, None, None))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def start(self) -> None:
         if self.url is None:
@@ -112,7 +139,7 @@ class UpstreamProbe:
         except TimeoutError:
             error = f"{url}: no answer within {self._client.settings.connect_timeout:g}s"
         except aiohttp.ClientError as exc:
-            error = f"{url}: {exc or type(exc).__name__}"
+            error = f"{url}: {describe_client_error(url, exc)}"
         now = time.monotonic()
         if bool(error) != (self._last.reachable is False):
             log.log(logging.WARNING if error else logging.INFO, "upstream %s: %s", self.url,
@@ -164,9 +191,11 @@ async def summary_html(app: web.Application, node: Node) -> str:
 
 
 def add_health_routes(app: web.Application, node: Node) -> None:
-    """Register `/healthz`; the upstream probe starts and stops with the app."""
+    """Register `/healthz`; the upstream probe starts and stops with the app and follows
+    reloads."""
     probe = UpstreamProbe(node.config)
     app[PROBE_KEY] = probe
+    node.reload_listeners.append(probe.reconfigure)
 
     async def start(_: web.Application) -> None:
         await probe.start()

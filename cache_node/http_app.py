@@ -175,7 +175,7 @@ in-flight fetches: {node.fetches.inflight_count}</p>
 
 
 def _count_path(request: web.Request) -> None:
-    if request.path.startswith(("/apt/", "/pypi/", "/delta/", "/glance/")):
+    if request.path.startswith(("/apt/", "/pypi/", "/delta/", "/glance/", "/keys/")):
         request.app[NODE_KEY].metrics.count_served_path(request.path)
 
 
@@ -188,8 +188,11 @@ def _server_error(request: web.Request, status: int, message: str) -> None:
 def build_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[error_middleware(_count_path, _server_error)])
     app[NODE_KEY] = node
-    install_access_control(app, node.config)  # allow-list, admin token (admin_auth.py)
-    install_access_log(app, node.config)  # outermost: refusals are logged too
+    policy = install_access_control(app, node.config)  # allow-list, admin token (admin_auth)
+    sink = install_access_log(app, node.config)  # outermost: refusals are logged too
+    node.reload_listeners.append(lambda old, new: policy.update(new))
+    if sink is not None:
+        node.reload_listeners.append(sink.reconfigure)
     add_health_routes(app, node)
     app.router.add_get("/", status_page)
     app.router.add_get("/metrics", metrics)
@@ -204,7 +207,8 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/pypi/{name}/{path:.+}", repo_handler)
     add_delta_routes(app, lambda request: request.app[NODE_KEY].delta)
     add_glance_routes(app, lambda request: request.app[NODE_KEY].glance)
-    add_key_routes(app, node.config, node.signing_key)
+    keys = add_key_routes(app, node.config, node.signing_key)
+    node.reload_listeners.append(keys.reconfigure)
     return app
 
 

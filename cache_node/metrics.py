@@ -78,6 +78,9 @@ class Metrics:
             "edgedepot_delta_computed_total", "Delta signatures and patches computed (namespace "
             "delta-signature, delta-patch), on request or prepared ahead")
         self.errors = LabelledCounter("edgedepot_error_responses_total", "Answers with status >= 500")
+        self.reloads = LabelledCounter(
+            "edgedepot_config_reloads_total",
+            "Configuration reloads (SIGHUP), labelled applied or refused")
         self.inflight = Gauge("edgedepot_inflight_fetches", "Upstream fetches in progress")
         self.store_bytes = Gauge("edgedepot_store_bytes", "Bytes of verified blobs in the store")
         self.store_blobs = Gauge("edgedepot_store_blobs", "Verified blobs in the store")
@@ -97,7 +100,7 @@ class Metrics:
         return [self.requests, self.hits, self.misses, self.coalesced, self.upstream_requests,
                 self.upstream_bytes, self.served_bytes, self.stale_serves, self.verify_failures,
                 self.index_errors, self.delta_fetches, self.delta_saved_bytes,
-                self.delta_resumed_bytes, self.delta_computed, self.errors]
+                self.delta_resumed_bytes, self.delta_computed, self.errors, self.reloads]
 
     def gauges(self) -> list[Gauge]:
         return [self.inflight, self.store_bytes, self.store_blobs]

@@ -270,11 +270,14 @@ class BlobStore:
         self._paths: dict[str, Path] = {}  # hot blobs' Path objects (built once, not per hit)
 
     # -- lifecycle -------------------------------------------------------------------------
-    def open(self) -> None:
+    def open(self, clean_partials: bool = True) -> None:
+        """Open the store. `clean_partials=False` for a worker that replaces a dead one: the
+        download it left is resumed by whichever worker takes it over, not removed."""
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         self.lock_dir.mkdir(parents=True, exist_ok=True)
-        self.remove_stale_partials()
+        if clean_partials:
+            self.remove_stale_partials()
         self._db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None,
                                    check_same_thread=False, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
