@@ -6,6 +6,9 @@
   debootstrap cannot run, a synthetic "filesystem-like" pair is built instead, and labelled so.
 * ``synthetic``: a compressible file from a fixed seed; v2 has 1% scattered 4 KiB rewrites,
   20 insertions/deletions and a new tail.
+* ``shifted``: the same kind of file, but the 4 KiB rewrites sit on v1's 4 KiB grid (as a file
+  system rewrites its blocks), then small insertions and deletions shift everything after them
+  (as a grown file does), then a new tail: every rewrite straddles two of v2's blocks.
 * ``packages``: a Debian ``Packages`` index (the machine's own apt list, else a generated one)
   and a copy with stanzas changed and added.
 """
@@ -87,6 +90,38 @@ def build_synthetic(size: int, seed: int = 1234, data_dir: Path = DATA_DIR) -> P
     (directory / "v1.bin").write_bytes(basis)
     (directory / "v2.bin").write_bytes(target)
     pair = Pair("synthetic", f"{size >> 20} MiB file, 1% 4 KiB rewrites, 20 ins/del, new tail",
+                directory / "v1.bin", directory / "v2.bin")
+    return _finish(directory, params, pair)
+
+
+def build_shifted(size: int, seed: int = 4321, data_dir: Path = DATA_DIR) -> Pair:
+    """Aligned rewrites (1% of v1's 4 KiB blocks, in place), then 20 insertions/deletions of
+    1..4095 bytes (never a whole block, so the grid really shifts), then a new tail."""
+    params: dict[str, object] = {"kind": "shifted", "size": size, "seed": seed, "v": 1}
+    directory = data_dir / f"shifted-{size >> 20}M-{seed}"
+    if _done(directory, params):
+        return _load(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    basis = bytearray()
+    while len(basis) < size:
+        basis += _compressible(rng, min(32 << 20, size - len(basis)))
+    target = bytearray(basis)
+    n_blocks = size // 4096
+    for block in rng.choice(n_blocks, size=n_blocks // 100, replace=False).tolist():
+        target[block * 4096:(block + 1) * 4096] = _compressible(rng, 4096)
+    for i in range(20):
+        at = int(rng.integers(0, len(target)))
+        n = int(rng.integers(1, 4096))
+        if i % 2:
+            target[at:at] = _compressible(rng, n)
+        else:
+            del target[at:at + n]
+    target += _compressible(rng, size // 64)
+    (directory / "v1.bin").write_bytes(basis)
+    (directory / "v2.bin").write_bytes(target)
+    pair = Pair("shifted", f"{size >> 20} MiB file, 1% 4 KiB rewrites on v1's block grid, "
+                           "then 20 small ins/del shifting them, new tail",
                 directory / "v1.bin", directory / "v2.bin")
     return _finish(directory, params, pair)
 

@@ -113,6 +113,7 @@ class StreamAnswer:
     content_type: str
     headers: tuple[tuple[str, str], ...] = ()
     coalesced: bool = False  # this request joined a fetch another one started (access log)
+    delta: bool = False  # the bytes are being rebuilt from a delta (access log)
 
     @property
     def vouched(self) -> tuple[tuple[str, str], ...]:

@@ -8,7 +8,12 @@ computed in the one pass that writes the partial file; large batches are written
 a worker thread (the digests in parallel threads) while the event loop receives the next one.
 
 The first miss for a key starts the fetch; every concurrent miss joins it (`SingleFlight`) and
-reads the partial file as it grows, by sendfile. The fetch belongs to the coordinator, not to
+reads the partial file as it grows, by sendfile. The bytes normally come from the upstream URL;
+a fetch may instead be given a `Producer` that makes them some other way into the same partial
+file (an image rebuilt from a delta against an older image), publishing its head and progress
+the same way, so clients (and the node's other workers) follow it alike; a producer can hand
+over to the upstream download at any offset (`Lead.download` resumes with `Range` from what
+the partial holds). The fetch belongs to the coordinator, not to
 any client: a client that disconnects does not cancel it. The last byte of every stream is held
 back until the whole download verified, so a client never receives a complete body of wrong
 bytes: on a failed verification its response is aborted instead.
@@ -102,7 +107,7 @@ class FetchFailed(Exception):
 
 @dataclass(eq=False)
 class Fetch:
-    """One running download; what every client of the same key follows."""
+    """One running download (or production); what every client of the same key follows."""
 
     plan: FetchPlan
     partial_path: Path
@@ -112,6 +117,7 @@ class Fetch:
     _job: Callable[[Fetch], Awaitable[None]]
     written: int = 0
     limiter: TokenBucket | None = None  # a plan's bandwidth cap; None once a client joins
+    produced: bool = False  # the bytes come from a `Producer`, not (only) the upstream URL
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -120,6 +126,12 @@ class Fetch:
     def notify(self) -> None:
         self._progress.set()
         self._progress = asyncio.Event()
+
+    def published(self, size: int) -> None:
+        """``size`` bytes of the partial file are written (call on the event loop)."""
+        if size > self.written:
+            self.written = size
+            self.notify()
 
     async def wait_beyond(self, seen: int) -> None:
         while self.written <= seen and not self.done.done():
@@ -157,20 +169,23 @@ class FetchCoordinator:
     def running_keys(self) -> frozenset[str]:
         return self._flights.keys()
 
-    def start(self, plan: FetchPlan, client: HttpClient) -> Fetch:
-        """Join the download of `plan.key`, or start it (here, or by following the worker
-        process of this node that is downloading it already)."""
-        return self.join(plan, client)[0]
+    def start(self, plan: FetchPlan, client: HttpClient,
+              produce: Producer | None = None) -> Fetch:
+        """Join the fetch of `plan.key`, or start it (here, or by following the worker
+        process of this node that is fetching it already): a download of `plan.url`, or what
+        `produce` makes (which may hand over to the download, see `Lead`)."""
+        return self.join(plan, client, produce)[0]
 
-    def join(self, plan: FetchPlan, client: HttpClient) -> tuple[Fetch, bool]:
+    def join(self, plan: FetchPlan, client: HttpClient,
+             produce: Producer | None = None) -> tuple[Fetch, bool]:
         """`start`, also telling whether this caller joined a running download (coalesced)."""
         def make() -> Fetch:
             loop = asyncio.get_running_loop()
             name = hashlib.sha256(plan.key.encode()).hexdigest()[:40]
             fetch = Fetch(plan, self.store.partial_dir / f"{name}.part", self.store.blob_path,
                           loop.create_future(), loop.create_future(),
-                          lambda f: self._lead_or_follow(f, client, name),
-                          limiter=PLAN_LIMITER.get())
+                          lambda f: self._lead_or_follow(f, client, name, produce),
+                          limiter=PLAN_LIMITER.get(), produced=produce is not None)
             # Nobody may be left with an unretrieved exception warning.
             fetch.head.add_done_callback(_consume)
             fetch.done.add_done_callback(_consume)
@@ -187,16 +202,17 @@ class FetchCoordinator:
         await self._flights.close()
 
     # -- one download per key across the node's worker processes ---------------------------
-    async def _lead_or_follow(self, fetch: Fetch, client: HttpClient, name: str) -> None:
-        """The process that holds the key's lock file downloads; the others follow its
-        partial file as it grows and take over (resuming) if it dies."""
+    async def _lead_or_follow(self, fetch: Fetch, client: HttpClient, name: str,
+                              produce: Producer | None) -> None:
+        """The process that holds the key's lock file downloads (or produces); the others
+        follow its partial file as it grows and take over (resuming) if it dies."""
         lock = _KeyLock(self.store.lock_dir / f"{name}.lock")
         try:
             if lock.acquire():
-                await self._lead(fetch, client, lock)
+                await self._lead(fetch, client, lock, produce=produce)
             else:
                 self.metrics.coalesced.inc(fetch.plan.namespace)
-                await self._follow(fetch, client, lock)
+                await self._follow(fetch, client, lock, produce)
         except asyncio.CancelledError:
             _fail(fetch, FetchFailed("node shutting down", 503))
             raise
@@ -205,7 +221,8 @@ class FetchCoordinator:
             fetch.notify()
 
     async def _lead(self, fetch: Fetch, client: HttpClient, lock: _KeyLock,
-                    following_since: float | None = None) -> None:
+                    following_since: float | None = None,
+                    produce: Producer | None = None) -> None:
         """Download as the key's only writer. A follower taking over (`following_since`)
         first checks whether the leader it followed failed: then it fails alike instead of
         asking the upstream again at once (a new request later does retry)."""
@@ -229,9 +246,10 @@ class FetchCoordinator:
             log.info("resuming %s at byte %d (left by an earlier worker)", plan.url,
                      partial.size)
         fetch.written = partial.size
-        await self._run(fetch, partial, client, lock)
+        await self._run(fetch, partial, client, lock, produce)
 
-    async def _follow(self, fetch: Fetch, client: HttpClient, lock: _KeyLock) -> None:
+    async def _follow(self, fetch: Fetch, client: HttpClient, lock: _KeyLock,
+                      produce: Producer | None = None) -> None:
         """Follow another worker's download: its head, its partial file's growth, and its
         end (the blob bound in the shared store, or its failure). If it dies, lead."""
         fd: int | None = None
@@ -243,7 +261,8 @@ class FetchCoordinator:
                     if fd is not None:
                         os.close(fd)
                         fd = None
-                    await self._lead(fetch, client, lock, following_since=since)
+                    await self._lead(fetch, client, lock, following_since=since,
+                                     produce=produce)
                     return
                 if not fetch.head.done():
                     head = lock.read_head()
@@ -281,12 +300,16 @@ class FetchCoordinator:
         return None
 
     async def _run(self, fetch: Fetch, partial: PartialWriter, client: HttpClient,
-                   lock: _KeyLock) -> None:
+                   lock: _KeyLock, produce: Producer | None = None) -> None:
         plan = fetch.plan
         try:
             if plan.expected_size:
                 self.store.evict_to_quota(incoming=plan.expected_size)
-            expected_sha, vouched = await self._download(fetch, partial, client, lock)
+            if produce is None:
+                expected_sha, vouched = await self._download(fetch, partial, client, lock)
+            else:
+                expected_sha, vouched = await produce(Lead(
+                    fetch, partial, lock, lambda: self._download(fetch, partial, client, lock)))
             size = plan.expected_size if plan.expected_size is not None else fetch.size
             if expected_sha is None and vouched and plan.confirm_sha256 is not None:
                 expected_sha = await plan.confirm_sha256()
@@ -583,6 +606,39 @@ class _KeyLock:
 
     def clear_failure(self) -> None:
         self.failed_path.unlink(missing_ok=True)
+
+
+class Lead:
+    """What a `Producer` works with as the key's only writer: the partial file (hashed as it
+    is written; it may hold bytes an earlier worker left, `partial.size`), the head to publish
+    (to this worker's clients and the node's other workers), and the plain download of the
+    plan's URL to hand over to (it resumes with `Range` from what the partial holds)."""
+
+    def __init__(self, fetch: Fetch, partial: PartialWriter, lock: _KeyLock,
+                 download: Callable[[], Awaitable[tuple[str | None, dict[str, str]]]]) -> None:
+        self.fetch = fetch
+        self.partial = partial
+        self._lock = lock
+        self._download = download
+
+    def set_head(self, head: FetchHead) -> None:
+        if not self.fetch.head.done():
+            self.fetch.head.set_result(head)
+            self._lock.write_head(self.fetch.plan, head)
+
+    def published(self) -> None:
+        """What the partial holds is written (call on the event loop)."""
+        self.fetch.published(self.partial.size)
+
+    async def download(self) -> tuple[str | None, dict[str, str]]:
+        self.published()
+        return await self._download()
+
+
+Producer = Callable[[Lead], Awaitable[tuple[str | None, dict[str, str]]]]
+"""Makes a fetch's bytes into `Lead.partial`, publishing the head (`Lead.set_head`) as soon as
+it knows it and its progress (`Fetch.published`); returns the sha256 the bytes must have (None:
+the upstream's) and the record digests an upstream tier vouched for with it."""
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:

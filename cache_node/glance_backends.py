@@ -29,9 +29,11 @@ from cache_node.glance_auth import Caller, Forbidden, ListScope, Unauthorized
 from distro.glance_images import (
     LIST_LIMIT_MAX,
     DigestMemo,
+    DirectoryImage,
     GlanceImage,
     ImageDirectory,
     ImageRecordError,
+    family_key,
     load_image_directory,
 )
 from syncer.http_client import (
@@ -144,6 +146,24 @@ class DirectoryBackend:
         return (admin or image.visibility in ("public", "community")
                 or (project is not None and image.owner == project)
                 or (image.visibility == "shared" and project in image.members))
+
+    def latest_versions(self) -> list[tuple[str, str, str, str]]:
+        """Per image family with two or more images: (newest image id, its sha256, the image
+        id before it, that one's sha256), the pairs whose patches an origin prepares."""
+        by_family: dict[str, list[DirectoryImage]] = {}
+        for entry in self._dir.images:
+            if entry.image.status == "active" and entry.data_path.is_file():
+                by_family.setdefault(family_key(entry.image), []).append(entry)
+        pairs = []
+        for members in by_family.values():
+            if len(members) < 2:
+                continue
+            members.sort(key=lambda e: (e.image.created_at or "", e.image.id), reverse=True)
+            newest, previous = members[0], members[1]
+            if newest.sha256 != previous.sha256:
+                pairs.append((newest.image.id, newest.sha256, previous.image.id,
+                              previous.sha256))
+        return pairs
 
     async def fetch_image(self, caller: Caller, image_id: str) -> GlanceImage:
         project, admin = await self._who(caller)

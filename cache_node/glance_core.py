@@ -7,9 +7,11 @@ Authorization stays upstream (`glance_auth.GlanceAuthorizer`). Image data from a
 is fetched once through the node's `FetchCoordinator` into the content-addressed store (keyed
 by sha256) and bound to the image id only after md5 and the record's `os_hash_value` verified;
 clients streaming during that first fetch never receive their last byte before it verified.
-A cache first tries to build a new image as a delta against a cached image of its family
-(`glance_delta`); clients asking meanwhile wait for that one attempt (single flight), then get
-the stored image or join the whole fetch it fell back to.
+A cache builds a new image from a delta against a cached image of its family (`glance_delta`)
+as the producer of that same one fetch: clients stream the image while it is rebuilt, as they
+would a download. An origin serving an image directory prepares the patch of every family's
+newest image against the one before it as soon as it appears (the directory is watched), so
+the first cache to ask does not wait for it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from cache_node.answers import (
@@ -42,7 +44,7 @@ from cache_node.glance_backends import (
     LocalSource,
     RemoteSource,
 )
-from cache_node.glance_delta import Basis, ImageDeltaFetcher, image_digests
+from cache_node.glance_delta import Basis, ImageDeltaFetcher, image_digests, pick_basis
 from cache_node.metrics import Metrics
 from cache_node.repository import RepoKind, RepoSummary
 from cache_node.store import BlobRef, BlobStore
@@ -132,12 +134,19 @@ def _image_headers(image: GlanceImage, offline: bool) -> tuple[tuple[str, str], 
 
 # -- the service -------------------------------------------------------------------------------
 
+WATCH_INTERVAL = 5.0  # seconds between looks at an origin's image directory
+Prepare = Callable[[str, str], None]  # (target sha256, basis sha256): compute its patch ahead
+
+
 class GlanceService:
     def __init__(self, backend: Backend, store: BlobStore, fetches: FetchCoordinator,
                  metrics: Metrics, auth_ttl: float, offline_policy: str,
-                 delta: ImageDeltaFetcher | None = None) -> None:
+                 delta: ImageDeltaFetcher | None = None,
+                 prepare: Prepare | None = None) -> None:
         self.backend = backend
         self.delta = delta  # None: the upstream is not an edgedepot node (or no upstream)
+        self.prepare = prepare  # an origin's: patches of new image versions, computed ahead
+        self._prepared: set[tuple[str, str]] = set()
         self.store = store
         self.fetches = fetches
         self.metrics = metrics
@@ -157,9 +166,36 @@ class GlanceService:
                 log.warning("dropping unreadable cached record of image %s", image_id)
                 self.store.unbind(NS_RECORD, image_id)
 
+    def watch_directory(self, backend: DirectoryBackend) -> None:
+        """Look at the image directory every `WATCH_INTERVAL` seconds (and now): when a new
+        version of an image family appears, prepare its patch against the version before it,
+        which caches hold, so the first cache to ask finds it ready."""
+        task = asyncio.create_task(self._watch(backend), name="glance directory watch")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, backend: DirectoryBackend) -> None:
+        while True:
+            try:
+                await backend.refresh()
+                self._prepare_new_versions(backend)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an invalid directory: served as before, retried
+                log.warning("image directory: %s", exc)
+            await asyncio.sleep(WATCH_INTERVAL)
+
+    def _prepare_new_versions(self, backend: DirectoryBackend) -> None:
+        if self.prepare is None:
+            return
+        for new_id, new_sha, old_id, old_sha in backend.latest_versions():
+            if (new_sha, old_sha) not in self._prepared:
+                self._prepared.add((new_sha, old_sha))
+                log.info("image %s is the newest of its family: preparing its patch against "
+                         "image %s", new_id, old_id)
+                self.prepare(new_sha, old_sha)
+
     async def close(self) -> None:
-        if self.delta is not None:
-            await self.delta.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -222,12 +258,10 @@ class GlanceService:
             raise UpstreamOffline(f"upstream unreachable and image {image_id} is not cached")
         self.metrics.misses.inc(NAMESPACE)
         self.hits[image_id] += 1
-        ref = await self._try_delta(caller, image)
-        if ref is not None:
-            return replace(self._stored(image, ref, headers), delta=True)
         joined = self.fetches.running(_fetch_key(image.id))
-        return StreamAnswer(self._start(caller, image, source), IMAGE_TYPE, headers,
-                            coalesced=joined)
+        fetch = self._start(caller, image, source)
+        return StreamAnswer(fetch, IMAGE_TYPE, headers, coalesced=joined,
+                            delta=fetch.produced)
 
     def _stored(self, image: GlanceImage, ref: BlobRef,
                 headers: tuple[tuple[str, str], ...]) -> BlobAnswer:
@@ -251,12 +285,10 @@ class GlanceService:
         if ref is None:
             if source is None:
                 raise UpstreamOffline(f"upstream unreachable and image {image_id} is not cached")
-            ref = await self._try_delta(caller, image)
-            if ref is None:
-                try:
-                    ref = await asyncio.shield(self._start(caller, image, source).done)
-                except FetchFailed as exc:
-                    raise ServiceError(str(exc), exc.http_status) from None
+            try:
+                ref = await asyncio.shield(self._start(caller, image, source).done)
+            except FetchFailed as exc:
+                raise ServiceError(str(exc), exc.http_status) from None
         return ImageDigest.of(ref.digest, ref.size, image)
 
     # -- the node's Repository protocol ------------------------------------------------------
@@ -289,29 +321,21 @@ class GlanceService:
         if self.delta is not None and config.delta_url is not None:
             self.delta.reconfigure(config.delta_url, delta_client_settings(config))
 
-    async def _try_delta(self, caller: Caller, image: GlanceImage) -> BlobRef | None:
-        """The image's data built as a delta against a cached image of its family, bound in
-        the store; None when there is no basis or it failed (then fetch it whole)."""
-        if self.delta is None or self.fetches.running(_fetch_key(image.id)):
-            return None
+    def _basis(self, image: GlanceImage) -> Basis | None:
+        """A cached image of `image`'s family to build it from (see `pick_basis`)."""
         family = family_key(image)  # look up (and so touch) only the family's blobs
         cached = [Basis(other, ref) for other, ref in
                   ((o, self.store.lookup(NS_DATA, o.id)) for o in self._records.values()
                    if o.id != image.id and family_key(o) == family)
                   if ref is not None]
-
-        def bind(ref: BlobRef) -> None:
-            self.store.bind(NS_DATA, image.id, ref.digest)
-            self._remember(image)
-
-        backend = self.backend
-        return await self.delta.attempt(image, cached,
-                                        lambda: backend.fetch_digest(caller, image.id), bind)
+        return pick_basis(image, cached)
 
     def _start(self, caller: Caller, image: GlanceImage, source: RemoteSource) -> Fetch:
         """Join or start the one fetch of an image's data, verified against its record's
         digests before it is bound: computed here from a real Glance; from an edgedepot
-        tier, taken from its vouch and bound to the bytes by the sha256 it confirms."""
+        tier, taken from its vouch and bound to the bytes by the sha256 it confirms. With a
+        cached image of its family and an edgedepot upstream, the bytes are rebuilt from a
+        delta against it (streamed all the same), else downloaded."""
         backend = self.backend
 
         async def confirmed_sha256() -> str | None:
@@ -328,19 +352,32 @@ class GlanceService:
                          headers=source.headers, accept_vouched=source.vouches,
                          confirm_sha256=confirmed_sha256 if source.vouches else None)
         running = self.fetches.running(plan.key)
-        fetch = self.fetches.start(plan, source.client)
+        produce = None
+        basis = self._basis(image) if self.delta is not None and not running else None
+        if self.delta is not None and basis is not None:
+            produce = self.delta.producer(
+                image, basis, lambda: backend.fetch_digest(caller, image.id))
+        fetch = self.fetches.start(plan, source.client, produce)
         if not running:
-            log.info("fetching image %s (%s bytes) from %s", image.id, image.size, source.url)
+            how = f"by delta against image {basis.image.id}" if basis is not None else "whole"
+            log.info("fetching image %s (%s bytes) %s from %s", image.id, image.size, how,
+                     source.url)
             self._remember(image)
+            if self.prepare is not None:  # an origin in front of a Glance: prepare once held
+                fetch.done.add_done_callback(lambda done: self._prepared_after(image, done))
         return fetch
 
-    def _delta_running(self, image_id: str) -> bool:
-        return self.delta is not None and image_id in self.delta.running
+    def _prepared_after(self, image: GlanceImage, done: asyncio.Future[BlobRef]) -> None:
+        if self.prepare is None or done.cancelled() or done.exception() is not None:
+            return
+        basis = self._basis(image)
+        if basis is not None and image.created_at and basis.image.created_at \
+                and basis.image.created_at < image.created_at:
+            self.prepare(done.result().digest, basis.ref.digest)
 
     def _queued(self) -> set[str]:
-        fetching = {key[len(FETCH_PREFIX):] for key in self.fetches.running_keys()
-                    if key.startswith(FETCH_PREFIX)}
-        return fetching | set(self.delta.running if self.delta is not None else ())
+        return {key[len(FETCH_PREFIX):] for key in self.fetches.running_keys()
+                if key.startswith(FETCH_PREFIX)}
 
     # -- cache management (admin) ------------------------------------------------------------
     async def cache_state(self, caller: Caller) -> CacheState:
@@ -364,8 +401,7 @@ class GlanceService:
             task.add_done_callback(self._tasks.discard)
 
     async def _queue(self, caller: Caller, image: GlanceImage, source: RemoteSource) -> None:
-        if await self._try_delta(caller, image) is None:
-            self._start(caller, image, source)
+        self._start(caller, image, source)
 
     async def cache_delete(self, caller: Caller, image_id: str) -> None:
         await self.auth.require_admin(caller)
@@ -419,9 +455,10 @@ class GlanceService:
 async def make_glance_service(config: NodeConfig, store: BlobStore, fetches: FetchCoordinator,
                               metrics: Metrics, exit_stack: contextlib.AsyncExitStack,
                               new_client: Callable[[str], Awaitable[HttpClient]],
-                              ) -> GlanceService | None:
+                              prepare: Prepare | None = None) -> GlanceService | None:
     """The node's image service, or None when it has no image source. `new_client(namespace)`
-    gives an upstream client with the node's settings (the node reconfigures it on reload)."""
+    gives an upstream client with the node's settings (the node reconfigures it on reload);
+    an origin's `prepare(target, basis)` computes a patch ahead (new image versions)."""
     settings = config.glance
     if not settings.enabled:
         return None
@@ -445,9 +482,12 @@ async def make_glance_service(config: NodeConfig, store: BlobStore, fetches: Fet
                                   config.store_dir / "delta-work" / "glance",
                                   delta_client_settings(config))
     service = GlanceService(backend, store, fetches, metrics, settings.auth_ttl,
-                            settings.offline_policy, delta)
+                            settings.offline_policy, delta,
+                            prepare if config.role == "origin" else None)
     service.load()
     exit_stack.push_async_callback(service.close)
+    if service.prepare is not None and isinstance(backend, DirectoryBackend):
+        service.watch_directory(backend)
     return service
 
 

@@ -1,24 +1,30 @@
-"""Fetching a new image as a delta against a cached older image of the same family.
+"""Building a new image from a delta against a cached older image of the same family.
 
-A cache whose upstream is an edgedepot node fetches an image it does not hold yet as follows:
+A cache whose upstream is an edgedepot node makes an image it does not hold yet as follows:
 
   1. pick a basis: a cached image (its data bound in the store) of the same family
      (`distro.glance_images.family_key`: the `edgedepot_family` property, else `os_distro` +
      `os_version`, else the name without its version), the most recently created one first;
-     without a basis the image is fetched whole, as before;
-  2. ask the upstream for the sha256 of the new image's data,
+     without a basis the image is downloaded whole, as before;
+  2. start the node's one fetch of the image (`FetchCoordinator.start`) with a producer
+     (`ImageDeltaFetcher.producer`) instead of a plain download: clients that ask meanwhile join
+     it and stream the image as it is rebuilt, the last byte held until it verified;
+  3. the producer asks the upstream for the sha256 of the new image's data,
      `GET {upstream}glance/edgedepot/v1/images/{id}/digest` (authorized like `/file`, with the
-     caller's token). A real Glance publishes md5 and sha512 only: the origin tier answers this
-     once it holds the image (it fetches it whole from Glance, once, when first asked);
-  3. `syncer.delta_client.DeltaClient` makes the file from `{upstream}delta/v1/blobs/<sha256>`
-     and the basis blob (a patch, or the missing blocks); the result is sha256-verified, and
-     the md5 and `os_hash_value` the upstream vouched for with that sha256 are checked against
-     the record (computed from the file only when the upstream did not vouch for them), exactly
-     as a whole fetch is; only then is the file moved into the store (`BlobStore.adopt_file`)
-     and bound to the image.
+     caller's token), publishes the size and sha256 (clients get their answer's head now), and
+     has `syncer.delta_client.DeltaClient.fetch_into` write the image into the fetch's partial
+     file from `{upstream}delta/v1/blobs/<sha256>` and the basis blob: a patch applied as it
+     arrives, or the missing blocks, whichever the upstream's offer says moves fewer bytes;
+  4. the fetch then verifies the file as any other: the sha256, and the md5 and `os_hash_value`
+     the upstream vouched for with that sha256 (computed in the same pass when it did not), and
+     only then binds it to the image.
 
-Any failure (no digest upstream, a `DeltaError`, a verification failure, a corrupted basis)
-falls back to the whole fetch. Work files live in `<store_dir>/delta-work/glance/`.
+A broken transfer is retried, resuming the delta (its state lives in
+`<store_dir>/delta-work/glance/` and outlives a failure or a restart: the next attempt resumes
+the download and rebuilds locally). A delta that cannot be had (no digest upstream, no path the
+upstream can serve, a whole fetch expected to move less, bytes that do not verify, a rotten
+basis) hands over to the plain download, which resumes with `Range` from what the rebuild wrote:
+every byte written had verified on the way (a patch segment's checksum, a block's strong hash).
 """
 
 from __future__ import annotations
@@ -31,24 +37,22 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cache_node.fetch import Fetch, FetchHead, Lead, Producer
 from cache_node.glance_backends import ImageDigest
 from cache_node.metrics import Metrics
-from cache_node.single_flight import Call, SingleFlight, run_once
-from cache_node.store import BlobRef, BlobStore
+from cache_node.store import BlobRef, BlobStore, PartialWriter
 from distro.digests import file_sha256
 from distro.errors import IntegrityError
 from distro.glance_images import GlanceImage, family_key
-from syncer.delta_client import DeltaClient, DeltaError
-from syncer.http_client import ClientSettings
+from syncer.delta_client import DeltaClient, DeltaError, DeltaTransferError, WholeIsBetter
+from syncer.http_client import ClientSettings, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "glance"
 HASH_CHUNK = 4 << 20
-
-
-class ImageDeltaFailed(Exception):
-    """The delta fetch of an image did not produce verified data (fetch it whole instead)."""
+FIRST_PUBLISH = 128 << 10  # below the store's threshold for hashing in lane threads
+PUBLISH_STEP = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -140,117 +144,140 @@ def pick_basis(image: GlanceImage, cached: Iterable[Basis]) -> Basis | None:
     return max(candidates, key=lambda b: (b.image.created_at or "", -abs(b.ref.size - size)))
 
 
+class _PublishingSink:
+    """The delta client's sink: the fetch's partial file (hashed as it is written), whose
+    growth clients following the fetch are told about on the event loop."""
+
+    def __init__(self, partial: PartialWriter, fetch: Fetch,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.partial = partial
+        self.fetch = fetch
+        self.loop = loop
+
+    @property
+    def size(self) -> int:
+        return self.partial.size
+
+    def write(self, data: bytes | memoryview) -> None:  # from the rebuild's worker thread
+        view = memoryview(data)
+        # The first piece small (hashed inline, told at once), then in steps that keep the
+        # followers moving while a large segment is written.
+        step = FIRST_PUBLISH if self.partial.size == 0 else PUBLISH_STEP
+        while view:
+            self.partial.write_chunks((view[:step],))
+            view = view[step:]
+            step = PUBLISH_STEP
+            self.loop.call_soon_threadsafe(self.fetch.published, self.partial.size)
+
+
 class ImageDeltaFetcher:
-    """Makes an image's data from its upstream's `/delta/v1/` and a basis blob."""
+    """Makes an image's data from its upstream's `/delta/v1/` and a basis blob, as the
+    producer of the node's one fetch of that image."""
 
     def __init__(self, store: BlobStore, metrics: Metrics, delta_url: str,
-                 work_dir: Path, settings: ClientSettings | None = None) -> None:
+                 work_dir: Path, settings: ClientSettings | None = None, retries: int = 3,
+                 backoff: float = 1.0) -> None:
         self.store = store
         self.metrics = metrics
         self.delta_url = delta_url.rstrip("/") + "/"
         self.settings = settings  # the node's trust, client certificate, a patch-long timeout
         self.work_dir = work_dir
-        self._flights: SingleFlight[Call[BlobRef | None]] = SingleFlight(
-            on_join=lambda: metrics.coalesced.inc(NAMESPACE))
-
-    @property
-    def running(self) -> frozenset[str]:
-        """Ids of the images being fetched by delta now."""
-        return self._flights.keys()
-
-    async def attempt(self, image: GlanceImage, cached: Iterable[Basis],
-                      digest_of: Callable[[], Awaitable[ImageDigest | None]],
-                      bind: Callable[[BlobRef], None]) -> BlobRef | None:
-        """Build the image from a basis among `cached` and `bind` it; None when there is no
-        basis or the attempt failed (the caller then fetches it whole). One attempt per image
-        at a time: concurrent callers share it, and a caller leaving does not cancel it."""
-        running = image.id in self._flights
-        basis = None if running else pick_basis(image, cached)
-        if not running and basis is None:
-            return None
-
-        async def attempt() -> BlobRef | None:
-            assert basis is not None  # only called when this caller starts the attempt
-            return await self._attempt(image, basis, digest_of, bind)
-
-        return await run_once(self._flights, image.id, attempt)
-
-    async def close(self) -> None:
-        await self._flights.close()
+        self.retries = retries
+        self.backoff = backoff
+        work_dir.mkdir(parents=True, exist_ok=True)
+        cleanup_stale_work(work_dir)
 
     def reconfigure(self, delta_url: str, settings: ClientSettings) -> None:
         """A reload: the next attempts go to this upstream with these settings."""
         self.delta_url, self.settings = delta_url.rstrip("/") + "/", settings
 
-    async def _attempt(self, image: GlanceImage, basis: Basis,
-                       digest_of: Callable[[], Awaitable[ImageDigest | None]],
-                       bind: Callable[[BlobRef], None]) -> BlobRef | None:
+    def producer(self, image: GlanceImage, basis: Basis,
+                 digest_of: Callable[[], Awaitable[ImageDigest | None]]) -> Producer:
+        """The producer of the fetch of ``image``: its delta against ``basis``, handing over
+        to the plain download (`Lead.download`, resuming where the partial stands) when the
+        delta cannot be had."""
+
+        async def produce(lead: Lead) -> tuple[str | None, dict[str, str]]:
+            partial = lead.partial
+            digest = await self._digest(image, digest_of)
+            if digest is None:
+                return await lead.download()
+            vouched = vouched_digests(digest)
+            if not partial.size:  # (bytes an earlier worker left were hashed with all)
+                partial.drop_digests(tuple(vouched))
+            lead.set_head(FetchHead(digest.size, digest.sha256))
+            sink = _PublishingSink(partial, lead.fetch, asyncio.get_running_loop())
+            self.store.mark_busy(basis.ref.digest)
+            try:
+                await self._rebuild(image, digest, basis, sink)
+                return digest.sha256, vouched
+            except DeltaTransferError as exc:  # state kept: the next attempt resumes
+                raise UpstreamUnavailable(self.delta_url, f"image {image.id} delta: {exc}") \
+                    from None
+            except WholeIsBetter:
+                log.info("image %s: a whole fetch moves less than a delta", image.id)
+            except (DeltaError, IntegrityError, OSError) as exc:
+                log.warning("image %s: delta failed (%s); fetching the rest whole, from byte "
+                            "%d", image.id, exc, partial.size)
+                if isinstance(exc, IntegrityError):
+                    await self._check_basis(basis)
+            finally:
+                self.store.unmark_busy(basis.ref.digest)
+            await lead.download()
+            return digest.sha256, vouched
+
+        return produce
+
+    async def _digest(self, image: GlanceImage,
+                      digest_of: Callable[[], Awaitable[ImageDigest | None]]
+                      ) -> ImageDigest | None:
         try:
             digest = await digest_of()
-            if digest is None:
-                log.info("image %s: the upstream tells no sha256; fetching it whole", image.id)
-                return None
-            ref = await self.fetch(image, digest, basis)
-        except ImageDeltaFailed as exc:
-            log.warning("image %s: %s; fetching it whole", image.id, exc)
+        except Exception as exc:  # the upstream's answer, whatever it was, gives no digest
+            log.info("image %s: no digest from the upstream (%s); fetching it whole",
+                     image.id, exc)
             return None
-        except Exception:
-            log.exception("image %s: delta fetch failed; fetching it whole", image.id)
+        if digest is None:
+            log.info("image %s: the upstream tells no sha256; fetching it whole", image.id)
             return None
-        bind(ref)
-        return ref
-
-    async def fetch(self, image: GlanceImage, digest: ImageDigest, basis: Basis) -> BlobRef:
-        """The image's data, verified (sha256, md5, os_hash_value) and in the store (not yet
-        bound). Raises ImageDeltaFailed."""
         if image.size is not None and digest.size != image.size:
-            raise ImageDeltaFailed(f"upstream digest is of {digest.size} bytes, the record "
-                                   f"says {image.size}")
-        if self.store.has(digest.sha256):  # the same bytes are stored under another name
-            path = self.store.blob_path(digest.sha256)
-            await self._verify(image, path, digest)
-            return BlobRef(digest.sha256, digest.size)
+            log.warning("image %s: upstream digest is of %d bytes, the record says %d; "
+                        "fetching it whole", image.id, digest.size, image.size)
+            return None
+        return digest
+
+    async def _rebuild(self, image: GlanceImage, digest: ImageDigest, basis: Basis,
+                       sink: _PublishingSink) -> None:
         started = time.monotonic()
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        out = self.work_dir / f"{digest.sha256}.delta-out"
-        try:
-            async with DeltaClient(settings=self.settings) as client:
-                result = await client.fetch(f"{self.delta_url}blobs/{digest.sha256}",
-                                            basis=self.store.blob_path(basis.ref.digest),
-                                            out=out, basis_sha256=basis.ref.digest)
-        except (DeltaError, IntegrityError, OSError) as exc:
-            _discard(out)
-            if isinstance(exc, IntegrityError):
-                await self._check_basis(basis)
-            raise ImageDeltaFailed(f"delta fetch failed: {exc}") from None
+        state = self.work_dir / f"{digest.sha256}.delta-out"
+        url = f"{self.delta_url}blobs/{digest.sha256}"
+        basis_path = self.store.blob_path(basis.ref.digest)
+        for attempt in range(self.retries + 1):
+            client = DeltaClient(settings=self.settings)
+            try:
+                async with client:
+                    result = await client.fetch_into(url, basis_path, sink, state,
+                                                     basis_sha256=basis.ref.digest)
+                break
+            except DeltaTransferError as exc:
+                self.metrics.upstream_bytes.inc(NAMESPACE, client.received)
+                if attempt == self.retries:
+                    raise
+                log.warning("image %s: delta broke off at %d of %d bytes (%s); resuming",
+                            image.id, sink.size, digest.size, exc)
+                await asyncio.sleep(self.backoff * 2 ** attempt)
+            except (DeltaError, IntegrityError, OSError):
+                _discard(state)  # nothing to resume: the next attempt starts afresh
+                raise
         self.metrics.upstream_requests.inc(NAMESPACE, result.requests)
         self.metrics.upstream_bytes.inc(NAMESPACE, result.bytes_received)
-        # The record digests the upstream vouched for with this sha256 (else computed here)
-        # while the store adopts the file. DeltaClient verified its sha256 while building it
-        # (all but "identical", a copy of the basis, which adopt_file hashes).
-        verified, adopted = await asyncio.gather(
-            self._verify(image, out, digest),
-            asyncio.to_thread(self.store.adopt_file, out, digest.sha256,
-                              verified=result.method != "identical"),
-            return_exceptions=True)
-        problem = verified if isinstance(verified, BaseException) else \
-            adopted if isinstance(adopted, BaseException) else None
-        if problem is not None:
-            _discard(out)
-            if isinstance(adopted, BlobRef) and not self.store.is_bound(adopted.digest):
-                self.store.remove(adopted.digest)
-            if not isinstance(problem, (ImageDeltaFailed, IntegrityError, OSError)):
-                raise problem
-            raise ImageDeltaFailed(str(problem)) from None
-        assert isinstance(adopted, BlobRef)
-        ref = adopted
-        if result.method != "whole":  # DeltaClient's own fallback moved the whole blob
-            self.metrics.delta_fetches.inc(NAMESPACE)
+        self.metrics.delta_fetches.inc(NAMESPACE)
         self.metrics.delta_saved_bytes.inc(NAMESPACE, max(0, digest.size - result.wire_bytes))
+        self.metrics.delta_resumed_bytes.inc(NAMESPACE, result.resumed_bytes)
         log.info("image %s by %s delta against image %s: %d bytes moved instead of %d "
-                 "(transfer %.2f s, total %.2f s)", image.id, result.method, basis.image.id,
-                 result.wire_bytes, digest.size, result.seconds, time.monotonic() - started)
-        return ref
+                 "(%d resumed; %.2f s)", image.id, result.method, basis.image.id,
+                 result.wire_bytes, digest.size, result.resumed_bytes,
+                 time.monotonic() - started)
 
     async def _check_basis(self, basis: Basis) -> None:
         """After a rebuild failed: drop the basis blob if its bytes rotted (the image is then
@@ -266,18 +293,19 @@ class ImageDeltaFetcher:
             self.metrics.verify_failures.inc(NAMESPACE)
             self.store.remove(basis.ref.digest)
 
-    async def _verify(self, image: GlanceImage, path: Path, digest: ImageDigest) -> None:
-        """The record's md5 and os_hash: taken from the upstream's vouch for this sha256 when
-        it gave them, computed from the file only when it did not."""
-        digests = vouched_digests(digest)
-        wanted = dict(image_digests(image))
-        missing = tuple(algo for algo in wanted if algo not in digests)
-        if missing:
-            digests.update(await file_digests(path, missing))
-        problem = check_image(image, digest.size, digests)
-        if problem:
-            self.metrics.verify_failures.inc(NAMESPACE)
-            raise ImageDeltaFailed(f"image {image.id} failed verification: {problem}")
+
+WORK_MAX_AGE = 7 * 24 * 3600  # seconds an untouched delta's state is kept for a resume
+
+
+def cleanup_stale_work(work_dir: Path, max_age: float = WORK_MAX_AGE) -> None:
+    """Remove delta state nobody resumed for ``max_age`` seconds (call at start)."""
+    now = time.time()
+    for path in work_dir.iterdir():
+        try:
+            if now - path.stat().st_mtime > max_age:
+                path.unlink()
+        except OSError:
+            continue
 
 
 def _discard(out: Path) -> None:
@@ -286,5 +314,5 @@ def _discard(out: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-__all__ = ["Basis", "ImageDeltaFailed", "ImageDeltaFetcher", "check_image", "file_digests",
-           "image_digests", "pick_basis", "supported_hash", "vouched_digests"]
+__all__ = ["Basis", "ImageDeltaFetcher", "check_image", "file_digests", "image_digests",
+           "pick_basis", "supported_hash", "vouched_digests"]

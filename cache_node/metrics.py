@@ -73,6 +73,12 @@ class Metrics:
         self.delta_saved_bytes = LabelledCounter(
             "edgedepot_delta_saved_bytes_total", "Bytes a whole fetch would have moved, minus "
             "what the delta moved")
+        self.delta_resumed_bytes = LabelledCounter(
+            "edgedepot_delta_resumed_bytes_total", "Delta bytes an interrupted transfer had "
+            "fetched already and a resumed one did not fetch again")
+        self.delta_computed = LabelledCounter(
+            "edgedepot_delta_computed_total", "Delta signatures and patches computed (namespace "
+            "delta-signature, delta-patch), on request or prepared ahead")
         self.errors = LabelledCounter("edgedepot_error_responses_total", "Answers with status >= 500")
         self.reloads = LabelledCounter(
             "edgedepot_config_reloads_total",
@@ -98,8 +104,8 @@ class Metrics:
     def counters(self) -> list[LabelledCounter]:
         return [self.requests, self.hits, self.misses, self.coalesced, self.upstream_requests,
                 self.upstream_bytes, self.served_bytes, self.stale_serves, self.verify_failures,
-                self.index_errors, self.delta_fetches, self.delta_saved_bytes, self.errors,
-                self.reloads]
+                self.index_errors, self.delta_fetches, self.delta_saved_bytes,
+                self.delta_resumed_bytes, self.delta_computed, self.errors, self.reloads]
 
     def gauges(self) -> list[Gauge]:
         return [self.inflight, self.store_bytes, self.store_blobs]

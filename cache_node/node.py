@@ -94,8 +94,11 @@ class Node:
             self.repos[("pypi", repo.name)] = await self._make_pypi(repo)
         if self.config.role == "cache":
             await self._restore_cache_repos()
+        # One worker prepares patches ahead (the others would only compute them again).
+        prepare = self.delta.prepare if self.worker in (None, 0) else None
         self.glance = await make_glance_service(self.config, self.store, self.fetches,
-                                                self.metrics, self._exit, self._client)
+                                                self.metrics, self._exit, self._client,
+                                                prepare)
         self.plans = PlanRunner(self.store, self.resolve_artifact)
         self.plans.resume_all()
         self._housekeeping = asyncio.create_task(self._housekeep())

@@ -214,7 +214,7 @@ async def send_answer(request: web.Request, answer: Answer, namespace: str, metr
 def cache_status(answer: Answer) -> CacheStatus:
     """How the node came by an answer's bytes, as the access log reports it."""
     if isinstance(answer, StreamAnswer):
-        return "coalesced" if answer.coalesced else "miss"
+        return "coalesced" if answer.coalesced else "delta" if answer.delta else "miss"
     if isinstance(answer, RedirectAnswer):
         return "-"
     if answer.stale:

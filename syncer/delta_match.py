@@ -13,21 +13,35 @@ whatever its size. In each window:
    match), checking the strong hash of each candidate it visits.
 
 The result says, for every unique target block, at which basis offset it was found (or -1).
+
+Then `plan_blocks` lists the blocks to fetch; `edge_blocks` and `refine` run the second, finer
+round (sub-block hashes of the blocks at the edges of each run of missing blocks, checked where
+the run's neighbours say they would be, so an edit that straddles two blocks costs its own bytes,
+not two blocks); `make_recipe` turns all that into the pieces of the target and the ranges to
+fetch; `write_target` writes the target from the basis and the payload, while the payload is
+still arriving.
 """
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 import xxhash
 
-from syncer.delta_signature import Signature, block_weak, rolling_weak
+from syncer.delta_io import FileSink, GrowingFile, Sink
+from syncer.delta_signature import (
+    Signature,
+    SubHashes,
+    block_weak,
+    rolling_weak,
+    sub_block_size,
+)
 
 WINDOW = 1 << 20
 I64 = npt.NDArray[np.int64]
@@ -265,62 +279,313 @@ def plan_blocks(sig: Signature, match: MatchResult) -> BlockPlan:
     return BlockPlan(tuple(ranges), tuple(fetch), payload, sig.target_size - payload)
 
 
-def assemble(sig: Signature, match: MatchResult, plan: BlockPlan, basis: Path,
-             payload: Path, out: Path) -> str:
-    """Write the target to ``out`` (a new file) from basis blocks and the payload; sha256 hex.
+# -- the second, finer round --------------------------------------------------------------------
 
-    ``payload`` holds the bytes of ``plan.ranges``, concatenated.
-    """
+@dataclass(frozen=True)
+class EdgeBlocks:
+    """The fetched blocks at the edges of each run of missing blocks, with where in the basis
+    each would start if the run's neighbours continued into it (-1: no such neighbour): what
+    to ask sub-block hashes for, and where to check them."""
+
+    blocks: tuple[int, ...]  # target block indices, ascending
+    left: tuple[int, ...]  # basis offset of the block's start, continuing the block before the run
+    right: tuple[int, ...]  # basis offset of the block's start, leading up to the block after it
+    sub_block: int
+    block_size: int
+
+    @property
+    def ranges(self) -> tuple[tuple[int, int], ...]:
+        """The blocks as merged target ranges (the body of the hash request)."""
+        return _merged([(b * self.block_size, self.block_size) for b in self.blocks])
+
+    @property
+    def count(self) -> int:
+        """Sub-block hashes the request asks for."""
+        return len(self.blocks) * (self.block_size // self.sub_block)
+
+
+def _merged(spans: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    out: list[tuple[int, int]] = []
+    for off, length in spans:
+        if out and out[-1][0] + out[-1][1] == off:
+            out[-1] = (out[-1][0], out[-1][1] + length)
+        else:
+            out.append((off, length))
+    return tuple(out)
+
+
+def edge_blocks(sig: Signature, match: MatchResult, plan: BlockPlan) -> EdgeBlocks:
+    """Which fetched blocks a sub-block round could partly recover (see `EdgeBlocks`)."""
     L = sig.block_size
-    if payload.stat().st_size != plan.payload_size:
-        raise ValueError(f"payload is {payload.stat().st_size} bytes, plan says "
-                         f"{plan.payload_size}")
-    payload_pos: dict[int, int] = {}
-    for i, b in enumerate(plan.fetch_blocks):
-        payload_pos[int(sig.block_map[b])] = i * L
-    digest = hashlib.sha256()
-    src_list = match.source.tolist()
-    bm = sig.block_map.tolist()
-    with open(payload, "rb") as pf, open(out, "xb") as of:
-        pm = mmap.mmap(pf.fileno(), 0, access=mmap.ACCESS_READ) if plan.payload_size else None
-        bf = open(basis, "rb")
+    sub = sub_block_size(L)
+    if sig.n_blocks == 0 or not plan.fetch_blocks or 2 * sub > L:
+        return EdgeBlocks((), (), (), sub, L)
+    block_src = match.source[sig.block_map]
+    missing = np.r_[False, block_src < 0, False].astype(np.int8)
+    edges = np.flatnonzero(np.diff(missing))
+    starts, ends = edges[::2].tolist(), edges[1::2].tolist()  # runs [a, b) of missing blocks
+    fetched = set(plan.fetch_blocks)
+    src = block_src.tolist()
+    n = sig.n_blocks
+    blocks: list[int] = []
+    left: list[int] = []
+    right: list[int] = []
+    for a, b in zip(starts, ends, strict=True):
+        p = src[a - 1] + L if a > 0 else -1
+        q = src[b] if b < n else -1
+        for j in sorted({a, b - 1}):
+            if j in fetched:
+                blocks.append(j)
+                left.append(p + (j - a) * L if p >= 0 else -1)
+                right.append(q - (b - j) * L if q >= 0 and q - (b - j) * L >= 0 else -1)
+    return EdgeBlocks(tuple(blocks), tuple(left), tuple(right), sub, L)
+
+
+def refine(edges: EdgeBlocks, sub: SubHashes, basis: Path) -> dict[int, list[tuple[int, int]]]:
+    """Per edge block: (offset in the block, basis offset) of each sub-block found in the
+    basis at one of its two candidate offsets (the block's hashes in ``sub``, in order)."""
+    L = edges.block_size
+    s = edges.sub_block
+    per_block = L // s
+    found: dict[int, list[tuple[int, int]]] = {}
+    size = basis.stat().st_size
+    if size == 0 or sub.count != len(edges.blocks) * per_block:
+        return found
+    with open(basis, "rb") as fh:
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        view = memoryview(mm)
         try:
-            bsize = basis.stat().st_size
-            bmm = mmap.mmap(bf.fileno(), 0, access=mmap.ACCESS_READ) if bsize else None
-            try:
-                pview = memoryview(pm) if pm is not None else memoryview(b"")
-                bview = memoryview(bmm) if bmm is not None else memoryview(b"")
-                buf = bytearray()
-                written = 0
-                for uid in bm:
-                    src = src_list[uid]
-                    if src >= 0:
-                        buf += bview[src:src + L]
-                    else:
-                        p = payload_pos[uid]
-                        buf += pview[p:p + L]
-                    if len(buf) >= 1 << 22:
-                        digest.update(buf)
-                        of.write(buf)
-                        buf.clear()
-                        written += 1
-                        if written % 4 == 0:  # every 16 MiB: drop mapped pages from RSS
-                            drop_pages(bmm, 0, bsize)
-                            drop_pages(pm, 0, plan.payload_size)
-                if sig.tail_size:
-                    buf += pview[plan.payload_size - sig.tail_size:plan.payload_size]
-                digest.update(buf)
-                of.write(buf)
-                of.flush()
-                del pview, bview
-            finally:
-                if bmm is not None:
-                    close_quietly(bmm)
-                if pm is not None:
-                    close_quietly(pm)
+            hlen = sub.hash_len
+            for i, block in enumerate(edges.blocks):
+                hits: list[tuple[int, int]] = []
+                for k in range(per_block):
+                    want = sub.get(i * per_block + k)
+                    for base in (edges.left[i], edges.right[i]):
+                        at = base + k * s
+                        if base < 0 or at + s > size:
+                            continue
+                        if xxhash.xxh3_128_digest(view[at:at + s])[:hlen] == want:
+                            hits.append((k * s, at))
+                            break
+                if hits:
+                    found[block] = hits
         finally:
-            bf.close()
-    return digest.hexdigest()
+            view.release()
+            close_quietly(mm)
+    return found
+
+
+# -- the recipe: how the target is written ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipe:
+    """The target as pieces in order, each ``(length, source)``: a basis offset when
+    ``source >= 0``, else payload offset ``-source - 1``. ``ranges`` are the target ranges whose
+    bytes, concatenated, make the payload (what the ranges request asks for)."""
+
+    target_size: int
+    pieces: tuple[tuple[int, int], ...]
+    ranges: tuple[tuple[int, int], ...]
+    payload_size: int
+
+    @property
+    def reused_bytes(self) -> int:
+        return self.target_size - self.payload_size
+
+
+def make_recipe(sig: Signature, match: MatchResult, plan: BlockPlan,
+                found: dict[int, list[tuple[int, int]]] | None = None,
+                sub_block: int = 0) -> Recipe:
+    """The recipe for a block plan, with the sub-blocks a finer round found (if any)."""
+    L = sig.block_size
+    found = found or {}
+    ranges: list[tuple[int, int]] = []
+    payload = 0
+    composition: dict[int, list[tuple[int, int]]] = {}  # fetched block -> its pieces
+
+    def fetch(off: int, length: int) -> int:
+        nonlocal payload
+        at = payload
+        if ranges and ranges[-1][0] + ranges[-1][1] == off:
+            ranges[-1] = (ranges[-1][0], ranges[-1][1] + length)
+        else:
+            ranges.append((off, length))
+        payload += length
+        return -at - 1
+
+    for b in plan.fetch_blocks:
+        pieces: list[tuple[int, int]] = []
+        pos = 0
+        for rel, at in found.get(b, ()):
+            if rel > pos:
+                pieces.append((rel - pos, fetch(b * L + pos, rel - pos)))
+            pieces.append((sub_block, at))
+            pos = rel + sub_block
+        if pos < L:
+            pieces.append((L - pos, fetch(b * L + pos, L - pos)))
+        composition[b] = pieces
+    tail = fetch(sig.tail_offset, sig.tail_size) if sig.tail_size else 0
+
+    out: list[list[int]] = []
+
+    def put(length: int, source: int) -> None:
+        if out:
+            last = out[-1]
+            if (source >= 0) == (last[1] >= 0):
+                end = last[1] + last[0] if source >= 0 else last[1] - last[0]
+                if end == source:
+                    last[0] += length
+                    return
+        out.append([length, source])
+
+    src = match.source.tolist()
+    first = first_blocks(sig).tolist() if sig.n_blocks else []
+    for uid in sig.block_map.tolist():
+        where = src[uid]
+        if where >= 0:
+            put(L, where)
+        else:
+            for length, source in composition[first[uid]]:
+                put(length, source)
+    if sig.tail_size:
+        put(sig.tail_size, tail)
+    return Recipe(sig.target_size, tuple((a, b) for a, b in out), tuple(ranges), payload)
+
+
+class PayloadSource(Protocol):
+    def read_at(self, offset: int, n: int) -> bytes: ...
+
+
+class BlockMismatch(ValueError):
+    """A rebuilt block does not match the signature's hash of it (a false match, a basis
+    that changed since it was matched, or a corrupt payload); nothing of it was written."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(f"the target block at {offset} rebuilt wrong")
+        self.offset = offset
+
+
+COPY_CHUNK = 1 << 20
+PASS_ON = 1 << 16  # payload bytes arrive over time: pass them on in steps this small
+
+
+def write_target(recipe: Recipe, basis: Path, payload: PayloadSource, sink: Sink,
+                 skip: int = 0, verify: Signature | None = None) -> None:
+    """Write the target from the basis and the payload to ``sink``, from byte ``skip`` on
+    (what a resumed rebuild has already). The payload may still be arriving: reads wait.
+
+    With ``verify`` (the target's signature), every full block is checked against its strong
+    hash before it is written, so the sink only receives verified blocks (`BlockMismatch`
+    otherwise); the tail is covered by the caller's sha256 check."""
+    L = verify.block_size if verify is not None else 0
+    full = verify.n_blocks * L if verify is not None else 0
+    start = skip - skip % L if verify is not None and skip < full else skip
+    out = _Verified(sink, skip, start, verify)
+    bsize = basis.stat().st_size
+    with open(basis, "rb") as bf:
+        bmm = mmap.mmap(bf.fileno(), 0, access=mmap.ACCESS_READ) if bsize else None
+        try:
+            bview = memoryview(bmm) if bmm is not None else memoryview(b"")
+            pos = 0  # target offset of the piece
+            since_drop = 0
+            for length, source in recipe.pieces:
+                end = pos + length
+                at = max(start, pos)
+                while at < end:
+                    n = min(end - at, COPY_CHUNK)
+                    if source >= 0:
+                        src = source + at - pos
+                        out.add(bview[src:src + n])
+                        since_drop += n
+                    else:
+                        out.add(payload.read_at(-source - 1 + at - pos, n))
+                        if out.pending >= PASS_ON:
+                            out.flush()
+                    at += n
+                    if out.pending >= COPY_CHUNK:
+                        out.flush()
+                    if since_drop >= 16 << 20:  # drop mapped pages behind us from RSS
+                        drop_pages(bmm, 0, bsize)
+                        since_drop = 0
+                pos = end
+            out.flush(final=True)
+            del bview
+        finally:
+            if bmm is not None:
+                close_quietly(bmm)
+
+
+class _Verified:
+    """Buffers target bytes from ``start`` on and passes them to the sink block by verified
+    block (bytes before ``skip`` are dropped, not written)."""
+
+    def __init__(self, sink: Sink, skip: int, start: int, sig: Signature | None) -> None:
+        self.sink = sink
+        self.skip = skip
+        self.at = start  # target offset of buf[0]
+        self.buf = bytearray()
+        self.sig = sig
+        self.L = sig.block_size if sig is not None else 0
+        self.full = sig.n_blocks * self.L if sig is not None else 0
+        self.block_map = sig.block_map if sig is not None else None
+
+    @property
+    def pending(self) -> int:
+        return len(self.buf)
+
+    def add(self, data: bytes | memoryview) -> None:
+        self.buf += data
+
+    def flush(self, final: bool = False) -> None:
+        end = self.at + len(self.buf)
+        ready = end
+        if self.sig is not None and self.at < self.full:
+            checked = min(end, self.full)
+            checked -= (checked - self.at) % self.L  # whole blocks only
+            self._check(checked)
+            ready = checked if checked < self.full or end <= self.full else end
+            if final and end > checked and ready < end and checked < self.full:
+                raise BlockMismatch(checked)  # the target ended inside a block
+        cut = ready - self.at
+        if cut <= 0:
+            return
+        lo = max(0, self.skip - self.at)
+        if lo < cut:
+            self.sink.write(bytes(memoryview(self.buf)[lo:cut]))
+        del self.buf[:cut]
+        self.at = ready
+
+    def _check(self, upto: int) -> None:
+        assert self.sig is not None and self.block_map is not None
+        L = self.L
+        strong = self.sig.strong
+        slen = self.sig.strong_len
+        view = memoryview(self.buf)
+        try:
+            for block in range(self.at // L, upto // L):
+                rel = block * L - self.at
+                digest = xxhash.xxh3_128_digest(view[rel:rel + L])[:slen]
+                if digest != strong[int(self.block_map[block])]:
+                    raise BlockMismatch(block * L)
+        finally:
+            view.release()
+
+
+def assemble(recipe: Recipe, basis: Path, payload: Path, out: Path,
+             verify: Signature | None = None) -> str:
+    """Write the target to ``out`` (a new file) from the basis and a complete payload file;
+    its sha256 hex."""
+    if payload.stat().st_size != recipe.payload_size:
+        raise ValueError(f"payload is {payload.stat().st_size} bytes, plan says "
+                         f"{recipe.payload_size}")
+    source = GrowingFile(payload, complete=True)
+    sink = FileSink(out)
+    try:
+        write_target(recipe, basis, source, sink, verify=verify)
+    finally:
+        sink.close()
+        source.close()
+    return sink.hexdigest()
 
 
 def close_quietly(mm: mmap.mmap) -> None:

@@ -2,7 +2,8 @@
 
 zstd with the basis as a *prefix* (what ``zstd --patch-from`` does), long-distance matching on,
 and a window covering prefix and target, reaches the physical limit of a delta. Holding a 1 GiB
-pair in memory is not an option, so the target is cut into segments of ``SEGMENT`` bytes and each
+pair in memory is not an option, so the target is cut into segments (256 KiB, doubling up to
+``SEGMENT`` bytes each: a client serves the first bytes after a small first frame) and each
 is compressed against its own prefix: the basis regions where the segment's blocks were found by
 the block matcher (plus padding), and the same region of the basis (the "diagonal"), within a
 ``PREFIX_BUDGET``. A pair small enough for memory is one segment against the whole basis.
@@ -23,15 +24,16 @@ from __future__ import annotations
 import hashlib
 import mmap
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 import numpy as np
 from backports import zstd
 
 from distro.digests import file_sha256
+from syncer.delta_io import FileSink, Sink
 from syncer.delta_match import close_quietly, drop_pages, match_basis
 from syncer.delta_signature import Signature, compute_signature
 
@@ -44,6 +46,8 @@ _LEN = struct.Struct("<Q")
 
 SINGLE_LIMIT = 96 << 20  # basis + target up to this: one segment against the whole basis
 SEGMENT = 16 << 20
+FIRST_SEGMENT = 256 << 10  # segments ramp up 256 KiB, 512 KiB, 1, 2, ... 16 MiB: the first
+                           # bytes of a target are rebuilt (and served) after a small frame
 PREFIX_BUDGET = 48 << 20
 PAD = 64 << 10  # around each basis region a segment's blocks came from
 DIAGONAL = 1 << 20
@@ -94,8 +98,7 @@ def plan_segments(basis_size: int, target_size: int, sig: Signature | None,
         return [SegmentPlan(0, target_size, whole)]
     plans: list[SegmentPlan] = []
     L = sig.block_size if sig is not None else 4096
-    for t0 in range(0, target_size, SEGMENT):
-        t1 = min(t0 + SEGMENT, target_size)
+    for t0, t1 in _segment_bounds(target_size):
         weighted: list[tuple[int, int, int]] = []  # (blocks, start, end)
         if sig is not None and source is not None and sig.n_blocks:
             b0, b1 = t0 // L, min(t1 // L, sig.n_blocks)
@@ -132,6 +135,18 @@ def plan_segments(basis_size: int, target_size: int, sig: Signature | None,
             ranges = ()
         plans.append(SegmentPlan(t0, t1 - t0, ranges))
     return plans
+
+
+def _segment_bounds(target_size: int) -> list[tuple[int, int]]:
+    bounds: list[tuple[int, int]] = []
+    t0 = 0
+    step = min(FIRST_SEGMENT, SEGMENT)
+    while t0 < target_size:
+        t1 = min(t0 + step, target_size)
+        bounds.append((t0, t1))
+        t0 = t1
+        step = min(step * 2, SEGMENT)
+    return bounds
 
 
 def _read_ranges(view: memoryview, ranges: tuple[tuple[int, int], ...]) -> bytes:
@@ -209,7 +224,11 @@ def make_patch(basis: Path, target: Path, out: Path, *, basis_sha256: str | None
     return PatchInfo(digest, target_size, bsha, basis_size, len(plans))
 
 
-def read_patch_info(fh: BinaryIO) -> PatchInfo:
+class _Reader(Protocol):
+    def read(self, n: int) -> bytes: ...
+
+
+def read_patch_info(fh: _Reader) -> PatchInfo:
     raw = fh.read(_HEADER.size)
     if len(raw) < _HEADER.size:
         raise PatchError("patch truncated in its header")
@@ -221,83 +240,124 @@ def read_patch_info(fh: BinaryIO) -> PatchInfo:
     return PatchInfo(tsha.hex(), tsize, bsha.hex(), bsize, nseg)
 
 
-def _read_exact(fh: BinaryIO, n: int, what: str) -> bytes:
+def _read_exact(fh: _Reader, n: int, what: str) -> bytes:
     data = fh.read(n)
     if len(data) != n:
         raise PatchError(f"patch truncated in {what}")
     return data
 
 
-def _segments(fh: BinaryIO, info: PatchInfo) -> Iterator[tuple[SegmentPlan, bytes]]:
-    expected = 0
-    for _ in range(info.segments):
-        toff, tlen, nr = _SEG.unpack(_read_exact(fh, _SEG.size, "a segment header"))
-        if toff != expected or tlen <= 0 or toff + tlen > info.target_size or nr > 1 << 16:
-            raise PatchError("patch segment header is inconsistent")
-        ranges = tuple(_RANGE.unpack(_read_exact(fh, _RANGE.size, "a range"))
-                       for _ in range(nr))
-        for off, length in ranges:
-            if off + length > info.basis_size:
-                raise PatchError("patch refers beyond the end of the basis")
-        (flen,) = _LEN.unpack(_read_exact(fh, _LEN.size, "a frame length"))
-        if flen > 2 * tlen + (1 << 20):
-            raise PatchError("patch frame length is implausible")
-        yield SegmentPlan(toff, tlen, ranges), _read_exact(fh, flen, "a frame")
-        expected = toff + tlen
+def _segment_header(fh: _Reader, info: PatchInfo, expected: int) -> tuple[SegmentPlan, int]:
+    toff, tlen, nr = _SEG.unpack(_read_exact(fh, _SEG.size, "a segment header"))
+    if toff != expected or tlen <= 0 or toff + tlen > info.target_size or nr > 1 << 16:
+        raise PatchError("patch segment header is inconsistent")
+    ranges = tuple(_RANGE.unpack(_read_exact(fh, _RANGE.size, "a range")) for _ in range(nr))
+    for off, length in ranges:
+        if off + length > info.basis_size:
+            raise PatchError("patch refers beyond the end of the basis")
+    (flen,) = _LEN.unpack(_read_exact(fh, _LEN.size, "a frame length"))
+    if flen > 2 * tlen + (1 << 20):
+        raise PatchError("patch frame length is implausible")
+    return SegmentPlan(toff, tlen, ranges), flen
+
+
+def apply_patch_stream(basis: Path, fh: _Reader, sink: Sink, *, skip: int = 0,
+                       expected_target: str | None = None,
+                       expected_basis: str | None = None,
+                       at_end: Callable[[], bool] | None = None) -> PatchInfo:
+    """Rebuild the target from a patch read from ``fh`` (which may still be arriving) into
+    ``sink``, from target byte ``skip`` on. Each segment goes to the sink only after its frame
+    decoded completely (its content checksum verified), so the sink never receives bytes a
+    broken patch or a rotten basis made. The caller checks the target's sha256."""
+    basis_size = basis.stat().st_size
+    info = read_patch_info(fh)
+    if expected_target is not None and info.target_sha256 != expected_target:
+        raise PatchError(f"patch produces {info.target_sha256}, not {expected_target}")
+    if expected_basis is not None and info.basis_sha256 != expected_basis:
+        raise PatchError(f"patch applies to basis {info.basis_sha256}, not {expected_basis}")
+    if info.basis_size != basis_size:
+        raise PatchError(f"patch wants a basis of {info.basis_size} bytes, "
+                         f"this one has {basis_size}")
+    with open(basis, "rb") as bf:
+        bmm = mmap.mmap(bf.fileno(), 0, access=mmap.ACCESS_READ) if basis_size else None
+        try:
+            bview = memoryview(bmm) if bmm is not None else memoryview(b"")
+            expected = 0
+            for _ in range(info.segments):
+                plan, flen = _segment_header(fh, info, expected)
+                expected = plan.target_offset + plan.target_len
+                if expected <= skip:  # rebuilt by an earlier, interrupted run
+                    _discard(fh, flen)
+                    continue
+                data = _decode_segment(bview, plan, fh, flen)
+                start = max(0, skip - plan.target_offset)
+                sink.write(memoryview(data)[start:])
+                del data
+                drop_pages(bmm, 0, basis_size)
+            del bview
+        finally:
+            if bmm is not None:
+                close_quietly(bmm)
     if expected != info.target_size:
         raise PatchError("patch segments do not cover the target")
-    if fh.read(1):
+    if at_end is not None and not at_end():
         raise PatchError("patch has trailing bytes")
+    return info
+
+
+def _discard(fh: _Reader, n: int) -> None:
+    while n:
+        got = len(fh.read(min(n, 1 << 20)))
+        if not got:
+            raise PatchError("patch truncated in a frame")
+        n -= got
+
+
+def _decode_segment(bview: memoryview, plan: SegmentPlan, fh: _Reader, flen: int) -> bytes:
+    opts: dict[int, int] = {zstd.DecompressionParameter.window_log_max: MAX_WINDOW_LOG}
+    if sum(length for _, length in plan.ranges) >= MIN_PREFIX:
+        zdict = _prefix_dict(bview, plan.ranges)
+        dec = zstd.ZstdDecompressor(zstd_dict=zdict.as_prefix, options=opts)
+        del zdict
+    else:
+        dec = zstd.ZstdDecompressor(options=opts)
+    parts: list[bytes] = []
+    got = 0
+    left = flen
+    try:
+        while left:  # the frame arrives in pieces: decode as it comes
+            chunk = fh.read(min(left, 1 << 16))
+            if not chunk:
+                raise PatchError("patch truncated in a frame")
+            left -= len(chunk)
+            out = dec.decompress(chunk)
+            got += len(out)
+            if got > plan.target_len:
+                raise PatchError(f"patch segment at {plan.target_offset} decodes to more than "
+                                 f"{plan.target_len} bytes")
+            parts.append(out)
+    except zstd.ZstdError as exc:
+        raise PatchError(f"patch segment at {plan.target_offset} is corrupt: {exc}") from exc
+    if not dec.eof or got != plan.target_len:
+        raise PatchError(f"patch segment at {plan.target_offset} decodes to {got} bytes, "
+                         f"expected {plan.target_len}")
+    return b"".join(parts)
 
 
 def apply_patch(basis: Path, patch: Path, out: Path, *, expected_target: str | None = None,
                 expected_basis: str | None = None) -> PatchInfo:
     """Rebuild the target into ``out`` (a new file); verified, or ``out`` removed and raise."""
-    basis_size = basis.stat().st_size
-    of = open(out, "xb")
+    sink = FileSink(out)
     try:
-        with of, open(patch, "rb") as pf, open(basis, "rb") as bf:
-            info = read_patch_info(pf)
-            if expected_target is not None and info.target_sha256 != expected_target:
-                raise PatchError(f"patch produces {info.target_sha256}, not {expected_target}")
-            if expected_basis is not None and info.basis_sha256 != expected_basis:
-                raise PatchError(f"patch applies to basis {info.basis_sha256}, "
-                                 f"not {expected_basis}")
-            if info.basis_size != basis_size:
-                raise PatchError(f"patch wants a basis of {info.basis_size} bytes, "
-                                 f"this one has {basis_size}")
-            bmm = mmap.mmap(bf.fileno(), 0, access=mmap.ACCESS_READ) if basis_size else None
-            digest = hashlib.sha256()
-            try:
-                bview = memoryview(bmm) if bmm is not None else memoryview(b"")
-                for plan, frame in _segments(pf, info):
-                    opts: dict[int, int] = {
-                        zstd.DecompressionParameter.window_log_max: MAX_WINDOW_LOG}
-                    if sum(length for _, length in plan.ranges) >= MIN_PREFIX:
-                        zdict = _prefix_dict(bview, plan.ranges)
-                        dec = zstd.ZstdDecompressor(zstd_dict=zdict.as_prefix, options=opts)
-                        del zdict
-                    else:
-                        dec = zstd.ZstdDecompressor(options=opts)
-                    try:
-                        data = dec.decompress(frame)
-                    except zstd.ZstdError as exc:
-                        raise PatchError(f"patch segment at {plan.target_offset} is corrupt: "
-                                         f"{exc}") from exc
-                    if not dec.eof or len(data) != plan.target_len:
-                        raise PatchError(f"patch segment at {plan.target_offset} decodes to "
-                                         f"{len(data)} bytes, expected {plan.target_len}")
-                    digest.update(data)
-                    of.write(data)
-                    del data, dec
-                    drop_pages(bmm, 0, basis_size)
-                del bview
-            finally:
-                if bmm is not None:
-                    close_quietly(bmm)
-            if digest.hexdigest() != info.target_sha256:
-                raise PatchError("patched result does not match the target sha256")
+        with open(patch, "rb") as pf:
+            info = apply_patch_stream(basis, pf, sink, expected_target=expected_target,
+                                      expected_basis=expected_basis,
+                                      at_end=lambda: not pf.read(1))
+        sink.close()
+        if sink.hexdigest() != info.target_sha256:
+            raise PatchError("patched result does not match the target sha256")
     except BaseException:
+        sink.close()
         out.unlink(missing_ok=True)
         raise
     return info

@@ -43,7 +43,7 @@ _MOD = 1 << 64
 BASE_INV = pow(BASE, -1, _MOD)
 MIN_BLOCK = 256
 MAX_BLOCK = 1 << 20
-DEFAULT_BLOCK = 4096
+DEFAULT_BLOCK = 8192
 
 U64 = npt.NDArray[np.uint64]
 U32 = npt.NDArray[np.uint32]
@@ -78,24 +78,19 @@ class Signature:
         return self.target_size - self.tail_offset
 
 
-TEXT_BLOCK = 2048
-_PRINTABLE = frozenset(range(32, 127)) | {9, 10, 13}
-
-
-def looks_like_text(sample: bytes) -> bool:
-    if not sample or b"\x00" in sample:
-        return False
-    printable = sum(1 for b in sample if b in _PRINTABLE)
-    return printable >= 0.95 * len(sample)
-
-
 def choose_block_size(size: int, sample: bytes = b"") -> int:
-    """From the content: 4 KiB for binary data of file-system size (file systems allocate in
-    4 KiB blocks); 2 KiB for text (indexes change line by line: measured on a 50 MB Packages
-    index, 2 KiB moved 15% fewer bytes than 4 KiB and 45% fewer than 8 KiB, signature included);
-    smaller blocks for small files (rsync's square-root rule)."""
+    """8 KiB from 8 MiB up, smaller blocks for small files (rsync's square-root rule).
+
+    Large blocks keep the signature small; the second, finer round (`SubHashes`, 512-byte
+    sub-blocks of the blocks at the edges of each changed run) recovers the unchanged bytes
+    around each edit instead. Measured (signature + sub-block hashes + compressed payload):
+    512 MiB with 1% 4 KiB rewrites shifted by insertions, 8 KiB 7.54 MB, 4 KiB 8.00 MB, 16 KiB
+    7.48 MB; a 50 MB Packages index 255 kB, 250 kB, 374 kB (2 KiB without sub-blocks, the
+    earlier choice for text: 455 kB); 1 GiB ext4 image pair 15.98 MB, 15.94 MB, 15.98 MB.
+    ``sample`` is accepted and unused."""
+    del sample
     if size >= 8 << 20:
-        return TEXT_BLOCK if looks_like_text(sample[:1 << 16]) else DEFAULT_BLOCK
+        return DEFAULT_BLOCK
     root = max(MIN_BLOCK, int(math.isqrt(max(size, 1))))
     return min(DEFAULT_BLOCK, 1 << (root.bit_length() - 1))
 
@@ -286,3 +281,103 @@ def decode_signature(data: bytes, expected_sha256: str | None = None) -> Signatu
     if next_new != n_unique:
         raise SignatureError("signature block map does not cover its unique blocks")
     return Signature(bs, size, target_sha, strong_len, weak, strong, block_map, version)
+
+
+# -- sub-block hashes (the second, finer round) -------------------------------------------------
+#
+# Blocks are cut on the target's grid, so an edit that sits on the basis's grid after a shift
+# straddles two target blocks, and both are missing. For the blocks at the edges of each run of
+# missing blocks the client asks for hashes of sub-blocks (block_size / 16) and checks each one
+# against the basis where the run's neighbours say it would be (continuing the block before the
+# run, or leading up to the block after it): the unchanged bytes around an edit are found, and
+# only the changed ones are fetched.
+#
+# Wire format (application/vnd.edgedepot.delta-hashes, integers little endian):
+#
+#     b"EDHSH"  u16 version  u32 sub_block  32s target_sha256  u8 hash_len  u32 count
+#     count * hash_len bytes: the first hash_len bytes of the xxh3-128 of every full sub-block
+#                             of every requested range, in order
+#
+# (Random bytes do not compress: the hashes are sent as they are.)
+
+HASHES_MAGIC = b"EDHSH"
+HASHES_VERSION = 1
+_HASHES_HEADER = struct.Struct("<5sHI32sBI")
+MIN_SUB_BLOCK = 64
+SUB_BLOCKS_PER_BLOCK = 16
+MAX_SUB_HASHES = 1 << 22
+
+
+def sub_block_size(block_size: int) -> int:
+    return max(MIN_SUB_BLOCK, block_size // SUB_BLOCKS_PER_BLOCK)
+
+
+def choose_hash_len(count: int) -> int:
+    """Bytes of hash per sub-block: each is checked at two basis offsets, so a false match
+    anywhere among ``count`` sub-blocks stays ~2**-20 likely."""
+    bits = math.log2(2 * max(count, 1)) + 20
+    return max(3, min(16, math.ceil(bits / 8)))
+
+
+def sub_block_count(ranges: tuple[tuple[int, int], ...], sub_block: int) -> int:
+    return sum(length // sub_block for _, length in ranges)
+
+
+@dataclass(frozen=True, eq=False)
+class SubHashes:
+    sub_block: int
+    target_sha256: str
+    hash_len: int
+    hashes: bytes  # count * hash_len
+
+    @property
+    def count(self) -> int:
+        return len(self.hashes) // self.hash_len
+
+    def get(self, i: int) -> bytes:
+        return self.hashes[i * self.hash_len:(i + 1) * self.hash_len]
+
+
+def compute_sub_hashes(path: Path, ranges: tuple[tuple[int, int], ...], sub_block: int,
+                       target_sha256: str) -> SubHashes:
+    """Hashes of every full sub-block of the ranges of a file (the node's side)."""
+    count = sub_block_count(ranges, sub_block)
+    hash_len = choose_hash_len(count)
+    out = bytearray()
+    with open(path, "rb") as fh:
+        for off, length in ranges:
+            fh.seek(off)
+            data = fh.read(length - length % sub_block)
+            for k in range(0, len(data) - sub_block + 1, sub_block):
+                out += xxhash.xxh3_128_digest(data[k:k + sub_block])[:hash_len]
+    if len(out) != count * hash_len:
+        raise SignatureError(f"file {path} is shorter than the requested ranges")
+    return SubHashes(sub_block, target_sha256, hash_len, bytes(out))
+
+
+def encode_sub_hashes(sub: SubHashes) -> bytes:
+    return _HASHES_HEADER.pack(HASHES_MAGIC, HASHES_VERSION, sub.sub_block,
+                               bytes.fromhex(sub.target_sha256), sub.hash_len,
+                               sub.count) + sub.hashes
+
+
+def decode_sub_hashes(data: bytes, expected_sha256: str, sub_block: int,
+                      count: int) -> SubHashes:
+    """Parse and check the answer to a sub-block hash request; raises SignatureError."""
+    if len(data) < _HASHES_HEADER.size:
+        raise SignatureError("sub-block hashes truncated")
+    magic, version, sub, sha, hash_len, n = _HASHES_HEADER.unpack_from(data)
+    if magic != HASHES_MAGIC:
+        raise SignatureError("not edgedepot sub-block hashes")
+    if version != HASHES_VERSION:
+        raise SignatureError(f"sub-block hashes version {version}, this client reads "
+                             f"{HASHES_VERSION}")
+    if sha.hex() != expected_sha256:
+        raise SignatureError(f"sub-block hashes are of blob {sha.hex()}, not {expected_sha256}")
+    if sub != sub_block or n != count or not 3 <= hash_len <= 16:
+        raise SignatureError("sub-block hashes do not answer the request")
+    body = data[_HASHES_HEADER.size:]
+    if len(body) != n * hash_len:
+        raise SignatureError(f"sub-block hashes body is {len(body)} bytes, expected "
+                             f"{n * hash_len}")
+    return SubHashes(sub, expected_sha256, hash_len, body)

@@ -16,6 +16,7 @@ PAYLOAD_LENGTH_HEADER = "Edgedepot-Payload-Length"
 SIGNATURE_TYPE = "application/vnd.edgedepot.delta-signature"
 PATCH_TYPE = "application/vnd.edgedepot.delta-patch"
 RANGES_TYPE = "application/vnd.edgedepot.delta-ranges"
+HASHES_TYPE = "application/vnd.edgedepot.delta-hashes"
 ZSTD_TYPE = "application/zstd"
 RANGES_MAGIC = b"EDRG"
 RANGES_VERSION = 1
@@ -48,6 +49,14 @@ class BlobUrl:
     @property
     def ranges(self) -> str:
         return f"{self.blob}/ranges"
+
+    @property
+    def hashes(self) -> str:
+        return f"{self.blob}/hashes"
+
+    @property
+    def offer(self) -> str:
+        return f"{self.blob}/offer"
 
 
 def parse_blob_url(url: str) -> BlobUrl:

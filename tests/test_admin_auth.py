@@ -211,8 +211,14 @@ def test_cache_fetches_an_image_by_delta_from_the_token_protected_origin(tiers: 
     assert call(cache, "GET", f"/glance/v2/images/{v1}/file")[0] == 200
     status, body, _ = call(cache, "GET", f"/glance/v2/images/{v2}/file")
     assert status == 200 and len(body) == 2 * MIB
-    lines = (tiers.logs / "cache-access.log").read_text().splitlines()
-    by_path = {f.split(" ")[3]: f.split(" ") for f in lines}
+    # The line is written once the response ended: the client may have its last byte first.
+    deadline = time.monotonic() + 30
+    while True:
+        lines = (tiers.logs / "cache-access.log").read_text().splitlines()
+        by_path = {f.split(" ")[3]: f.split(" ") for f in lines}
+        if f"/glance/v2/images/{v2}/file" in by_path or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert by_path[f"/glance/v2/images/{v1}/file"][7] == "miss"
     v2_line = by_path[f"/glance/v2/images/{v2}/file"]
     assert v2_line[7] == "delta" and v2_line[4] == "200" and int(v2_line[5]) == 2 * MIB

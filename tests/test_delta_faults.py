@@ -12,6 +12,7 @@ import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cache_node.delta_service import DeltaService, RangesPayload, ServedFile
@@ -135,7 +136,7 @@ async def test_corrupt_stored_patch_is_rejected(server: DeltaServer, tmp_path: P
     served.path.write_bytes(bytes(data))
     out = tmp_path / "out.bin"
     async with DeltaClient() as client:
-        with pytest.raises(IntegrityError, match="Repr-Digest"):
+        with pytest.raises(IntegrityError, match="Repr-Digest|corrupt"):
             await client.fetch(server.url(sha), basis_path, out, path="patch")
     assert not out.exists() and leftovers(tmp_path, "out.bin.") == []
 
@@ -247,8 +248,10 @@ def test_patch_container_checks(tmp_path: Path) -> None:
 
 async def test_false_block_match_falls_back_to_whole(server: DeltaServer, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """A rebuilt file that does not verify (a false match) is never kept; auto refetches."""
+    """A block "found" in the basis whose bytes are not the target's (a false match) is caught
+    by the rebuild's per-block check before anything is written; auto refetches whole."""
     import syncer.delta_client as dc
+    from syncer.delta_match import MatchResult, match_basis
 
     basis = random_bytes(200_000, 24)
     target = mutate(basis, 25)
@@ -256,10 +259,17 @@ async def test_false_block_match_falls_back_to_whole(server: DeltaServer, tmp_pa
     basis_path.write_bytes(basis)
     sha = server.add(target)
 
-    monkeypatch.setattr(dc.DeltaClient, "_assemble", lambda self, *a: "f" * 64)
+    def false_match(sig: object, path: Path) -> MatchResult:
+        real = match_basis(sig, path)  # type: ignore[arg-type]
+        source = real.source.copy()
+        found = int(np.flatnonzero(source >= 0)[0])
+        source[found] += 1  # one byte off: the weak and strong hashes "matched" wrong bytes
+        return MatchResult(source, real.basis_size)
+
+    monkeypatch.setattr(dc, "match_basis", false_match)
     out = tmp_path / "out.bin"
     async with DeltaClient() as client:
-        with pytest.raises(IntegrityError, match="rebuilt from basis blocks"):
+        with pytest.raises(IntegrityError, match="rebuilt wrong"):
             await client.fetch(server.url(sha), basis_path, out, path="blocks")
         assert not out.exists() and leftovers(tmp_path, "out.bin.") == []
         result = await client.fetch(server.url(sha), basis_path, out, path="auto")
