@@ -157,8 +157,11 @@ class GlanceService:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def load(self) -> None:
-        """Restore the records of images whose data this node holds."""
+        """Restore the records of images whose data this node holds (at start, and before
+        choosing a delta basis: another worker process of the node may have stored one)."""
         for image_id, digest in list(self.store.names(NS_RECORD)):
+            if image_id in self._records:
+                continue
             try:
                 doc = json.loads(self.store.read_bytes(digest))
                 self._records[image_id] = GlanceImage.from_json(doc)
@@ -324,6 +327,7 @@ class GlanceService:
     def _basis(self, image: GlanceImage) -> Basis | None:
         """A cached image of `image`'s family to build it from (see `pick_basis`)."""
         family = family_key(image)  # look up (and so touch) only the family's blobs
+        self.load()
         cached = [Basis(other, ref) for other, ref in
                   ((o, self.store.lookup(NS_DATA, o.id)) for o in self._records.values()
                    if o.id != image.id and family_key(o) == family)

@@ -166,12 +166,12 @@ def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
         for region in REGIONS:
             parent = NodeProcess(["--role", "cache", "--store", str(work / f"{region}-parent"),
                                   "--upstream", origin.url, "--index-ttl", "1"],
-                                 work / f"{region}-parent.log").start()
+                                 work / f"{region}-parent.log", workers=None).start()
             nodes[f"{region}-parent"] = parent
             nodes[f"{region}-child"] = NodeProcess(
                 ["--role", "cache", "--store", str(work / f"{region}-child"),
                  "--upstream", parent.url, "--index-ttl", "1"],
-                work / f"{region}-child.log").start()
+                work / f"{region}-child.log", workers=None).start()
         console.print(f"[bold]2. fleet[/bold]: origin {origin.url}; " + "; ".join(
             f"{r}: parent {nodes[r + '-parent'].url} -> child {nodes[r + '-child'].url}"
             for r in REGIONS))
