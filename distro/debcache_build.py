@@ -1,0 +1,673 @@
+"""Build the compact package cache (:mod:`distro.debcache`) from Debian ``Packages`` files.
+
+This mirrors apt 2.6's ``pkgCacheGenerator`` closely enough that package IDs, version lists,
+dependency lists and provides lists come out exactly as apt builds them, because apt's
+decisions depend on those orders (``CompareProviders`` breaks ties by package ID, the
+``apt-get install`` driver visits its targets in ID order, the problem resolver sorts
+packages by score starting from the hash-table order). In particular:
+
+* files are merged in the given (sources.list) order; stanza by stanza apt creates the
+  package, then (for a new version) the targets of its Pre-Depends, Depends, Conflicts,
+  Breaks, Recommends, Suggests, Replaces and Enhances, then its Provides, the implicit
+  ``name:any`` provides of ``Multi-Arch: allowed`` packages and ``$kernel`` for kernels;
+* a version seen again in a later file (same version string and same version hash) gets
+  the file added instead of a second version; version lists are sorted newest first;
+* ``foo:any`` names a package of its own (group ``foo:any``, architecture ``any``),
+  provided by the ``Multi-Arch: allowed`` versions of ``foo``;
+* the hash table order (``PkgBegin``) is apt's string hash modulo 196613, packages of a
+  bucket sorted by name length then bytes.
+
+The result is a :class:`CacheData` (plain lists) that :mod:`distro.debcache` writes as one
+binary file and maps back read-only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from distro.errors import MalformedIndexError
+from distro.versions import compare_versions, is_valid_version
+
+__all__ = ["CacheData", "SourceFile", "build_cache_data", "hash_order", "apt_hash"]
+
+# apt's constants (pkgcache.h)
+DEPENDS, PREDEPENDS, SUGGESTS, RECOMMENDS, CONFLICTS, REPLACES, OBSOLETES, BREAKS, ENHANCES = \
+    range(1, 10)
+OP_MASK, OR, MA_IMPLICIT, ARCH_SPECIFIC = 0x0F, 0x10, 0x20, 0x40
+LESSEQ, GREATEREQ, LESS, GREATER, EQUALS, NOTEQUALS = 1, 2, 3, 4, 5, 6
+MA_ALL, MA_FOREIGN, MA_SAME, MA_ALLOWED = 1, 2, 4, 8
+FLAG_ESSENTIAL, FLAG_IMPORTANT = 1 << 3, 1 << 4
+HASH_TABLE_SIZE = 196613
+
+_DEP_FIELDS = ((b"pre-depends", PREDEPENDS), (b"depends", DEPENDS), (b"conflicts", CONFLICTS),
+               (b"breaks", BREAKS), (b"recommends", RECOMMENDS), (b"suggests", SUGGESTS),
+               (b"replaces", REPLACES), (b"enhances", ENHANCES))
+_HASH_FIELDS = (b"installed-size", b"depends", b"pre-depends", b"conflicts", b"breaks",
+                b"replaces")
+_PRIORITIES = {"required": 1, "important": 2, "standard": 3, "optional": 4, "extra": 5}
+_OPS = {"<=": LESSEQ, "<<": LESS, "<": LESSEQ, ">=": GREATEREQ, ">>": GREATER, ">": GREATEREQ,
+        "=": EQUALS}
+_FIELD_LINE = re.compile(rb"\n(?![ \t\n])(?![!-9;-~]+:)")
+_FIELD = re.compile(rb"^([!-9;-~]+):[ \t]*((?:[^\n]*)(?:\n[ \t][^\n]*)*)", re.M)
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.\-]*")
+# one relation: name[:arch] [(op version)] followed by , | or the end (apt's ParseDepends)
+_REL = re.compile(r"\s*([^\s(),|\[\]<>]+)\s*(?:\(\s*(<<|<=|>=|>>|<|>|=)\s*([^)]*?)\s*\)\s*)?"
+                  r"(,|\||$)")
+_KERNEL_PREFIXES = ("linux-image-", "kfreebsd-image-", "gnumach-image-")
+_KERNEL_UNAME = re.compile(r"[0-9]+\.")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One Packages file's decompressed text, where it came from, and its pin priority."""
+
+    source: str
+    data: bytes
+    priority: int = 500
+
+
+@dataclass
+class CacheData:
+    """apt's cache in plain lists (see :mod:`distro.debcache` for the meaning of each)."""
+
+    native_arch: str
+    arches: tuple[str, ...]
+    sources: list[str]
+    strings: list[str]
+    # packages (apt's Package: a name and an architecture), by ID
+    p_name: list[int] = field(default_factory=list)
+    p_arch: list[int] = field(default_factory=list)
+    p_flags: list[int] = field(default_factory=list)
+    p_versions: list[list[int]] = field(default_factory=list)
+    p_provides: list[list[int]] = field(default_factory=list)  # provide records, newest first
+    # versions, by ID
+    v_pkg: list[int] = field(default_factory=list)
+    v_str: list[int] = field(default_factory=list)
+    v_arch: list[int] = field(default_factory=list)
+    v_ma: list[int] = field(default_factory=list)
+    v_prio: list[int] = field(default_factory=list)
+    v_src: list[int] = field(default_factory=list)
+    v_srcver: list[int] = field(default_factory=list)
+    v_pin: list[int] = field(default_factory=list)
+    v_file: list[int] = field(default_factory=list)
+    v_line: list[int] = field(default_factory=list)
+    v_filename: list[int] = field(default_factory=list)
+    v_size: list[int] = field(default_factory=list)
+    v_sha256: list[int] = field(default_factory=list)
+    v_deps: list[list[int]] = field(default_factory=list)
+    v_provides: list[list[int]] = field(default_factory=list)  # provide records, newest first
+    # dependencies, by ID
+    d_type: list[int] = field(default_factory=list)
+    d_op: list[int] = field(default_factory=list)
+    d_target: list[int] = field(default_factory=list)
+    d_ver: list[int] = field(default_factory=list)
+    d_owner: list[int] = field(default_factory=list)
+    # provides records
+    r_ver: list[int] = field(default_factory=list)
+    r_pkg: list[int] = field(default_factory=list)
+    r_pver: list[int] = field(default_factory=list)
+    r_flags: list[int] = field(default_factory=list)
+
+
+def apt_hash(name: str) -> int:
+    """pkgCache::sHash: djb2 over the lower-cased name, modulo the hash table size."""
+    h = 5381
+    for ch in name.encode():
+        if 65 <= ch <= 90:
+            ch += 32
+        h = (h * 33 + ch) & 0xFFFFFFFF
+    return h % HASH_TABLE_SIZE
+
+
+def hash_order(p_name: Sequence[int], strings: Sequence[str]) -> list[int]:
+    """Package IDs in apt's ``PkgBegin`` order: by hash bucket, then by name (length first,
+    then bytes), packages of one name in creation order."""
+    first: dict[int, int] = {}
+    for pid, sid in enumerate(p_name):
+        first.setdefault(sid, pid)
+    keyed = []
+    for pid, sid in enumerate(p_name):
+        name = strings[sid]
+        raw = name.encode()
+        keyed.append((apt_hash(name), len(raw), raw, first[sid], pid))
+    keyed.sort()
+    return [k[4] for k in keyed]
+
+
+def _version_hash(fields: dict[bytes, str]) -> int:
+    """debListParser::VersionHash (low 32 bits)."""
+    h = 5381
+    for key in _HASH_FIELDS:
+        value = fields.get(key)
+        if value is None:
+            continue
+        raw = value.encode()
+        i, n = 0, len(raw)
+        while i < n:
+            ch = raw[i]
+            if ch == 48 and i + 1 < n and raw[i + 1] == 58:  # "0:" epoch
+                i += 2
+                continue
+            if ch in (32, 9, 10, 11, 12, 13, 61):
+                i += 1
+                continue
+            if 65 <= ch <= 90:
+                ch += 32
+            h = (h * 33 + ch) & 0xFFFFFFFF
+            i += 1
+    return h
+
+
+def _kernel_uname(name: str) -> bool:
+    for prefix in _KERNEL_PREFIXES:
+        if name.startswith(prefix) and not name.endswith(("-dbgsym", "-dbg")):
+            rest = name[len(prefix):]
+            if len(rest) >= 2 and _KERNEL_UNAME.match(rest):
+                return True
+    return False
+
+
+def parse_relations(text: str) -> list[tuple[str, int, str]] | None:
+    """apt's ParseDepends over a field: (name, op | Or flag, version); None if malformed."""
+    out: list[tuple[str, int, str]] = []
+    pos, n = 0, len(text)
+    while True:
+        m = _REL.match(text, pos)
+        if m is None:
+            return None
+        name, op_text, version, sep = m.group(1), m.group(2), m.group(3), m.group(4)
+        op = 0
+        if op_text is not None:
+            if not version:
+                return None
+            op = _OPS[op_text]
+        else:
+            version = ""
+        if sep == "|":
+            op |= OR
+        out.append((name, op, version))
+        pos = m.end()
+        if sep == "":
+            if text[pos:].strip():
+                return None
+            return out
+        if pos >= n or not text[pos:].strip():
+            return out
+
+
+class _Builder:
+    def __init__(self, native: str, foreign: Sequence[str]) -> None:
+        self.native = native
+        self.arches = (native, *foreign)
+        self.strings: dict[str, int] = {"": 0}
+        self.d = CacheData(native, self.arches, [], [""])
+        self.groups: dict[str, list[int]] = {}
+        self.revdeps: list[list[int]] = []
+        self.v_hash: list[int] = []
+        self.v_size_raw: list[int] = []
+        self.p_key: dict[tuple[str, str], int] = {}
+
+    # -------------------------------------------------------------- strings, groups, packages
+
+    def s(self, text: str) -> int:
+        sid = self.strings.get(text)
+        if sid is None:
+            sid = self.strings[text] = len(self.d.strings)
+            self.d.strings.append(text)
+        return sid
+
+    def arch_of(self, pid: int) -> str:
+        return self.d.strings[self.d.p_arch[pid]]
+
+    def name_of(self, pid: int) -> str:
+        return self.d.strings[self.d.p_name[pid]]
+
+    def find_pkg(self, name: str, arch: str) -> int | None:
+        """GrpIterator::FindPkg."""
+        pkgs = self.groups.get(name)
+        if not pkgs:
+            return None
+        if arch == "any":
+            return pkgs[0]
+        if arch in ("native", "all"):
+            arch = self.native
+        for pid in pkgs:
+            if self.arch_of(pid) == arch:
+                return pid
+        return None
+
+    def check_arch(self, arch: str) -> bool:
+        return arch == "all" or arch in self.arches
+
+    def ver_arch(self, vid: int) -> str:
+        """VerIterator::Arch(): ``all`` for Architecture: all versions."""
+        if self.d.v_ma[vid] & MA_ALL:
+            return "all"
+        return self.arch_of(self.d.v_pkg[vid])
+
+    def new_package(self, name: str, arch: str) -> int:
+        d = self.d
+        pkgs = self.groups.setdefault(name, [])
+        found = self.find_pkg(name, arch)
+        if found is not None:
+            return found
+        pid = len(d.p_name)
+        d.p_name.append(self.s(name))
+        d.p_arch.append(self.s(self.native if arch == "all" else arch))
+        d.p_flags.append(0)
+        d.p_versions.append([])
+        d.p_provides.append([])
+        self.revdeps.append([])
+        if pkgs:
+            self._join_group(pid, pkgs)
+        pkgs.append(pid)
+        if arch == "any":
+            colon = name.rfind(":")  # npos + 1 == 0: without a colon both are the name
+            arch_a = name[colon + 1:]
+            if arch_a != "any":
+                name_a = name[:colon] if colon >= 0 else name
+                pkg_a = self.find_pkg(name_a, arch_a)
+                if pkg_a is None:
+                    pkg_a = self.new_package(name_a, arch_a)
+                for rid in list(d.p_provides[pkg_a]):
+                    if d.r_flags[rid] & MA_IMPLICIT:
+                        continue
+                    v = d.r_ver[rid]
+                    if arch_a != self.arch_of(d.v_pkg[v]):
+                        continue
+                    self.add_provides(v, pid, d.v_str[v], MA_IMPLICIT | ARCH_SPECIFIC)
+                for v in list(d.p_versions[pkg_a]):
+                    self.add_provides(v, pid, d.v_str[v], MA_IMPLICIT | ARCH_SPECIFIC)
+        return pid
+
+    def _preferred(self, pkgs: list[int]) -> int | None:
+        """GrpIterator::FindPreferredPkg(false): native, then configured arches."""
+        for arch in self.arches:
+            for pid in pkgs:
+                if self.arch_of(pid) == arch:
+                    return pid
+        return None
+
+    def _join_group(self, pid: int, pkgs: list[int]) -> None:
+        """NewPackage for a group that has packages already: provides and negative deps."""
+        d = self.d
+        m = self._preferred(pkgs)
+        if m is not None:
+            for rid in list(reversed(d.p_provides[m])):
+                if d.r_flags[rid] & ARCH_SPECIFIC:
+                    continue
+                v = d.r_ver[rid]
+                if d.v_ma[v] & MA_FOREIGN and not d.r_flags[rid] & MA_IMPLICIT:
+                    if not self.check_arch(self.arch_of(d.v_pkg[v])):
+                        continue
+                    self.add_provides(v, pid, d.r_pver[rid], d.r_flags[rid])
+        for p in list(pkgs):
+            if not self.check_arch(self.arch_of(p)):
+                continue
+            for v in list(d.p_versions[p]):
+                if d.v_ma[v] & MA_FOREIGN:
+                    self.add_provides(v, pid, d.v_str[v], MA_IMPLICIT)
+        if m is not None:
+            for dep in list(reversed(self.revdeps[m])):
+                if d.d_op[dep] & (ARCH_SPECIFIC | MA_IMPLICIT):
+                    continue
+                if d.d_type[dep] not in (BREAKS, CONFLICTS, REPLACES):
+                    continue
+                self.add_depends(pid, d.d_owner[dep], d.d_ver[dep], d.d_op[dep], d.d_type[dep])
+
+    # -------------------------------------------------------------- depends and provides
+
+    def add_depends(self, pid: int, vid: int, ver_sid: int, op: int, dtype: int) -> None:
+        d = self.d
+        dep = len(d.d_type)
+        d.d_type.append(dtype)
+        d.d_op.append(op)
+        d.d_target.append(pid)
+        d.d_ver.append(ver_sid)
+        d.d_owner.append(vid)
+        d.v_deps[vid].append(dep)
+        self.revdeps[pid].append(dep)
+
+    def new_depends(self, vid: int, name: str, arch: str, version: str, op: int, dtype: int
+                    ) -> None:
+        """pkgCacheListParser::NewDepends."""
+        pkgs = self.groups.setdefault(name, [])
+        ver_sid = self.s(version) if version else 0
+        negative = dtype in (BREAKS, CONFLICTS, REPLACES)
+        if not negative or op & ARCH_SPECIFIC or not pkgs:
+            pid = self.find_pkg(name, arch)
+            if pid is None:
+                pid = self.new_package(name, arch)
+            self.add_depends(pid, vid, ver_sid, op, dtype)
+        else:
+            for pid in list(pkgs):
+                self.add_depends(pid, vid, ver_sid, op, dtype)
+
+    def add_provides(self, vid: int, pid: int, pver_sid: int, flags: int) -> None:
+        d = self.d
+        rid = len(d.r_ver)
+        d.r_ver.append(vid)
+        d.r_pkg.append(pid)
+        d.r_pver.append(pver_sid)
+        d.r_flags.append(flags)
+        d.v_provides[vid].append(rid)
+        d.p_provides[pid].append(rid)
+
+    def new_provides(self, vid: int, name: str, arch: str, version: str, flags: int) -> None:
+        """pkgCacheListParser::NewProvides (self-provides are dropped)."""
+        d = self.d
+        owner = d.v_pkg[vid]
+        if (self.name_of(owner) == name
+                and (arch == self.arch_of(owner)
+                     or (arch == "all" and self.native == self.arch_of(owner)))
+                and (not version or version == d.strings[d.v_str[vid]])):
+            return
+        pid = self.new_package(name, arch)
+        self.add_provides(vid, pid, self.s(version) if version else 0, flags)
+
+    def new_provides_all_arch(self, vid: int, name: str, version: str, flags: int) -> None:
+        pkgs = self.groups.get(name)
+        if not pkgs:
+            self.new_provides(vid, name, self.native, version, flags)
+            return
+        d = self.d
+        owner = d.v_pkg[vid]
+        for pid in list(pkgs):
+            if flags & MA_IMPLICIT and pid == owner:
+                continue
+            if not flags & ARCH_SPECIFIC and not self.check_arch(self.arch_of(owner)):
+                continue
+            self.add_provides(vid, pid, self.s(version) if version else 0, flags)
+
+    # -------------------------------------------------------------- one stanza
+
+    def merge(self, fields: dict[bytes, str], file_no: int, source: str, line: int,
+              field_line: dict[bytes, int]) -> None:
+        d = self.d
+        name = fields[b"package"]
+        if "/" not in name:
+            name = name.lower()
+        arch = fields.get(b"architecture", "")
+        version = fields[b"version"]
+        pid = self.new_package(name, arch)
+        vers = d.p_versions[pid]
+        vhash = _version_hash(fields)
+        size_text = fields.get(b"size", "0")
+        size = int(size_text) if size_text.isdigit() else 0
+        ma = self._multi_arch(fields)
+        insert_at = len(vers)
+        found: int | None = None
+        for i, v in enumerate(vers):
+            res = compare_versions(version, d.strings[d.v_str[v]])
+            if res > 0:
+                insert_at = i
+                break
+            if res == 0 and self.v_hash[v] == vhash and (
+                    size == 0 or self.v_size_raw[v] == 0 or size == self.v_size_raw[v]) \
+                    and ma == d.v_ma[v]:
+                found = v
+                break
+        if found is not None:
+            self._use_package(pid, fields)
+            if d.v_pin[found] < self._priority:
+                d.v_pin[found] = self._priority
+            return
+        vid = len(d.v_pkg)
+        d.v_pkg.append(pid)
+        d.v_str.append(self.s(version))
+        d.v_arch.append(self.s(arch))
+        d.v_ma.append(ma)
+        prio_text = fields.get(b"priority")
+        d.v_prio.append(0 if prio_text is None else _PRIORITIES.get(prio_text.lower(), 5))
+        src_name, src_ver = name, version
+        src = fields.get(b"source")
+        if src:
+            parts = src.split(" ", 1)
+            src_name = parts[0]
+            if len(parts) > 1 and "(" in parts[1] and ")" in parts[1]:
+                src_ver = parts[1][parts[1].index("(") + 1:parts[1].index(")")]
+        d.v_src.append(self.s(src_name))
+        d.v_srcver.append(self.s(src_ver))
+        d.v_pin.append(self._priority)
+        d.v_file.append(file_no)
+        d.v_line.append(line)
+        d.v_filename.append(self.s(fields.get(b"filename", "")))
+        d.v_size.append(size)
+        d.v_sha256.append(self.s(fields.get(b"sha256", "")))
+        d.v_deps.append([])
+        d.v_provides.append([])
+        self.v_hash.append(vhash)
+        self.v_size_raw.append(size)
+        vers.insert(insert_at, vid)
+        pkg_arch = self.ver_arch(vid)
+        barbarian = not self.check_arch(pkg_arch)
+        for key, dtype in _DEP_FIELDS:
+            text = fields.get(key)
+            if not text:
+                continue
+            rels = parse_relations(text)
+            if rels is None:
+                raise MalformedIndexError(source, line + field_line.get(key, 0),
+                                          f"malformed {key.decode().title()} relation "
+                                          f"{text.strip()[:80]!r}")
+            for rname, op, rver in rels:
+                if rver and not is_valid_version(rver):
+                    raise MalformedIndexError(source, line + field_line.get(key, 0),
+                                              f"invalid version {rver!r} in "
+                                              f"{key.decode().title()}")
+                self._one_depends(vid, rname, rver, op, dtype, pkg_arch, barbarian)
+        self._parse_provides(vid, fields.get(b"provides"), source,
+                             line + field_line.get(b"provides", 0))
+        if _kernel_uname(name):
+            self.new_provides(vid, "$kernel", "any", version, MA_IMPLICIT)
+        self._use_package(pid, fields)
+        if len(vers) == 1:
+            for other in self.groups[name]:
+                if other == pid:
+                    continue
+                for v in list(d.p_versions[other]):
+                    self._implicit_one(v, pid)
+        self._implicit_group(name, pid, vid)
+
+    _priority = 500
+
+    def _multi_arch(self, fields: dict[bytes, str]) -> int:
+        text = fields.get(b"multi-arch", "")
+        is_all = fields.get(b"architecture") == "all"
+        ma = {"same": MA_SAME, "foreign": MA_FOREIGN, "allowed": MA_ALLOWED}.get(text, 0)
+        if ma == MA_SAME and is_all:
+            ma = 0
+        return ma | (MA_ALL if is_all else 0)
+
+    def _use_package(self, pid: int, fields: dict[bytes, str]) -> None:
+        d = self.d
+        flags = d.p_flags[pid]
+        for key, bit in ((b"essential", FLAG_ESSENTIAL), (b"important", FLAG_IMPORTANT),
+                         (b"protected", FLAG_IMPORTANT)):
+            value = fields.get(key)
+            if value is None:
+                continue
+            value = value.lower()
+            if value == "yes":
+                flags |= bit
+            elif value == "no":
+                flags &= ~bit
+        if self.name_of(pid) == "apt":
+            flags |= FLAG_ESSENTIAL | FLAG_IMPORTANT
+        d.p_flags[pid] = flags
+
+    def _one_depends(self, vid: int, name: str, version: str, op: int, dtype: int,
+                     pkg_arch: str, barbarian: bool) -> None:
+        colon = name.rfind(":")
+        if colon < 0:
+            self.new_depends(vid, name, pkg_arch, version, op, dtype)
+        elif name[colon:] == ":any":
+            if barbarian:
+                self.new_depends(vid, name, "any", version, op | OR, dtype)
+                self.new_depends(vid, name[:colon], pkg_arch, version, op, dtype)
+            else:
+                self.new_depends(vid, name, "any", version, op, dtype)
+        elif name[colon + 1:] == "native":
+            self.new_depends(vid, name[:colon] + ":" + self.native, "any", version,
+                             op | ARCH_SPECIFIC, dtype)
+        else:
+            self.new_depends(vid, name, "any", version, op | ARCH_SPECIFIC, dtype)
+
+    def _parse_provides(self, vid: int, text: str | None, source: str, line: int) -> None:
+        d = self.d
+        owner = d.v_pkg[vid]
+        spz_name = f"{self.name_of(owner)}:{self.arch_of(owner)}"
+        has_already = any(
+            d.r_flags[r] & MA_IMPLICIT and d.r_flags[r] & ARCH_SPECIFIC
+            and spz_name == self._full_name(d.r_pkg[r]) for r in d.v_provides[vid])
+        arch = self.ver_arch(vid)
+        barbarian = not self.check_arch(arch)
+        ma = d.v_ma[vid]
+        verstr = d.strings[d.v_str[vid]]
+        if text:
+            rels = parse_relations(text)
+            if rels is None or any(op & OR for _n, op, _v in rels):
+                raise MalformedIndexError(source, line, f"malformed Provides {text.strip()[:80]!r}")
+            for pname, op, pver in rels:
+                if not _NAME_RE.fullmatch(pname.split(":", 1)[0]):
+                    raise MalformedIndexError(source, line,
+                                              f"malformed Provides entry {pname!r}")
+                archfound = pname.rfind(":")
+                if op & OP_MASK not in (0, EQUALS):
+                    continue  # apt ignores non-equal Provides (with a warning)
+                if archfound >= 0:
+                    spz_arch = pname[archfound + 1:]
+                    if spz_arch != "any":
+                        self.new_provides(vid, pname[:archfound], spz_arch, pver,
+                                          MA_IMPLICIT | ARCH_SPECIFIC)
+                    self.new_provides(vid, pname, "any", pver, ARCH_SPECIFIC)
+                elif ma & MA_FOREIGN:
+                    if not barbarian:
+                        self.new_provides_all_arch(vid, pname, pver, 0)
+                    else:
+                        self.new_provides(vid, pname, arch, pver, 0)
+                else:
+                    if ma & MA_ALLOWED and not barbarian:
+                        self.new_provides(vid, pname + ":any", "any", pver, MA_IMPLICIT)
+                    self.new_provides(vid, pname, arch, pver, 0)
+                if archfound < 0:
+                    spz = f"{pname}:{self.arch_of(owner)}"
+                    if self.find_pkg(spz, "any") is not None:
+                        self.new_provides(vid, spz, "any", pver, MA_IMPLICIT | ARCH_SPECIFIC)
+        if not barbarian:
+            if ma & MA_ALLOWED:
+                self.new_provides(vid, self.name_of(owner) + ":any", "any", verstr, MA_IMPLICIT)
+            elif ma & MA_FOREIGN:
+                self.new_provides_all_arch(vid, self.name_of(owner), verstr, MA_IMPLICIT)
+        if not has_already and self.find_pkg(spz_name, "any") is not None:
+            self.new_provides(vid, spz_name, "any", verstr, MA_IMPLICIT | ARCH_SPECIFIC)
+
+    def _full_name(self, pid: int) -> str:
+        return f"{self.name_of(pid)}:{self.arch_of(pid)}"
+
+    def _implicit_group(self, name: str, pid: int, vid: int) -> None:
+        """AddImplicitDepends(Grp, Pkg, Ver): conflicts with the other architectures."""
+        d = self.d
+        arch = self.arch_of(pid)
+        same = d.v_ma[vid] & MA_SAME
+        for other in list(self.groups[name]):
+            if arch == self.arch_of(other) or not d.p_versions[other]:
+                continue
+            if same:
+                self.add_depends(other, vid, d.v_str[vid], LESS | MA_IMPLICIT, REPLACES)
+                self.add_depends(other, vid, d.v_str[vid], NOTEQUALS | MA_IMPLICIT, BREAKS)
+            else:
+                self.add_depends(other, vid, 0, MA_IMPLICIT, CONFLICTS)
+
+    def _implicit_one(self, vid: int, pid: int) -> None:
+        d = self.d
+        if d.v_ma[vid] & MA_SAME:
+            self.add_depends(pid, vid, d.v_str[vid], LESS | MA_IMPLICIT, REPLACES)
+            self.add_depends(pid, vid, d.v_str[vid], NOTEQUALS | MA_IMPLICIT, BREAKS)
+        else:
+            self.add_depends(pid, vid, 0, MA_IMPLICIT, CONFLICTS)
+
+    # -------------------------------------------------------------- files
+
+    def add_file(self, src: SourceFile, file_no: int) -> None:
+        self._priority = src.priority
+        self.d.sources.append(src.source)
+        for fields, line, field_line in _stanzas(src.data, src.source):
+            self.merge(fields, file_no, src.source, line, field_line)
+
+
+_WANTED = frozenset({b"package", b"version", b"architecture", b"multi-arch", b"essential",
+                     b"important", b"protected", b"priority", b"source", b"pre-depends",
+                     b"depends", b"conflicts", b"breaks", b"recommends", b"suggests",
+                     b"replaces", b"enhances", b"provides", b"filename", b"size", b"sha256",
+                     b"installed-size"})
+
+
+def _stanzas(data: bytes, source: str):  # type: ignore[no-untyped-def]
+    """(fields, first line, field -> line offset) per stanza; validates as apt would refuse."""
+    if b"\x00" in data:
+        nul = data.find(b"\x00")
+        raise MalformedIndexError(source, data.count(b"\n", 0, nul) + 1, "binary data (NUL byte)")
+    data = data.replace(b"\r\n", b"\n")
+    lead = len(data) - len(data.lstrip(b"\n"))
+    body = data.strip(b"\n") + b"\n"
+    if not body.strip():
+        return
+    bad = _FIELD_LINE.search(body, 0, len(body) - 1)
+    if bad is not None or not re.match(rb"[!-9;-~]+:", body):
+        at = 0 if bad is None else bad.start() + 1
+        raise MalformedIndexError(source, body.count(b"\n", 0, at) + 1 + lead,
+                                  "expected 'Field: value' or a continuation line")
+    line = 1 + lead
+    pos = 0
+    n = len(body)
+    while pos < n:
+        end = body.find(b"\n\n", pos)
+        if end < 0:
+            end = n
+        chunk = body[pos:end]
+        fields: dict[bytes, str] = {}
+        field_line: dict[bytes, int] = {}
+        for m in _FIELD.finditer(chunk):
+            key = m.group(1).lower()
+            if key not in _WANTED:
+                continue
+            offset = chunk.count(b"\n", 0, m.start())
+            if key in fields and key in (b"package", b"version", b"architecture"):
+                raise MalformedIndexError(source, line + offset,
+                                          f"duplicate {m.group(1).decode()} field")
+            try:
+                value = m.group(2).decode("utf-8")
+            except UnicodeDecodeError:
+                raise MalformedIndexError(source, line + offset, "not valid UTF-8") from None
+            fields[key] = value.strip()
+            field_line[key] = offset
+        for key, title in ((b"package", "Package"), (b"version", "Version"),
+                           (b"architecture", "Architecture")):
+            if key not in fields:
+                raise MalformedIndexError(source, line, f"stanza without a {title} field")
+        if not _NAME_RE.fullmatch(fields[b"package"].lower()):
+            raise MalformedIndexError(source, line + field_line[b"package"],
+                                      f"invalid package name {fields[b'package']!r}")
+        if not is_valid_version(fields[b"version"]):
+            raise MalformedIndexError(source, line + field_line[b"version"],
+                                      f"invalid version {fields[b'version']!r} of "
+                                      f"{fields[b'package']}")
+        yield fields, line, field_line
+        # advance over the blank lines
+        nxt = end
+        while nxt < n and body[nxt:nxt + 1] == b"\n":
+            nxt += 1
+        line += body.count(b"\n", pos, nxt)
+        pos = nxt
+
+
+def build_cache_data(files: Sequence[SourceFile], native_arch: str = "amd64",
+                     foreign_arches: Sequence[str] = ()) -> CacheData:
+    """apt's package cache over ``files`` (in sources.list order)."""
+    b = _Builder(native_arch, foreign_arches)
+    for n, src in enumerate(files):
+        b.add_file(src, n)
+    return b.d
