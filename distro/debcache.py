@@ -19,8 +19,9 @@ filename, size, sha256, its dependencies (``d_*`` slice, apt's order) and its pr
 Recommends 5 Conflicts 6 Replaces 7 Obsoletes 8 Breaks 9 Enhances), apt compare operator
 with flags (Or 0x10, MultiArchImplicit 0x20, ArchSpecific 0x40), target package and
 version string. Per provides record: the providing version, the provided package, the
-provided version and flags. ``hashorder`` is apt's ``PkgBegin`` order, ``namesorted`` the
-package IDs sorted by name for lookups.
+provided version and flags. ``hashorder`` is apt's ``PkgBegin`` order (``hashpos`` its
+inverse), ``namesorted`` the package IDs sorted by name for lookups, ``flagged`` the
+Essential or Important packages.
 """
 
 from __future__ import annotations
@@ -38,14 +39,14 @@ if TYPE_CHECKING:
 
 __all__ = ["FORMAT", "DebCache", "cache_key", "serialize"]
 
-FORMAT = 1
-_MAGIC = b"EDDEBC01"
+FORMAT = 2
+_MAGIC = b"EDDEBC02"
 _INT_ARRAYS = (
     "p_name", "p_arch", "p_flags", "p_vstart", "p_vcount", "p_rstart", "p_rcount", "vlist",
     "prlist", "v_pkg", "v_str", "v_arch", "v_ma", "v_prio", "v_src", "v_srcver", "v_pin",
     "v_file", "v_line", "v_filename", "v_sha256", "v_dstart", "v_dcount", "v_rstart",
     "v_rcount", "vrlist", "d_type", "d_op", "d_target", "d_ver", "d_owner", "r_ver", "r_pkg",
-    "r_pver", "r_flags", "hashorder", "namesorted", "str_off")
+    "r_pver", "r_flags", "hashorder", "hashpos", "namesorted", "flagged", "str_off")
 _LONG_ARRAYS = ("v_size",)
 _SEP = "\x1f"
 
@@ -93,6 +94,10 @@ def serialize(data: CacheData) -> bytes:
         v_rstart.append(len(vrlist))
         v_rcount.append(len(d.v_provides[vid]))
         vrlist.extend(reversed(d.v_provides[vid]))
+    order = hash_order(d.p_name, d.strings)
+    hashpos = array("i", bytes(4 * n_p))
+    for i, pid in enumerate(order):
+        hashpos[pid] = i
     names = [d.strings[s].encode() for s in d.p_name]
     arches = [d.strings[s].encode() for s in d.p_arch]
     namesorted = sorted(range(n_p), key=lambda p: (names[p], arches[p]))
@@ -107,7 +112,8 @@ def serialize(data: CacheData) -> bytes:
         "d_op": d_op, "d_target": d_target, "d_ver": d_ver, "d_owner": d_owner,
         "v_dstart": v_dstart, "v_dcount": v_dcount, "v_rstart": v_rstart,
         "v_rcount": v_rcount, "vrlist": vrlist,
-        "hashorder": array("i", hash_order(d.p_name, d.strings)),
+        "hashorder": array("i", order), "hashpos": hashpos,
+        "flagged": array("i", [p for p in range(n_p) if d.p_flags[p] & 24]),
         "namesorted": array("i", namesorted), "str_off": str_off}
     for name in _INT_ARRAYS:
         arrays[name] = local[name] if name in local else array("i", getattr(d, name))
@@ -178,7 +184,9 @@ class DebCache:
     r_pver: memoryview
     r_flags: memoryview
     hashorder: memoryview
+    hashpos: memoryview
     namesorted: memoryview
+    flagged: memoryview
     str_off: memoryview
     v_size: memoryview
 

@@ -196,6 +196,11 @@ class PackageIndex:
             best, best_prio = v, prio
         return best
 
+    def name_id(self, name: str) -> int:
+        """The string ID of a package name (-1 if no package has it)."""
+        found = self.cache.find(name)
+        return self.cache.p_name[found[0]] if found else -1
+
     def has_name(self, name: str) -> bool:
         """A real package (one with versions) of that name exists."""
         return any(self.cache.p_vcount[p] for p in self.cache.find(name))

@@ -28,8 +28,9 @@ follows ``ResolveOptions.install_recommends``; no Suggests, no NeverAutoRemove p
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -97,14 +98,23 @@ class Chain:
 
 @dataclass(frozen=True)
 class Resolution:
-    """The closure: package versions in package-ID order, and why each is there."""
+    """The closure: apt version IDs in package-ID order, and why each package is there.
+
+    ``packages`` (the records) and the chains in ``reasons`` are made on first use.
+    """
 
     targets: tuple[str, ...]
-    packages: tuple[PackageVersion, ...]
-    reasons: dict[str, Chain] = field(hash=False)
+    ids: tuple[int, ...]
+    index: PackageIndex = field(repr=False, compare=False)
+    reasons: Mapping[str, Chain] = field(hash=False, repr=False, compare=False)
+
+    @functools.cached_property
+    def packages(self) -> tuple[PackageVersion, ...]:
+        return tuple(self.index.version(v) for v in self.ids)
 
     def names(self) -> set[str]:
-        return {p.name for p in self.packages}
+        c = self.index.cache
+        return {c.pkg_name(c.v_pkg[v]) for v in self.ids}
 
     def explain(self, name: str) -> str:
         chain = self.reasons.get(name)
@@ -155,6 +165,7 @@ class Resolver:
         self._stack: list[tuple[int, int]] = []
         self._groups: dict[int, list[tuple[int, int]]] = {}
         self._sat: dict[tuple[int, int, int], bool] = {}
+        self._memo: dict[int, tuple[int, bool]] = {}
         # pkgProblemResolver flags
         self.fix_protected: set[int] = set()
         self.fix_remove: set[int] = set()
@@ -287,7 +298,10 @@ class Resolver:
             for tc, old_inst, old_cand in h:
                 if tc > t:
                     return old_inst if kind == INST else old_cand
-        return self.inst.get(pid, -1) if kind == INST else self.get_cand(pid)
+        if kind == INST:
+            return self.inst.get(pid, -1)
+        v = self.cand.get(pid)
+        return v if v is not None else self.get_cand(pid)
 
     def check_dep(self, d: int, kind: int, t: int | None = None) -> bool:
         """pkgDepCache::CheckDep against install or candidate versions, as of time ``t``
@@ -295,32 +309,46 @@ class Resolver:
         target = self.d_target[d]
         if t is None:
             t = self.clock + 1
-        if not self.ign_pkg(d, target):
+        negative = self.d_type[d] in _NEGATIVE
+        if not negative or not self.ign_pkg(d, target):
             v = self.state_at(target, kind, t)
-            if v >= 0 and self.satisfies(self.v_str[v], d):
+            if v >= 0 and (self.d_ver[d] == 0 or self.satisfies(self.v_str[v], d)):
                 return True
-        if self.d_type[d] == OBSOLETES:
+        if not self.c.p_rcount[target] or self.d_type[d] == OBSOLETES:
             return False
-        r_ver, v_pkg = self.r_ver, self.v_pkg
+        r_ver, v_pkg, state_at = self.r_ver, self.v_pkg, self.state_at
         for r in self.c.provides(target):
-            if self.ign_prv(d, r):
+            if negative and self.ign_prv(d, r):
                 continue
             rv = r_ver[r]
-            if self.state_at(v_pkg[rv], kind, t) != rv:
+            if state_at(v_pkg[rv], kind, t) != rv:
                 continue
             if self.satisfies(self.r_pver[r], d):
                 return True
         return False
 
     def cached(self, d: int, kind: int) -> bool:
-        """The raw (not inverted) cached DepInstall / DepCVer bit of one dependency."""
-        return self.check_dep(d, kind, self.refreshed.get(self.d_target[d], 0))
+        """The raw (not inverted) cached DepInstall / DepCVer bit of one dependency: its
+        state as of its last refresh (apt's DepState), which cannot change until the next
+        refresh, so it is memoised by refresh time."""
+        t = self.refreshed.get(self.d_target[d], 0)
+        key = d + d + kind
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] == t:
+            return hit[1]
+        res = self.check_dep(d, kind, t)
+        self._memo[key] = (t, res)
+        return res
 
     def group_inst_ok(self, first: int, last: int) -> bool:
         """The or-group's cached install state as VersionState reads it."""
+        cached = self.cached
         if self.d_type[first] in _NEGATIVE:
-            return not self.cached(last, INST)
-        return any(self.cached(d, INST) for d in range(first, last + 1))
+            return not cached(last, INST)
+        for d in range(first, last + 1):  # noqa: SIM110 (a loop: no generator on the hot path)
+            if cached(d, INST):
+                return True
+        return False
 
     def important(self, dtype: int) -> bool:
         if dtype in _CRITICAL:
@@ -727,10 +755,9 @@ class Resolver:
             sys.setrecursionlimit(limit)
         self._check_result([p for p, _v in chosen])
         installed = sorted(p for p, m in self.mode.items() if m == INSTALL)
-        versions = tuple(self.index.version(self.inst[p]) for p in installed)
-        reasons = {self.name(p): self._chain(p) for p in installed}
-        return Resolution(targets=tuple(self.name(p) for p, _v in chosen), packages=versions,
-                          reasons=reasons)
+        return Resolution(targets=tuple(self.name(p) for p, _v in chosen),
+                          ids=tuple(self.inst[p] for p in installed),
+                          index=self.index, reasons=_Chains(self, installed))
 
     def _chain(self, pid: int) -> Chain:
         links = []
@@ -792,37 +819,40 @@ class Resolver:
         pending = [p for p in too_much if not self.is_install(p)]
         if not pending or not (self.broken_count() or self.policy_broken_count()):
             return
+        # a new install whose candidate has an important dependency on a package (or on
+        # something its candidate provides), satisfied or not, brings that package back;
+        # apt restarts its scan after each one, so the first needed in ID order comes next
+        needed: set[int] = set()
+        for other, m in self.mode.items():
+            if m == INSTALL:
+                self._add_needed(other, needed)
         changed = True
         while changed:
             changed = False
             for pid in pending:
-                if self._needed_by_install(pid):
+                too = {pid}
+                cand = self.get_cand(pid)
+                if cand >= 0:
+                    too.update(self.c.r_pkg[r] for r in self.c.ver_provides(cand))
+                if too & needed:
                     self.mark_install(pid, False, 0, False)
                     pending.remove(pid)
+                    if self.is_install(pid):
+                        self._add_needed(pid, needed)
                     changed = True
                     break
 
-    def _needed_by_install(self, pid: int) -> bool:
-        """Does an important dependency of a new install point at ``pid`` or at something
-        its candidate provides (apt's check in DoAutomaticRemove, version-blind)?"""
-        too = {pid}
-        cand = self.get_cand(pid)
-        if cand >= 0:
-            too.update(self.c.r_pkg[r] for r in self.c.ver_provides(cand))
-        for other, m in self.mode.items():
-            if m != INSTALL:
+    def _add_needed(self, pid: int, needed: set[int]) -> None:
+        ov = self.get_cand(pid)
+        if ov < 0:
+            return
+        start = self.c.v_dstart[ov]
+        d_type, d_target = self.d_type, self.d_target
+        for d in range(start, start + self.c.v_dcount[ov]):
+            dtype = d_type[d]
+            if dtype in _NEGATIVE or not self.important(dtype):
                 continue
-            ov = self.get_cand(other)
-            if ov < 0:
-                continue
-            start = self.c.v_dstart[ov]
-            for d in range(start, start + self.c.v_dcount[ov]):
-                dtype = self.d_type[d]
-                if dtype in _NEGATIVE or not self.important(dtype):
-                    continue
-                if self.d_target[d] in too:
-                    return True
-        return False
+            needed.add(d_target[d])
 
     def mark_required(self) -> set[int]:
         """pkgDepCache::MarkRequired: what the requested (manual) and essential packages
@@ -830,6 +860,7 @@ class Resolver:
         marked: set[int] = set()
         explored: set[int] = set()
         d_type, d_target, v_pkg, c = self.d_type, self.d_target, self.v_pkg, self.c
+        mode, inst, p_rcount = self.mode, self.inst, c.p_rcount
 
         def boring(p: int) -> bool:
             return self.mode.get(p, KEEP) != INSTALL
@@ -853,23 +884,23 @@ class Resolver:
                 marked.add(p)
                 start = c.v_dstart[v]
                 for d in range(start, start + c.v_dcount[v]):
+                    if d_type[d] > SUGGESTS and d_type[d] != RECOMMENDS:
+                        continue  # Depends 1, Pre-Depends 2, Suggests 3, Recommends 4
                     t = d_target[d]
                     if t in explored:
                         continue
-                    if d_type[d] not in (DEPENDS, PREDEPENDS, RECOMMENDS, SUGGESTS):
-                        continue
                     unsatisfied = False
                     by_source: dict[int, list[int]] = {}
-                    if not boring(t):
-                        tv = tv_of(t)
+                    if mode.get(t, KEEP) == INSTALL:
+                        tv = inst.get(t, -1)
                         if tv >= 0:
                             if not self.satisfies(self.v_str[tv], d):
                                 unsatisfied = True
                             else:
-                                by_source.setdefault(c.v_src[tv], []).append(tv)
+                                by_source[c.v_src[tv]] = [tv]
                     if not by_source and not unsatisfied:
                         marked.add(t)
-                    for r in c.provides(t):
+                    for r in (c.provides(t) if p_rcount[t] else ()):
                         rv = self.r_ver[r]
                         pp = v_pkg[rv]
                         if boring(pp):
@@ -884,12 +915,36 @@ class Resolver:
                     if not unsatisfied:
                         explored.add(t)
                     for vers in by_source.values():
+                        if len(vers) == 1:
+                            stack.append((v_pkg[vers[0]], vers[0]))
+                            continue
                         best = max(vers, key=lambda x: _SourceVersion(c.string(c.v_srcver[x])))
                         top = c.string(c.v_srcver[best])
                         for pv in vers:
                             if c.string(c.v_srcver[pv]) == top:
                                 stack.append((v_pkg[pv], pv))
         return marked
+
+
+class _Chains(Mapping[str, Chain]):
+    """Resolution.reasons: each package's chain, made when asked for."""
+
+    def __init__(self, resolver: Resolver, installed: list[int]) -> None:
+        self._r = resolver
+        self._by_name = {resolver.name(p): p for p in installed}
+        self._made: dict[str, Chain] = {}
+
+    def __getitem__(self, name: str) -> Chain:
+        chain = self._made.get(name)
+        if chain is None:
+            chain = self._made[name] = self._r._chain(self._by_name[name])
+        return chain
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
 
 
 class _SourceVersion:
@@ -912,16 +967,12 @@ class ProblemResolver:
         self.pre_installed: set[int] = set()
         self.not_upgradable: set[int] = set()
         self.scores: dict[int, int] = {}
-        self._hashpos: dict[int, int] | None = None
 
     def score(self, pid: int) -> int:
         return self.scores.get(pid, 0)
 
-    def hash_positions(self) -> dict[int, int]:
-        if self._hashpos is None:
-            order = self.r.c.hashorder
-            self._hashpos = {order[i]: i for i in range(len(order))}
-        return self._hashpos
+    def hash_positions(self) -> memoryview:
+        return self.r.c.hashpos
 
     def resolve(self) -> bool:
         r = self.r
@@ -1027,10 +1078,8 @@ class ProblemResolver:
                         pending.sort(key=pos.__getitem__)
         for pid in r.fix_protected:
             scores[pid] = scores.get(pid, 0) + 10000
-        flags = c.p_flags
-        for pid in range(c.n_packages):
-            if flags[pid] & (FLAG_ESSENTIAL | FLAG_IMPORTANT):
-                scores[pid] = scores.get(pid, 0) + 5000
+        for pid in c.flagged:  # Essential or Important
+            scores[pid] = scores.get(pid, 0) + 5000
         self.scores = scores
 
     def sorted_packages(self) -> list[int]:

@@ -19,7 +19,7 @@ def _split_targets(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distro.debian_repo import MalformedIndexError
+    from distro.errors import MalformedIndexError
     from distro.packages_index import load_index
     from distro.plans import SitePlan, build_deb_plan, index_specs, render_table
     from distro.resolver import ResolutionError, ResolveOptions
