@@ -24,7 +24,7 @@ binary file and maps back read-only.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from distro.errors import MalformedIndexError
@@ -41,16 +41,13 @@ MA_ALL, MA_FOREIGN, MA_SAME, MA_ALLOWED = 1, 2, 4, 8
 FLAG_ESSENTIAL, FLAG_IMPORTANT = 1 << 3, 1 << 4
 HASH_TABLE_SIZE = 196613
 
-_DEP_FIELDS = ((b"pre-depends", PREDEPENDS), (b"depends", DEPENDS), (b"conflicts", CONFLICTS),
-               (b"breaks", BREAKS), (b"recommends", RECOMMENDS), (b"suggests", SUGGESTS),
-               (b"replaces", REPLACES), (b"enhances", ENHANCES))
-_HASH_FIELDS = (b"installed-size", b"depends", b"pre-depends", b"conflicts", b"breaks",
-                b"replaces")
+_DEP_FIELDS = (("pre-depends", PREDEPENDS), ("depends", DEPENDS), ("conflicts", CONFLICTS),
+               ("breaks", BREAKS), ("recommends", RECOMMENDS), ("suggests", SUGGESTS),
+               ("replaces", REPLACES), ("enhances", ENHANCES))
+_HASH_FIELDS = ("installed-size", "depends", "pre-depends", "conflicts", "breaks", "replaces")
 _PRIORITIES = {"required": 1, "important": 2, "standard": 3, "optional": 4, "extra": 5}
 _OPS = {"<=": LESSEQ, "<<": LESS, "<": LESSEQ, ">=": GREATEREQ, ">>": GREATER, ">": GREATEREQ,
         "=": EQUALS}
-_FIELD_LINE = re.compile(rb"\n(?![ \t\n])(?![!-9;-~]+:)")
-_FIELD = re.compile(rb"^([!-9;-~]+):[ \t]*((?:[^\n]*)(?:\n[ \t][^\n]*)*)", re.M)
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9+.\-]*")
 # one relation: name[:arch] [(op version)] followed by , | or the end (apt's ParseDepends)
 _REL = re.compile(r"\s*([^\s(),|\[\]<>]+)\s*(?:\(\s*(<<|<=|>=|>>|<|>|=)\s*([^)]*?)\s*\)\s*)?"
@@ -136,27 +133,20 @@ def hash_order(p_name: Sequence[int], strings: Sequence[str]) -> list[int]:
     return [k[4] for k in keyed]
 
 
-def _version_hash(fields: dict[bytes, str]) -> int:
-    """debListParser::VersionHash (low 32 bits)."""
+_HASH_STRIP = re.compile(rb"0:|[ \t\n\v\f\r=]")
+
+
+def _version_hash(fields: dict[str, str]) -> int:
+    """debListParser::VersionHash (low 32 bits): djb2 over the Installed-Size, Depends,
+    Pre-Depends, Conflicts, Breaks and Replaces texts without spaces, '=' and "0:",
+    lower-cased."""
     h = 5381
     for key in _HASH_FIELDS:
         value = fields.get(key)
         if value is None:
             continue
-        raw = value.encode()
-        i, n = 0, len(raw)
-        while i < n:
-            ch = raw[i]
-            if ch == 48 and i + 1 < n and raw[i + 1] == 58:  # "0:" epoch
-                i += 2
-                continue
-            if ch in (32, 9, 10, 11, 12, 13, 61):
-                i += 1
-                continue
-            if 65 <= ch <= 90:
-                ch += 32
+        for ch in _HASH_STRIP.sub(b"", value.encode()).lower():
             h = (h * 33 + ch) & 0xFFFFFFFF
-            i += 1
     return h
 
 
@@ -205,7 +195,10 @@ class _Builder:
         self.d = CacheData(native, self.arches, [], [""])
         self.groups: dict[str, list[int]] = {}
         self.revdeps: list[list[int]] = []
-        self.v_hash: list[int] = []
+        self.v_where: list[tuple[int, int, int]] = []  # (file, start, end) of the stanza
+        self._hashes: dict[int, int] = {}
+        self._bodies: list[str] = []
+        self._valid: dict[str, bool] = {}
         self.v_size_raw: list[int] = []
         self.p_key: dict[tuple[str, str], int] = {}
 
@@ -226,17 +219,12 @@ class _Builder:
 
     def find_pkg(self, name: str, arch: str) -> int | None:
         """GrpIterator::FindPkg."""
-        pkgs = self.groups.get(name)
-        if not pkgs:
-            return None
         if arch == "any":
-            return pkgs[0]
-        if arch in ("native", "all"):
+            pkgs = self.groups.get(name)
+            return pkgs[0] if pkgs else None
+        if arch == "native" or arch == "all":
             arch = self.native
-        for pid in pkgs:
-            if self.arch_of(pid) == arch:
-                return pid
-        return None
+        return self.p_key.get((name, arch))
 
     def check_arch(self, arch: str) -> bool:
         return arch == "all" or arch in self.arches
@@ -256,6 +244,7 @@ class _Builder:
         pid = len(d.p_name)
         d.p_name.append(self.s(name))
         d.p_arch.append(self.s(self.native if arch == "all" else arch))
+        self.p_key[(name, self.native if arch == "all" else arch)] = pid
         d.p_flags.append(0)
         d.p_versions.append([])
         d.p_provides.append([])
@@ -383,18 +372,17 @@ class _Builder:
 
     # -------------------------------------------------------------- one stanza
 
-    def merge(self, fields: dict[bytes, str], file_no: int, source: str, line: int,
-              field_line: dict[bytes, int]) -> None:
+    def merge(self, fields: dict[str, str], file_no: int, source: str, line: int,
+              chunk: str, pos: dict[str, int]) -> None:
         d = self.d
-        name = fields[b"package"]
+        name = fields["package"]
         if "/" not in name:
             name = name.lower()
-        arch = fields.get(b"architecture", "")
-        version = fields[b"version"]
+        arch = fields.get("architecture", "")
+        version = fields["version"]
         pid = self.new_package(name, arch)
         vers = d.p_versions[pid]
-        vhash = _version_hash(fields)
-        size_text = fields.get(b"size", "0")
+        size_text = fields.get("size", "0")
         size = int(size_text) if size_text.isdigit() else 0
         ma = self._multi_arch(fields)
         insert_at = len(vers)
@@ -404,7 +392,7 @@ class _Builder:
             if res > 0:
                 insert_at = i
                 break
-            if res == 0 and self.v_hash[v] == vhash and (
+            if res == 0 and self.version_hash(v) == _version_hash(fields) and (
                     size == 0 or self.v_size_raw[v] == 0 or size == self.v_size_raw[v]) \
                     and ma == d.v_ma[v]:
                 found = v
@@ -419,10 +407,10 @@ class _Builder:
         d.v_str.append(self.s(version))
         d.v_arch.append(self.s(arch))
         d.v_ma.append(ma)
-        prio_text = fields.get(b"priority")
+        prio_text = fields.get("priority")
         d.v_prio.append(0 if prio_text is None else _PRIORITIES.get(prio_text.lower(), 5))
         src_name, src_ver = name, version
-        src = fields.get(b"source")
+        src = fields.get("source")
         if src:
             parts = src.split(" ", 1)
             src_name = parts[0]
@@ -433,33 +421,41 @@ class _Builder:
         d.v_pin.append(self._priority)
         d.v_file.append(file_no)
         d.v_line.append(line)
-        d.v_filename.append(self.s(fields.get(b"filename", "")))
+        d.v_filename.append(self.s(fields.get("filename", "")))
         d.v_size.append(size)
-        d.v_sha256.append(self.s(fields.get(b"sha256", "")))
+        d.v_sha256.append(self.s(fields.get("sha256", "")))
         d.v_deps.append([])
         d.v_provides.append([])
-        self.v_hash.append(vhash)
+        self.v_where.append((file_no, self._offset, self._offset + len(chunk)))
         self.v_size_raw.append(size)
         vers.insert(insert_at, vid)
         pkg_arch = self.ver_arch(vid)
         barbarian = not self.check_arch(pkg_arch)
+        def at(key: str) -> int:
+            return line + chunk.count("\n", 0, pos.get(key, 0))
+
+        valid = self._valid
         for key, dtype in _DEP_FIELDS:
             text = fields.get(key)
             if not text:
                 continue
             rels = parse_relations(text)
             if rels is None:
-                raise MalformedIndexError(source, line + field_line.get(key, 0),
-                                          f"malformed {key.decode().title()} relation "
-                                          f"{text.strip()[:80]!r}")
+                raise MalformedIndexError(source, at(key), f"malformed {key.title()} relation "
+                                                           f"{text.strip()[:80]!r}")
             for rname, op, rver in rels:
-                if rver and not is_valid_version(rver):
-                    raise MalformedIndexError(source, line + field_line.get(key, 0),
-                                              f"invalid version {rver!r} in "
-                                              f"{key.decode().title()}")
+                if rver:
+                    ok = valid.get(rver)
+                    if ok is None:
+                        ok = valid[rver] = is_valid_version(rver)
+                    if not ok:
+                        raise MalformedIndexError(source, at(key), f"invalid version {rver!r} "
+                                                                   f"in {key.title()}")
                 self._one_depends(vid, rname, rver, op, dtype, pkg_arch, barbarian)
-        self._parse_provides(vid, fields.get(b"provides"), source,
-                             line + field_line.get(b"provides", 0))
+        if "provides" in fields:
+            self._parse_provides(vid, fields["provides"], source, at("provides"))
+        else:
+            self._parse_provides(vid, None, source, line)
         if _kernel_uname(name):
             self.new_provides(vid, "$kernel", "any", version, MA_IMPLICIT)
         self._use_package(pid, fields)
@@ -473,19 +469,33 @@ class _Builder:
 
     _priority = 500
 
-    def _multi_arch(self, fields: dict[bytes, str]) -> int:
-        text = fields.get(b"multi-arch", "")
-        is_all = fields.get(b"architecture") == "all"
+    def version_hash(self, vid: int) -> int:
+        """The hash of an earlier version, from its stanza (only needed when a stanza with
+        the same version string of the same package turns up)."""
+        h = self._hashes.get(vid)
+        if h is None:
+            file_no, start, end = self.v_where[vid]
+            chunk = self._bodies[file_no][start:end]
+            fields = {m.group(1).lower(): m.group(2).strip()
+                      for m in _WANTED_FIELD.finditer(chunk)}
+            h = self._hashes[vid] = _version_hash(fields)
+        return h
+
+    _offset = 0
+
+    def _multi_arch(self, fields: dict[str, str]) -> int:
+        text = fields.get("multi-arch", "")
+        is_all = fields.get("architecture") == "all"
         ma = {"same": MA_SAME, "foreign": MA_FOREIGN, "allowed": MA_ALLOWED}.get(text, 0)
         if ma == MA_SAME and is_all:
             ma = 0
         return ma | (MA_ALL if is_all else 0)
 
-    def _use_package(self, pid: int, fields: dict[bytes, str]) -> None:
+    def _use_package(self, pid: int, fields: dict[str, str]) -> None:
         d = self.d
         flags = d.p_flags[pid]
-        for key, bit in ((b"essential", FLAG_ESSENTIAL), (b"important", FLAG_IMPORTANT),
-                         (b"protected", FLAG_IMPORTANT)):
+        for key, bit in (("essential", FLAG_ESSENTIAL), ("important", FLAG_IMPORTANT),
+                         ("protected", FLAG_IMPORTANT)):
             value = fields.get(key)
             if value is None:
                 continue
@@ -519,7 +529,7 @@ class _Builder:
         d = self.d
         owner = d.v_pkg[vid]
         spz_name = f"{self.name_of(owner)}:{self.arch_of(owner)}"
-        has_already = any(
+        has_already = bool(d.v_provides[vid]) and any(
             d.r_flags[r] & MA_IMPLICIT and d.r_flags[r] & ARCH_SPECIFIC
             and spz_name == self._full_name(d.r_pkg[r]) for r in d.v_provides[vid])
         arch = self.ver_arch(vid)
@@ -594,73 +604,77 @@ class _Builder:
     def add_file(self, src: SourceFile, file_no: int) -> None:
         self._priority = src.priority
         self.d.sources.append(src.source)
-        for fields, line, field_line in _stanzas(src.data, src.source):
-            self.merge(fields, file_no, src.source, line, field_line)
+        body, lead = _body(src.data, src.source)
+        self._bodies.append(body)
+        for fields, line, chunk, where, offset in _stanzas(body, lead, src.source):
+            self._offset = offset
+            self.merge(fields, file_no, src.source, line, chunk, where)
 
 
-_WANTED = frozenset({b"package", b"version", b"architecture", b"multi-arch", b"essential",
-                     b"important", b"protected", b"priority", b"source", b"pre-depends",
-                     b"depends", b"conflicts", b"breaks", b"recommends", b"suggests",
-                     b"replaces", b"enhances", b"provides", b"filename", b"size", b"sha256",
-                     b"installed-size"})
+_WANTED = ("Package", "Version", "Architecture", "Multi-Arch", "Essential", "Important",
+           "Protected", "Priority", "Source", "Pre-Depends", "Depends", "Conflicts", "Breaks",
+           "Recommends", "Suggests", "Replaces", "Enhances", "Provides", "Filename", "Size",
+           "SHA256", "Installed-Size")
+_WANTED_FIELD = re.compile(r"^((?i:" + "|".join(re.escape(w) for w in _WANTED)
+                           + r")):[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)", re.M)
+_FIELD_LINE_TEXT = re.compile(r"\n(?![ \t\n])(?![!-9;-~]+:)")
 
 
-def _stanzas(data: bytes, source: str):  # type: ignore[no-untyped-def]
-    """(fields, first line, field -> line offset) per stanza; validates as apt would refuse."""
-    if b"\x00" in data:
-        nul = data.find(b"\x00")
-        raise MalformedIndexError(source, data.count(b"\n", 0, nul) + 1, "binary data (NUL byte)")
-    data = data.replace(b"\r\n", b"\n")
-    lead = len(data) - len(data.lstrip(b"\n"))
-    body = data.strip(b"\n") + b"\n"
+def _body(data: bytes, source: str) -> tuple[str, int]:
+    """The file's text without leading and trailing blank lines, and how many lines led."""
+    from distro.debian_repo import decode_index_text
+
+    text = decode_index_text(data, source).replace("\r\n", "\n")
+    lead = len(text) - len(text.lstrip("\n"))
+    body = text.strip("\n") + "\n"
     if not body.strip():
-        return
-    bad = _FIELD_LINE.search(body, 0, len(body) - 1)
-    if bad is not None or not re.match(rb"[!-9;-~]+:", body):
+        return "", lead
+    bad = _FIELD_LINE_TEXT.search(body, 0, len(body) - 1)
+    if bad is not None or not re.match(r"[!-9;-~]+:", body):
         at = 0 if bad is None else bad.start() + 1
-        raise MalformedIndexError(source, body.count(b"\n", 0, at) + 1 + lead,
+        raise MalformedIndexError(source, body.count("\n", 0, at) + 1 + lead,
                                   "expected 'Field: value' or a continuation line")
+    return body, lead
+
+
+def _stanzas(body: str, lead: int, source: str
+             ) -> Iterator[tuple[dict[str, str], int, str, dict[str, int], int]]:
+    """(fields by lower-cased name, first line, stanza text, field -> offset in the text,
+    offset of the stanza) per stanza; refuses what apt refuses, naming the line."""
     line = 1 + lead
     pos = 0
     n = len(body)
+    finditer = _WANTED_FIELD.finditer
     while pos < n:
-        end = body.find(b"\n\n", pos)
+        end = body.find("\n\n", pos)
         if end < 0:
             end = n
         chunk = body[pos:end]
-        fields: dict[bytes, str] = {}
-        field_line: dict[bytes, int] = {}
-        for m in _FIELD.finditer(chunk):
+        fields: dict[str, str] = {}
+        where: dict[str, int] = {}
+        for m in finditer(chunk):
             key = m.group(1).lower()
-            if key not in _WANTED:
-                continue
-            offset = chunk.count(b"\n", 0, m.start())
-            if key in fields and key in (b"package", b"version", b"architecture"):
-                raise MalformedIndexError(source, line + offset,
-                                          f"duplicate {m.group(1).decode()} field")
-            try:
-                value = m.group(2).decode("utf-8")
-            except UnicodeDecodeError:
-                raise MalformedIndexError(source, line + offset, "not valid UTF-8") from None
-            fields[key] = value.strip()
-            field_line[key] = offset
-        for key, title in ((b"package", "Package"), (b"version", "Version"),
-                           (b"architecture", "Architecture")):
+            if key in fields and key in ("package", "version", "architecture"):
+                raise MalformedIndexError(source, line + chunk.count("\n", 0, m.start()),
+                                          f"duplicate {m.group(1)} field")
+            fields[key] = m.group(2).strip()
+            where[key] = m.start()
+        for key, title in (("package", "Package"), ("version", "Version"),
+                           ("architecture", "Architecture")):
             if key not in fields:
                 raise MalformedIndexError(source, line, f"stanza without a {title} field")
-        if not _NAME_RE.fullmatch(fields[b"package"].lower()):
-            raise MalformedIndexError(source, line + field_line[b"package"],
-                                      f"invalid package name {fields[b'package']!r}")
-        if not is_valid_version(fields[b"version"]):
-            raise MalformedIndexError(source, line + field_line[b"version"],
-                                      f"invalid version {fields[b'version']!r} of "
-                                      f"{fields[b'package']}")
-        yield fields, line, field_line
-        # advance over the blank lines
+        if not _NAME_RE.fullmatch(fields["package"].lower()):
+            raise MalformedIndexError(source, line + chunk.count("\n", 0, where["package"]),
+                                      f"invalid package name {fields['package']!r}")
+        if not is_valid_version(fields["version"]):
+            raise MalformedIndexError(source, line + chunk.count("\n", 0, where["version"]),
+                                      f"invalid version {fields['version']!r} of "
+                                      f"{fields['package']}")
+        yield fields, line, chunk, where, pos
         nxt = end
-        while nxt < n and body[nxt:nxt + 1] == b"\n":
+        while nxt < n and body[nxt] == "\n":
             nxt += 1
-        line += body.count(b"\n", pos, nxt)
+        line += body.count("\n", pos, nxt)
         pos = nxt
 
 
