@@ -166,7 +166,8 @@ class Resolver:
         self._groups: dict[int, list[tuple[int, int]]] = {}
         self._sat: dict[tuple[int, int, int], bool] = {}
         self._memo: dict[int, tuple[int, bool]] = {}
-        # pkgProblemResolver flags
+        # pkgProblemResolver flags, and whether it had to run
+        self.used_problem_resolver = False
         self.fix_protected: set[int] = set()
         self.fix_remove: set[int] = set()
 
@@ -749,6 +750,7 @@ class Resolver:
             for pid in later:
                 self.mark_install(pid, True, 0, True)
             if self.broken_count():
+                self.used_problem_resolver = True
                 ProblemResolver(self).resolve()
             self.auto_remove()
         finally:

@@ -10,9 +10,10 @@ for apt; the package cache is built once per index set.
 
 Besides named requests (OpenStack roles, services, toolchains, virtual packages), a seeded
 sweep of random requests (``tests.plugin.oracle_cases``: 2-6 OpenStack and infrastructure
-targets; with conflicting packages mixed in; with version pins; each with and without
+targets; with conflicting packages mixed in; with version pins; with a package that breaks
+what the others chose; ones that need apt's problem resolver; each with and without
 Recommends) must match apt exactly, including agreeing when apt refuses a request.
-``make test`` runs 90 of them; ``EDGEDEPOT_ORACLE_FULL=1`` runs 1500 and more named cases.
+``make test`` runs 100 of them; ``EDGEDEPOT_ORACLE_FULL=1`` runs 2000 and more named cases.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ EXTRA_CASES: list[tuple[str, bool]] = [
 if FULL:
     CASES += EXTRA_CASES
 SWEEP_SEED = 12
-SWEEP_COUNT = 1500 if FULL else 90
+SWEEP_COUNT = 2000 if FULL else 100
 
 pytestmark = pytest.mark.timeout(7200 if FULL else 3600)  # the first run waits for apt
 
@@ -161,7 +162,8 @@ def test_sweep_covers_every_kind(sweep: list[tuple[str, tuple[str, ...], bool, O
     """The sweep has successful and refused requests of each kind, pins and Recommends."""
     kinds = {(re.match(r"[a-z]+", case_id).group(), ref.returncode == 0)  # type: ignore[union-attr]
              for case_id, _t, _r, ref in sweep}
-    assert {("combo", True), ("conflict", True), ("pin", True), ("pin", False)} <= kinds
+    assert {("combo", True), ("conflict", True), ("pin", True), ("pin", False),
+            ("alt", True), ("resolver", True), ("resolver", False)} <= kinds
     assert any(rec for _i, _t, rec, _r in sweep) and not all(rec for _i, _t, rec, _r in sweep)
     assert any("=" in t for _i, targets, _r, _ref in sweep for t in targets)
 
