@@ -2,11 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEB_TOOLS := dpkg-dev gnupg apt xz-utils zstd
+DEB_TOOLS := dpkg-dev gnupg apt xz-utils zstd haproxy
+# the console's browser test drives Debian's Chromium through Selenium
+TEST_TOOLS := chromium chromium-driver
 # every peer the benchmarks compare against (benchmarks/*.py), plus what they drive it with
 BENCH_TOOLS := apt-cacher-ng nginx-light wrk rsync zsync curl zstd
 
-.PHONY: venv debtools benchtools test demo bench lint clean
+.PHONY: venv debtools testtools benchtools test demo bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +23,12 @@ debtools:
 	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
-test: venv debtools
+testtools: debtools
+	@missing=""; for p in $(TEST_TOOLS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+test: venv debtools testtools
 	$(VENV)/bin/pytest -q
 
 demo: venv debtools
@@ -32,8 +39,9 @@ benchtools: debtools
 	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
+# both benchmarks run, even when the first reports a failure; the exit code says if any did
 bench: venv benchtools
-	$(PY) -m benchmarks.cache_node
+	$(PY) -m benchmarks.cache_node; a=$$?; $(PY) -m benchmarks.siblings; b=$$?; exit $$((a | b))
 
 lint: venv
 	$(VENV)/bin/ruff check distro cache_node syncer tests benchmarks

@@ -186,12 +186,14 @@ class NginxInstance:
     """One nginx master (foreground) with its own prefix, config and logs."""
 
     def __init__(self, name: str, workdir: Path, server_body: str, http_extra: str = "",
-                 workers: str = "auto") -> None:
+                 workers: str = "auto", tls: tuple[Path, Path] | None = None) -> None:
+        """`tls`: (certificate, key) PEM files: the server listens with `ssl` (HTTPS)."""
         self.name = name
         self.workdir = workdir
         self.server_body = server_body
         self.http_extra = http_extra
         self.workers = workers
+        self.tls = tls
         self.port = 0
         self.access_log = workdir / "logs" / "access.log"
         self.process: ManagedProcess | None = None
@@ -217,6 +219,8 @@ class NginxInstance:
     def _config(self) -> str:
         d = self.workdir
         user = "user root root;" if os.geteuid() == 0 else ""
+        tls = f"ssl_certificate {self.tls[0]};\n        ssl_certificate_key {self.tls[1]};" \
+            if self.tls else ""
         return f"""{user}
 worker_processes {self.workers};
 daemon off;
@@ -240,8 +244,9 @@ http {{
     keepalive_requests 1000000;
     {self.http_extra}
     server {{
-        listen {LOOPBACK}:{self.port} backlog=4096;
+        listen {LOOPBACK}:{self.port}{" ssl" if self.tls else ""} backlog=4096;
         server_name _;
+        {tls}
         {self.server_body}
     }}
 }}

@@ -92,6 +92,7 @@ class BlobAnswer:
     # recompute them.
     vouched: tuple[tuple[str, str], ...] = ()
     headers: tuple[tuple[str, str], ...] = ()  # e.g. Content-MD5, X-Edgedepot-Offline
+    delta: bool = False  # built by a delta fetch while answering this request (access log)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class StreamAnswer:
     fetch: Fetch
     content_type: str
     headers: tuple[tuple[str, str], ...] = ()
+    coalesced: bool = False  # this request joined a fetch another one started (access log)
 
     @property
     def vouched(self) -> tuple[tuple[str, str], ...]:

@@ -13,14 +13,17 @@ naming it, and the repository is built from the good ones. When a rebuild fails 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cache_node.answers import Answer, BlobAnswer, NotFound, content_type_for
-from cache_node.config import RepoSource
-from cache_node.repository import RepoKind, RepoSummary
+from cache_node.config import NodeConfig, RepoSource
+from cache_node.interprocess import FileLock
+from cache_node.repository import RepoKind, RepoSummary, SnapshotState
 from cache_node.startup import StartupError
 from distro.debian_repo import (
     BuiltRepository,
@@ -120,6 +123,23 @@ class LocalAptRepo:
                         "repository: %s", self.name, self.source.path, _one_line(exc))
 
     def _build(self, fingerprint: tuple[tuple[str, int, int], ...]) -> None:
+        """Build once per node: the worker processes of one node share the built tree, so the
+        first builds (under the build lock) and the others load what it built."""
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        stamp = self.root.parent / f".{self.name}.built"
+        key = self.signing_key
+        wanted = json.dumps({"debs": fingerprint, "suite": self.source.suite,
+                             "key": [str(key.gnupg_home), key.key_id] if key else None})
+        with FileLock(self.root.parent / f".{self.name}.lock").blocking():
+            with contextlib.suppress(OSError):
+                if stamp.read_text() == wanted and self._load_previous():
+                    self._deb_fingerprint, self._failed = fingerprint, None
+                    return
+            stamp.unlink(missing_ok=True)
+            self._build_now(fingerprint)
+            stamp.write_text(wanted)
+
+    def _build_now(self, fingerprint: tuple[tuple[str, int, int], ...]) -> None:
         started = time.monotonic()
         built = build_repository(self.source.path, self.root, suite=self.source.suite,
                                  signing_key=self.signing_key, skip_bad=True)
@@ -148,7 +168,13 @@ class LocalAptRepo:
 
     def summary(self) -> RepoSummary:
         suites = () if self.is_mirror_tree else (self.source.suite,)
-        return RepoSummary("apt", self.name, self.source.source, suites)
+        states = () if self.built is None else (
+            SnapshotState(self.source.suite, self.built.release.date, None, False),)
+        return RepoSummary("apt", self.name, self.source.source, suites, states)
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Served from a directory read at start: a reload changes nothing here (another
+        directory needs a restart, which `plan_reload` reports)."""
 
     async def refresh(self) -> list[RefreshReport]:
         return []

@@ -33,9 +33,10 @@ from cache_node.answers import (
     StreamAnswer,
     content_type_for,
 )
+from cache_node.config import NodeConfig, delta_client_settings
 from cache_node.fetch import FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.metrics import Metrics
-from cache_node.repository import RepoKind, RepoSummary
+from cache_node.repository import RepoKind, RepoSummary, SnapshotState
 from cache_node.revalidation import freshness, mark_due, mark_failed, mark_valid
 from cache_node.single_flight import Call, SingleFlight, run_once
 from cache_node.store import BlobStore
@@ -50,7 +51,13 @@ from distro.debian_repo import (
 from distro.errors import IntegrityError
 from distro.wire import RefreshReport
 from syncer.delta_client import DeltaClient, DeltaError
-from syncer.http_client import HttpClient, UpstreamError, UpstreamNotFound
+from syncer.http_client import (
+    ClientSettings,
+    HttpClient,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +88,19 @@ class SuiteSnapshot:
     previous_by_sha256: dict[str, int] = field(default_factory=dict)
 
     rel_by_sha256: dict[str, str] = field(default_factory=dict)
+    # Made due on purpose (a forced refresh, a moved upstream): what other workers did
+    # before does not count, this worker asks the upstream itself.
+    forced: bool = False
+
+    def file_digest(self, fname: str) -> str:
+        """The sha256 of one of the snapshot's Release files (computed once)."""
+        digest = self._digests.get(fname)
+        if digest is None:
+            digest = self._digests[fname] = hashlib.sha256(self.files[fname]).hexdigest()
+        return digest
 
     def __post_init__(self) -> None:
+        self._digests: dict[str, str] = {}
         self.by_sha256 = {e.sha256: e.size for e in self.index.files.values()}
         self.rel_by_sha256 = {e.sha256: rel for rel, e in self.index.files.items()}
 
@@ -96,9 +114,11 @@ class RemoteAptRepo:
 
     def __init__(self, name: str, base_url: str, store: BlobStore, fetches: FetchCoordinator,
                  client: HttpClient, metrics: Metrics, index_ttl: float,
-                 delta_url: str | None = None, work_dir: Path | None = None) -> None:
+                 delta_url: str | None = None, work_dir: Path | None = None,
+                 delta_settings: ClientSettings | None = None) -> None:
         self.name = name
         self.delta_url = delta_url  # the upstream node's /delta/v1/ (None: not an edgedepot node)
+        self.delta_settings = delta_settings  # the node's trust and client certificate
         self.work_dir = work_dir
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
         self.store = store
@@ -111,6 +131,7 @@ class RemoteAptRepo:
         self._ns_index = f"apt-index:{name}"
         self._ns_snapshot = f"{SNAPSHOT_PREFIX}{name}"
         self._snapshots: dict[str, SuiteSnapshot] = {}
+        self._shared_seen: dict[str, tuple[int, int]] = {}  # suite -> shared_version read
         self._revalidations: SingleFlight[Call[SuiteSnapshot]] = SingleFlight()
         self._pool: dict[str, PoolEntry] = {}
         self._learned: set[str] = set()
@@ -119,24 +140,82 @@ class RemoteAptRepo:
     # -- persistence -----------------------------------------------------------------------
     def load_persisted(self) -> None:
         """Restore the last good snapshots so a restarted node can serve while upstream is down."""
-        per_suite: dict[str, dict[str, bytes]] = {}
-        for name, digest in list(self.store.names(self._ns_snapshot)):
-            suite, _, fname = name.rpartition("/")
+        suites = {name.rpartition("/")[0] for name, _ in self.store.names(self._ns_snapshot)}
+        for suite in sorted(suites):
+            snap = self._load_suite(suite)
+            if snap is not None:
+                self._snapshots[suite] = snap
+
+    def _load_suite(self, suite: str) -> SuiteSnapshot | None:
+        """The snapshot of a suite as persisted in the store (by this or another worker)."""
+        files: dict[str, bytes] = {}
+        for fname in RELEASE_FILES:
+            digest = self.store.bound_digest(self._ns_snapshot, f"{suite}/{fname}")
+            if digest is None:
+                continue
             try:
-                per_suite.setdefault(suite, {})[fname] = self.store.read_bytes(digest)
+                files[fname] = self.store.read_bytes(digest)
             except OSError:
                 continue
-        for suite, files in per_suite.items():
-            main = files.get("InRelease") or files.get("Release")
-            if main is None:
-                continue
-            try:
-                index = parse_release(main, f"{self.namespace} {suite} (stored)")
-            except MalformedIndexError as exc:
-                log.error("stored snapshot of %s unusable: %s", suite, exc)
-                continue
-            self._snapshots[suite] = SuiteSnapshot(suite, files, index, _identity(files),
-                                                   validated_at=float("-inf"))
+        main = files.get("InRelease") or files.get("Release")
+        if main is None:
+            return None
+        try:
+            index = parse_release(main, f"{self.namespace} {suite} (stored)")
+        except MalformedIndexError as exc:
+            log.error("stored snapshot of %s unusable: %s", suite, exc)
+            return None
+        return SuiteSnapshot(suite, files, index, _identity(files), validated_at=float("-inf"))
+
+    # -- the snapshot every worker process serves ------------------------------------------
+    def _shared_key(self, suite: str) -> str:
+        return f"apt-snapshot/{self.name}/{suite}"
+
+    def _share(self, suite: str, snap: SuiteSnapshot) -> None:
+        """Tell the node's other workers which snapshot is current and when it validated."""
+        now_wall, now_mono = time.time(), time.monotonic()
+
+        def wall(mono: float | None) -> float | None:
+            if mono is None or mono == float("-inf"):
+                return None
+            return now_wall - (now_mono - mono)
+
+        self.store.shared_put(self._shared_key(suite), {
+            "identity": snap.identity, "validated_at": wall(snap.validated_at),
+            "failed_at": wall(snap.failed_at), "last_modified": snap.last_modified})
+
+    def _follow_shared(self, suite: str) -> None:
+        """Adopt what another worker of this node did: a newer snapshot (whose index files it
+        stored before announcing it) and its validation times, so every worker serves the
+        same snapshot and only one of them asks the upstream per TTL."""
+        key = self._shared_key(suite)
+        version = self.store.shared_version(key)
+        if version == self._shared_seen.get(suite):
+            return  # nothing changed since this worker last looked
+        doc = self.store.shared_get(key)
+        if doc is None:
+            return
+        snap = self._snapshots.get(suite)
+        adopt_times = snap is not None and not snap.forced
+        if snap is None or doc.get("identity") != snap.identity:
+            loaded = self._load_suite(suite)
+            if loaded is None or loaded.identity != doc.get("identity"):
+                return  # not readable yet: the next request looks again
+            if snap is not None:
+                loaded.previous_by_sha256 = snap.by_sha256
+            loaded.last_modified = doc.get("last_modified")
+            self._snapshots[suite] = snap = loaded
+            adopt_times = True
+            log.info("%s/%s: snapshot switched by another worker", self.name, suite)
+        now_wall, now_mono = time.time(), time.monotonic()
+        validated, failed = doc.get("validated_at"), doc.get("failed_at")
+        if isinstance(validated, (int, float)) and adopt_times:
+            snap.validated_at = max(snap.validated_at, now_mono - (now_wall - validated))
+        if isinstance(failed, (int, float)):
+            mono_failed = now_mono - (now_wall - failed)
+            if snap.failed_at is None or mono_failed > snap.failed_at:
+                snap.failed_at = mono_failed
+        self._shared_seen[suite] = version
 
     kind: RepoKind = "apt"
 
@@ -144,10 +223,37 @@ class RemoteAptRepo:
         return dict(self._snapshots)
 
     def summary(self) -> RepoSummary:
-        return RepoSummary("apt", self.name, self.base_url, tuple(sorted(self._snapshots)))
+        now = time.monotonic()
+        states = tuple(
+            SnapshotState(suite, snap.index.date,
+                          now - snap.validated_at if snap.validated_at > float("-inf") else None,
+                          snap.failed_at is not None)
+            for suite, snap in sorted(self._snapshots.items()))
+        return RepoSummary("apt", self.name, self.base_url, tuple(sorted(self._snapshots)),
+                           states)
 
     def locate(self, sha256: str) -> Path | None:
         return None  # what it mirrors lives in the store
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Follow the upstream to a new URL: pool files and index files stay in the store and
+        are served from there; each suite revalidates against the new upstream on its next
+        request (unconditionally: the new server's Last-Modified says nothing of ours)."""
+        self.index_ttl = config.index_ttl
+        self.delta_url = config.delta_url
+        self.delta_settings = delta_client_settings(config)
+        source = config.repo_source("apt", self.name)
+        if source is None or not source.is_url:
+            return
+        base_url = source.source if source.source.endswith("/") else source.source + "/"
+        if base_url == self.base_url:
+            return
+        log.info("%s: upstream moves from %s to %s", self.namespace, self.base_url, base_url)
+        self.base_url = base_url
+        for snap in self._snapshots.values():
+            snap.last_modified = None
+            mark_due(snap)
+            snap.forced = True
 
     @staticmethod
     def persisted_names(store: BlobStore) -> list[str]:
@@ -161,6 +267,7 @@ class RemoteAptRepo:
         for suite, snap in sorted(self._snapshots.items()):
             before = self.metrics.upstream_bytes.get(self.namespace)
             mark_due(snap)
+            snap.forced = True
             error = ""
             try:
                 new, stale = await self.current(suite)
@@ -196,11 +303,12 @@ class RemoteAptRepo:
         data = snap.files.get(fname)
         if data is None:
             raise NotFound(f"{self.namespace}: {suite} has no {fname} upstream")
-        return BytesAnswer(data, content_type_for(fname), hashlib.sha256(data).hexdigest(),
+        return BytesAnswer(data, content_type_for(fname), snap.file_digest(fname),
                            stale=stale, last_modified=snap.last_modified)
 
     async def current(self, suite: str, revalidate: bool = True) -> tuple[SuiteSnapshot, bool]:
         """The suite's current snapshot and whether it is stale (upstream unusable)."""
+        self._follow_shared(suite)
         snap = self._snapshots.get(suite)
         if snap is not None:
             state = freshness(snap, self.index_ttl)
@@ -211,11 +319,12 @@ class RemoteAptRepo:
                 return snap, True
         try:
             return await run_once(self._revalidations,
-                suite, lambda: self._revalidate(suite, snap)), False
+                suite, lambda: self._revalidate_once(suite)), False
         except UpstreamNotFound:
             if snap is None:
                 raise NotFound(f"{self.namespace}: upstream has no suite {suite}") from None
             mark_failed(snap)
+            self._share(suite, snap)
             self.metrics.stale_serves.inc(self.namespace)
             return snap, True
         except (UpstreamError, FetchFailed, MalformedIndexError) as exc:
@@ -224,9 +333,28 @@ class RemoteAptRepo:
                 raise ServiceError(f"{self.namespace}: cannot get {suite} from upstream: {exc}",
                                    status) from None
             mark_failed(snap)
+            self._share(suite, snap)
             self.metrics.stale_serves.inc(self.namespace)
             log.warning("serving stale snapshot of %s/%s: %s", self.name, suite, exc)
             return snap, True
+
+    async def _revalidate_once(self, suite: str) -> SuiteSnapshot:
+        """One revalidation per suite for the whole node: the worker holding the suite's lock
+        asks the upstream; a worker that had to wait for it takes its result instead."""
+        lock = self.store.lock(f"apt-{self.name}-{suite}")
+        await lock.acquire()
+        try:
+            # Another worker may have revalidated since this one decided it was due.
+            self._follow_shared(suite)
+            done = self._snapshots.get(suite)
+            if done is not None and freshness(done, self.index_ttl) != "due":
+                if freshness(done, self.index_ttl) == "backing-off":
+                    raise UpstreamUnavailable(self.base_url, "another worker of this node "
+                                              "could not revalidate just now")
+                return done
+            return await self._revalidate(suite, done)
+        finally:
+            lock.release()
 
     async def _fetch_optional(self, url: str, headers: dict[str, str]) -> tuple[int, bytes,
                                                                                   str | None]:
@@ -237,6 +365,8 @@ class RemoteAptRepo:
         return reply.status, reply.body, reply.headers.get("Last-Modified")
 
     async def _revalidate(self, suite: str, old: SuiteSnapshot | None) -> SuiteSnapshot:
+        if old is not None:
+            old.forced = False
         base = f"{self.base_url}dists/{suite}/"
         cond: dict[str, str] = {}
         if old is not None and old.last_modified:
@@ -244,9 +374,11 @@ class RemoteAptRepo:
         status, inrelease, last_modified = await self._fetch_optional(base + "InRelease", cond)
         if status == 304 and old is not None:
             mark_valid(old)
+            self._share(suite, old)
             return old
         if old is not None and status == 200 and inrelease == old.files.get("InRelease"):
             mark_valid(old)
+            self._share(suite, old)
             return old
         _, release, lm2 = await self._fetch_optional(base + "Release", {})
         _, release_gpg, _ = await self._fetch_optional(base + "Release.gpg", {})
@@ -268,18 +400,22 @@ class RemoteAptRepo:
             raise
         if old is not None and _identity(files) == old.identity:
             mark_valid(old)
+            self._share(suite, old)
             return old
         new = SuiteSnapshot(suite, files, index, _identity(files), time.monotonic(),
                             last_modified or lm2)
         if old is not None:
             new.previous_by_sha256 = old.by_sha256
         await self._carry_over_indexes(new)
-        for fname in RELEASE_FILES:
-            if fname in files:
-                ref = self.store.put_bytes(files[fname])
-                self.store.bind(self._ns_snapshot, f"{suite}/{fname}", ref.digest)
-            else:
-                self.store.unbind(self._ns_snapshot, f"{suite}/{fname}")
+        refs = {fname: self.store.put_bytes(files[fname]) for fname in RELEASE_FILES
+                if fname in files}
+        with self.store.transaction():  # every worker switches to all of it at once
+            for fname in RELEASE_FILES:
+                if fname in refs:
+                    self.store.bind(self._ns_snapshot, f"{suite}/{fname}", refs[fname].digest)
+                else:
+                    self.store.unbind(self._ns_snapshot, f"{suite}/{fname}")
+            self._share(suite, new)
         self._snapshots[suite] = new
         log.info("%s/%s: new snapshot (%d index files listed)", self.name, suite,
                  len(index.files))
@@ -369,7 +505,7 @@ class RemoteAptRepo:
         assert self.delta_url is not None and self.work_dir is not None
         self.work_dir.mkdir(parents=True, exist_ok=True)
         out = self.work_dir / f"{sha256}.delta-out"
-        async with DeltaClient() as client:
+        async with DeltaClient(settings=self.delta_settings) as client:
             result = await client.fetch(f"{self.delta_url}blobs/{sha256}", basis=basis, out=out,
                                         basis_sha256=basis_sha256)
         self.metrics.upstream_requests.inc(self.namespace, result.requests)
@@ -430,13 +566,13 @@ class RemoteAptRepo:
             return BlobAnswer(self.store.blob_path(digest), ref.size, digest,
                               content_type_for(rest), stale=stale)
         self.metrics.misses.inc(self.namespace)
-        fetch = self.fetches.start(plan, self.client)
+        fetch, joined = self.fetches.join(plan, self.client)
         if "Packages" in rest.rsplit("/", 1)[-1] and not by_hash:
             fetch.done.add_done_callback(
                 lambda f: None if f.exception() else asyncio.ensure_future(
                     self._learn_packages(digest, f"{self.base_url}dists/{suite}/{rest}",
                                          strict=False)))
-        return StreamAnswer(fetch, content_type_for(rest))
+        return StreamAnswer(fetch, content_type_for(rest), coalesced=joined)
 
     async def _learn_packages(self, digest: str, source: str, strict: bool) -> None:
         """Parse a stored Packages index so pool files can be verified against it."""
@@ -491,4 +627,5 @@ class RemoteAptRepo:
                          expected_size=entry.size if entry else None,
                          binds=((self._ns_pool, relpath),))
         self.metrics.misses.inc(self.namespace)
-        return StreamAnswer(self.fetches.start(plan, self.client), content_type_for(relpath))
+        fetch, joined = self.fetches.join(plan, self.client)
+        return StreamAnswer(fetch, content_type_for(relpath), coalesced=joined)

@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from aiohttp import web
-
+from cache_node.admin_auth import startup_warning as admin_startup_warning
 from cache_node.config import SETTINGS, ConfigError, ConfigSources, NodeConfig
-from cache_node.http_app import build_app
 from cache_node.keys import check_signing_key, format_fingerprint, generate_signing_key
-from cache_node.node import Node
-from cache_node.startup import StartupError, bind_listener, bound_url, check_store_dir
+from cache_node.lifecycle import Listeners, serve
+from cache_node.startup import StartupError, check_store_dir
 from cache_node.store import BlobStore
+from cache_node.workers import run_workers
 from distro.debian_repo import SigningKey
 
 log = logging.getLogger("cache_node")
@@ -63,75 +60,41 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _unwired(config: NodeConfig) -> list[str]:
-    """Settings that are validated but not acted on yet (issue 10 wires them one by one;
-    delete a line here when its setting takes effect)."""
-    pending = [
-        ("tls.listen", config.tls.enabled),
-        ("upstream_tls.*", bool(config.upstream_tls.ca or config.upstream_tls.client_cert)),
-        ("admin token", config.admin.token is not None),
-        ("allow", bool(config.allow)),
-        ("access_log", config.access_log is not None),
-    ]
-    return [f"{name} is validated but not in effect yet" for name, on in pending if on]
-
-
-async def _serve(config: NodeConfig, sock: socket.socket) -> None:
-    node = Node(config)
-    try:
-        await node.start()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await node.stop()
-        raise
-    app = build_app(node)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    try:
-        await runner.setup()
-        site = web.SockSite(runner, sock)
-        await site.start()
-        print(f"listening on {bound_url(sock)}", flush=True)
-        log.info("%s node serving, store %s", config.role, config.store_dir)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("shutting down")
-    finally:
-        await runner.cleanup()
-        await node.stop()
-
-
-def _preflight(config: NodeConfig) -> socket.socket:
+def _preflight(config: NodeConfig) -> Listeners:
     """Everything that can be checked before the repositories are built; StartupError."""
     check_store_dir(config.store_dir)
     if config.role == "origin" and config.signing.enabled:
         assert config.signing.gnupg_home is not None
         check_signing_key(SigningKey(config.signing.gnupg_home, config.signing.key_id))
-    if config.listen is None:
-        raise StartupError("cannot start: only tls.listen is set and TLS serving is not wired "
-                           "yet; give listen HOST:PORT too")
-    return bind_listener(config.listen)
+    return Listeners.bind(config, reuse_port=config.workers > 1)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    sources = config_sources(args, os.environ)
     try:
-        config = config_sources(args, os.environ).load()
+        config = sources.load()
     except ConfigError as exc:
         print(f"config error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
-    for warning in (*config.warnings, *_unwired(config)):
+    warnings = list(config.warnings)
+    if (admin_warning := admin_startup_warning(config)) is not None:
+        warnings.append(admin_warning)
+    for warning in warnings:
         print(f"config warning: {warning}", file=sys.stderr)
     try:
-        sock = _preflight(config)
+        listeners = _preflight(config)
     except StartupError as exc:
         print(_one_line(str(exc)), file=sys.stderr)
         return 1
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A reload asked for while the repositories are still being built must not end the node
+    # (SIGHUP's default action); the server handles SIGHUP once it serves.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if config.workers > 1:
+        return run_workers(config, sources, listeners)
     try:
-        asyncio.run(_serve(config, sock))
+        asyncio.run(serve(config, sources, listeners))
     except StartupError as exc:
         print(_one_line(str(exc)), file=sys.stderr)
         return 1
@@ -140,7 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"cannot start: {(exc.strerror or str(exc)).lower()}{where}", file=sys.stderr)
         return 1
     finally:
-        sock.close()
+        listeners.close()
     return 0
 
 

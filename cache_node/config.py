@@ -20,7 +20,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -84,6 +84,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("allow", "allow", "list", "--allow",
             "client networks allowed to connect (repeatable); default: everyone",
             metavar="CIDR"),
+    Setting("workers", "workers", "int", "--workers",
+            "worker processes over one store (0: one per CPU core)", metavar="N"),
     Setting("drain_timeout", "drain_timeout", "float", "--drain-timeout",
             "seconds in-flight requests may take to finish on shutdown", metavar="SECONDS"),
     Setting("access_log", "access_log", "str", "--access-log",
@@ -260,6 +262,7 @@ class NodeConfig:
     admin: AdminSettings = AdminSettings()
     allow: tuple[IPNetwork, ...] = ()  # empty: every client may connect
     drain_timeout: float = 30.0
+    workers: int = 1                   # worker processes (resolved: never 0 here)
     access_log: str | None = None      # a file path, "-" for standard output, None for off
     access_log_format: Literal["text", "json"] = "text"
     warnings: tuple[str, ...] = ()     # one line each, for the CLI to print
@@ -269,6 +272,33 @@ class NodeConfig:
 
     def pypi_repo(self, name: str) -> RepoSource | None:
         return next((r for r in self.pypi if r.name == name), None)
+
+    def repo_source(self, kind: str, name: str) -> RepoSource | None:
+        """Where repository `name` comes from: as configured, or (cache role) the upstream
+        node's repository of that name. The one place that maps names to URLs, so a reload
+        that moves the upstream moves every repository the same way."""
+        configured = self.apt_repo(name) if kind == "apt" else \
+            self.pypi_repo(name) if kind == "pypi" else None
+        if configured is not None or self.role != "cache" or self.upstream is None:
+            return configured
+        if kind == "apt":
+            return RepoSource(name, f"{self.upstream}apt/{name}/")
+        if kind == "pypi":
+            return RepoSource(name, f"{self.upstream}pypi/{name}/simple/")
+        return None
+
+    @property
+    def delta_url(self) -> str | None:
+        """The upstream node's delta endpoints (only an edgedepot upstream has them)."""
+        return f"{self.upstream}delta/v1/" if self.upstream else None
+
+    @property
+    def glance_upstream(self) -> str | None:
+        """The Glance API images come from over HTTP: the next node's `/glance/` (cache) or
+        a real Glance (origin with `glance.upstream`); None for a directory or no images."""
+        if self.role == "cache":
+            return f"{self.upstream}glance/" if self.upstream else None
+        return None if self.glance.images_dir is not None else self.glance.upstream_url
 
     def client_allowed(self, address: str) -> bool:
         """Whether a client at `address` may connect (`allow` empty: everyone)."""
@@ -638,10 +668,20 @@ def _validate(v: dict[str, Any], where: dict[str, str],
         admin=_admin(v, where, admin_token, warnings),
         allow=tuple(parse_network(n, where["allow"]) for n in v["allow"]),
         drain_timeout=v["drain_timeout"],
+        workers=_workers(v["workers"], where["workers"]),
         access_log=access_log,
         access_log_format=v["access_log_format"],
         warnings=tuple(warnings),
     )
+
+
+def _workers(n: int, where: str) -> int:
+    """0 means one worker per CPU core the process may run on."""
+    if n == 0:
+        return max(1, len(os.sched_getaffinity(0)))
+    if n > 256:
+        raise ConfigError(f"{where}: at most 256 worker processes, got {n}")
+    return n
 
 
 def _url(text: str, where: str) -> str | None:
@@ -835,3 +875,99 @@ def client_settings(config: NodeConfig, read_timeout: float | None = None) -> Cl
                           read_timeout=u.read_timeout if read_timeout is None else read_timeout,
                           retries=u.retries, backoff=u.backoff, ca_file=t.ca,
                           client_cert=t.client_cert, client_key=t.client_key)
+
+
+DELTA_READ_TIMEOUT = 600.0  # a patch against a large basis may take minutes to compute
+
+
+def delta_client_settings(config: NodeConfig) -> ClientSettings:
+    """The node's client settings for delta fetches: the same trust and client certificate,
+    with a read timeout long enough for the upstream to compute a patch; no retries (a broken
+    delta transfer falls back to the whole fetch)."""
+    settings = client_settings(config, read_timeout=max(config.upstream_client.read_timeout,
+                                                        DELTA_READ_TIMEOUT))
+    return replace(settings, retries=0)
+
+
+# --------------------------------------------------------------------------- reload
+
+# Settings a running node cannot change: the sockets it listens on, the store it opened, what
+# kind of node it is and the repositories and key it built at start. A reload keeps them.
+RESTART_ONLY = ("role", "listen", "store", "tls.listen", "signing.gnupg_home",
+                "signing.key_id", "glance.enabled", "glance.images")
+
+
+def settings_view(c: NodeConfig) -> dict[str, object]:
+    """Every setting of a configuration under its TOML key: what a reload compares (a test
+    checks that every key of `SETTINGS` is here)."""
+    u, t, g = c.upstream_client, c.upstream_tls, c.glance
+    view: dict[str, object] = {
+        "role": c.role, "listen": c.listen, "store": c.store_dir, "upstream": c.upstream,
+        "quota": c.quota_bytes, "log_level": c.log_level, "allow": c.allow,
+        "drain_timeout": c.drain_timeout, "workers": c.workers, "access_log": c.access_log,
+        "access_log_format": c.access_log_format, "index.ttl": c.index_ttl,
+        "upstream_client.connect_timeout": u.connect_timeout,
+        "upstream_client.read_timeout": u.read_timeout,
+        "upstream_client.retries": u.retries, "upstream_client.backoff": u.backoff,
+        "upstream_tls.ca": t.ca, "upstream_tls.client_cert": t.client_cert,
+        "upstream_tls.client_key": t.client_key,
+        "tls.listen": c.tls.listen, "tls.cert": c.tls.cert, "tls.key": c.tls.key,
+        "tls.client_ca": c.tls.client_ca,
+        "admin.token_file": c.admin.token_file, "admin token": c.admin.token,
+        "signing.gnupg_home": c.signing.gnupg_home, "signing.key_id": c.signing.key_id,
+        "glance.enabled": g.enabled, "glance.images": g.images_dir,
+        "glance.upstream": g.upstream_url, "glance.auth_ttl": g.auth_ttl,
+        "glance.offline_policy": g.offline_policy,
+        "glance.forward_tokens_over_plain_http": g.forward_tokens_over_plain_http,
+    }
+    for repo in c.apt:
+        view[f"apt.{repo.name}"] = (repo.source, repo.suite)
+    for repo in c.pypi:
+        view[f"pypi.{repo.name}"] = repo.source
+    return view
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """What a reload applies: the loaded configuration with every setting that needs a restart
+    kept at its running value; `changed` lists what takes effect, `needs_restart` what the
+    file changed but the node keeps until it restarts (both as TOML keys)."""
+
+    config: NodeConfig
+    changed: tuple[str, ...]
+    needs_restart: tuple[str, ...]
+
+
+def _kept_repos(running: tuple[RepoSource, ...], loaded: tuple[RepoSource, ...]
+                ) -> tuple[RepoSource, ...]:
+    """A mirrored repository may move to another URL; adding, removing or rebuilding one from
+    another directory needs a restart."""
+    if [r.name for r in running] != [r.name for r in loaded]:
+        return running
+    return tuple(new if old.is_url and new.is_url else old for old, new in zip(running, loaded, strict=True))
+
+
+def plan_reload(running: NodeConfig, loaded: NodeConfig) -> ReloadPlan:
+    """Compare a freshly loaded configuration with the running one (pure)."""
+    tls = replace(loaded.tls, listen=running.tls.listen) \
+        if running.tls.enabled and loaded.tls.enabled else running.tls
+    glance = replace(
+        loaded.glance, enabled=running.glance.enabled, images_dir=running.glance.images_dir,
+        upstream_url=loaded.glance.upstream_url
+        if (loaded.glance.upstream_url is None) == (running.glance.upstream_url is None)
+        else running.glance.upstream_url)
+    upstream = loaded.upstream \
+        if (loaded.upstream is None) == (running.upstream is None) else running.upstream
+    # The access log's middleware is installed at start: it may move, not come or go.
+    access_log = loaded.access_log \
+        if (loaded.access_log is None) == (running.access_log is None) else running.access_log
+    effective = replace(loaded, role=running.role, listen=running.listen, workers=running.workers,
+                        store_dir=running.store_dir, signing=running.signing, tls=tls,
+                        glance=glance, upstream=upstream, access_log=access_log,
+                        apt=_kept_repos(running.apt, loaded.apt),
+                        pypi=_kept_repos(running.pypi, loaded.pypi))
+    before, want, after = settings_view(running), settings_view(loaded), settings_view(effective)
+    keys = sorted(before.keys() | want.keys())
+    changed = tuple(k for k in keys if before.get(k) != after.get(k))
+    kept = tuple(k for k in keys if want.get(k) != after.get(k))
+    return ReloadPlan(effective, changed, kept)

@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
+import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,7 @@ from typing import Any
 import aiohttp
 
 from cache_node.metrics import Metrics
+from cache_node.rate_limit import PLAN_LIMITER, TokenBucket
 from cache_node.single_flight import SingleFlight
 from cache_node.store import BlobRef, BlobStore, PartialWriter, StoreFullError
 from distro.digests import parse_repr_digests
@@ -53,6 +58,8 @@ INLINE_WRITE = 256 << 10  # smaller final batches are written on the loop: no th
 DISK_HEADROOM = 64 << 10
 STREAM_BATCH = 1 << 20    # bytes a follower lets accumulate before its next send
 STREAM_PATIENCE = 0.005   # seconds it waits for them at most
+FOLLOW_MIN_WAIT = 0.002   # a follower in another worker polls the partial file this often
+FOLLOW_MAX_WAIT = 0.05    # ... backing off to this while it does not grow
 
 
 
@@ -104,6 +111,7 @@ class Fetch:
     done: asyncio.Future[BlobRef]
     _job: Callable[[Fetch], Awaitable[None]]
     written: int = 0
+    limiter: TokenBucket | None = None  # a plan's bandwidth cap; None once a client joins
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -150,13 +158,19 @@ class FetchCoordinator:
         return self._flights.keys()
 
     def start(self, plan: FetchPlan, client: HttpClient) -> Fetch:
-        """Join the download of `plan.key`, or start it."""
+        """Join the download of `plan.key`, or start it (here, or by following the worker
+        process of this node that is downloading it already)."""
+        return self.join(plan, client)[0]
+
+    def join(self, plan: FetchPlan, client: HttpClient) -> tuple[Fetch, bool]:
+        """`start`, also telling whether this caller joined a running download (coalesced)."""
         def make() -> Fetch:
             loop = asyncio.get_running_loop()
-            partial = self.store.new_partial(tuple(algo for algo, _ in plan.expected_others))
-            fetch = Fetch(plan, partial.path, self.store.blob_path, loop.create_future(),
-                          loop.create_future(),
-                          lambda f: self._run(f, partial, client))
+            name = hashlib.sha256(plan.key.encode()).hexdigest()[:40]
+            fetch = Fetch(plan, self.store.partial_dir / f"{name}.part", self.store.blob_path,
+                          loop.create_future(), loop.create_future(),
+                          lambda f: self._lead_or_follow(f, client, name),
+                          limiter=PLAN_LIMITER.get())
             # Nobody may be left with an unretrieved exception warning.
             fetch.head.add_done_callback(_consume)
             fetch.done.add_done_callback(_consume)
@@ -165,63 +179,154 @@ class FetchCoordinator:
         fetch, started = self._flights.start(plan.key, make)
         if not started:
             self.metrics.coalesced.inc(plan.namespace)
-        return fetch
+            if PLAN_LIMITER.get() is None:
+                fetch.limiter = None  # a client needs it now: no pre-warm cap
+        return fetch, not started
 
     async def close(self) -> None:
         await self._flights.close()
 
-    async def _run(self, fetch: Fetch, partial: PartialWriter, client: HttpClient) -> None:
+    # -- one download per key across the node's worker processes ---------------------------
+    async def _lead_or_follow(self, fetch: Fetch, client: HttpClient, name: str) -> None:
+        """The process that holds the key's lock file downloads; the others follow its
+        partial file as it grows and take over (resuming) if it dies."""
+        lock = _KeyLock(self.store.lock_dir / f"{name}.lock")
+        try:
+            if lock.acquire():
+                await self._lead(fetch, client, lock)
+            else:
+                self.metrics.coalesced.inc(fetch.plan.namespace)
+                await self._follow(fetch, client, lock)
+        except asyncio.CancelledError:
+            _fail(fetch, FetchFailed("node shutting down", 503))
+            raise
+        finally:
+            lock.release()
+            fetch.notify()
+
+    async def _lead(self, fetch: Fetch, client: HttpClient, lock: _KeyLock,
+                    following_since: float | None = None) -> None:
+        """Download as the key's only writer. A follower taking over (`following_since`)
+        first checks whether the leader it followed failed: then it fails alike instead of
+        asking the upstream again at once (a new request later does retry)."""
+        plan = fetch.plan
+        stored = self._already_stored(plan)
+        if stored is not None:  # another worker finished it just now
+            fetch.partial_path.unlink(missing_ok=True)
+            lock.head_path.unlink(missing_ok=True)
+            _settle(fetch, stored)
+            return
+        failed = lock.failure_since(following_since) if following_since is not None else None
+        if failed is not None:
+            _fail(fetch, failed)
+            return
+        lock.clear_failure()
+        resume = lock.head_matches(plan) and fetch.partial_path.exists()
+        partial = await asyncio.to_thread(
+            PartialWriter, fetch.partial_path, tuple(algo for algo, _ in plan.expected_others),
+            resume=resume)
+        if resume and partial.size:
+            log.info("resuming %s at byte %d (left by an earlier worker)", plan.url,
+                     partial.size)
+        fetch.written = partial.size
+        await self._run(fetch, partial, client, lock)
+
+    async def _follow(self, fetch: Fetch, client: HttpClient, lock: _KeyLock) -> None:
+        """Follow another worker's download: its head, its partial file's growth, and its
+        end (the blob bound in the shared store, or its failure). If it dies, lead."""
+        fd: int | None = None
+        idle = FOLLOW_MIN_WAIT
+        since = time.time()
+        try:
+            while True:
+                if lock.acquire():  # the leader is gone: finished, failed or killed
+                    if fd is not None:
+                        os.close(fd)
+                        fd = None
+                    await self._lead(fetch, client, lock, following_since=since)
+                    return
+                if not fetch.head.done():
+                    head = lock.read_head()
+                    if head is not None:
+                        fetch.head.set_result(head)
+                if fd is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        fd = os.open(fetch.partial_path, os.O_RDONLY)
+                size = os.fstat(fd).st_size if fd is not None else 0
+                if size > fetch.written:
+                    fetch.written = size
+                    fetch.notify()
+                    idle = FOLLOW_MIN_WAIT
+                else:
+                    idle = min(idle * 2, FOLLOW_MAX_WAIT)
+                await asyncio.sleep(idle)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _already_stored(self, plan: FetchPlan) -> BlobRef | None:
+        """The verified blob of this plan if some worker stored and bound it already."""
+        if plan.expected_sha256 is not None:  # names may still point at older versions
+            ref = self.store.get(plan.expected_sha256)
+            if ref is not None:
+                for namespace, name in plan.binds:
+                    self.store.bind(namespace, name, ref.digest)
+            return ref
+        if plan.binds:  # immutable names (pool paths, files, image ids) of unknown digest
+            digests = {self.store.bound_digest(ns, n) for ns, n in plan.binds}
+            if len(digests) == 1:
+                (digest,) = digests
+                if digest is not None:
+                    return self.store.get(digest)
+        return None
+
+    async def _run(self, fetch: Fetch, partial: PartialWriter, client: HttpClient,
+                   lock: _KeyLock) -> None:
         plan = fetch.plan
         try:
             if plan.expected_size:
                 self.store.evict_to_quota(incoming=plan.expected_size)
-            expected_sha, vouched = await self._download(fetch, partial, client)
+            expected_sha, vouched = await self._download(fetch, partial, client, lock)
             size = plan.expected_size if plan.expected_size is not None else fetch.size
             if expected_sha is None and vouched and plan.confirm_sha256 is not None:
                 expected_sha = await plan.confirm_sha256()
                 if expected_sha is None:
-                    partial.discard()
                     raise _bad(plan, "the upstream did not confirm the sha256 of the bytes "
                                      "it vouched for")
 
             def verify_and_commit() -> BlobRef:  # waits for the hash lanes: not on the loop
-                try:
-                    _check_others(plan, partial, vouched)
-                except IntegrityError:
-                    partial.discard()
-                    raise
+                _check_others(plan, partial, vouched)
                 return self.store.commit_file(partial, expected_sha, size)
 
             ref = await asyncio.to_thread(verify_and_commit)
             self.store.register(ref)
             for namespace, name in plan.binds:
                 self.store.bind(namespace, name, ref.digest)
+            lock.head_path.unlink(missing_ok=True)
             fetch.done.set_result(ref)
+            return
         except asyncio.CancelledError:
             partial.discard()
+            lock.head_path.unlink(missing_ok=True)
             _fail(fetch, FetchFailed("node shutting down", 503))
             raise
         except IntegrityError as exc:
-            partial.discard()
             self.metrics.verify_failures.inc(plan.namespace)
             log.error("discarding %s: %s", plan.url, exc)
-            _fail(fetch, FetchFailed(f"upstream bytes failed verification: {exc}", 502))
+            failure = FetchFailed(f"upstream bytes failed verification: {exc}", 502)
         except StoreFullError as exc:
-            partial.discard()
             log.error("store full while fetching %s: %s", plan.url, exc)
-            _fail(fetch, FetchFailed(f"cache store is full: {exc}", 507))
+            failure = FetchFailed(f"cache store is full: {exc}", 507)
         except UpstreamError as exc:
-            partial.discard()
-            if isinstance(exc, IntegrityError):
-                self.metrics.verify_failures.inc(plan.namespace)
             log.warning("fetch failed: %s", exc)
-            _fail(fetch, FetchFailed(str(exc), exc.http_status))
+            failure = FetchFailed(str(exc), exc.http_status)
         except Exception as exc:
-            partial.discard()
             log.exception("unexpected error fetching %s", plan.url)
-            _fail(fetch, FetchFailed(f"internal error: {exc}", 500))
-        finally:
-            fetch.notify()
+            failure = FetchFailed(f"internal error: {exc}", 500)
+        partial.discard()
+        lock.head_path.unlink(missing_ok=True)
+        lock.record_failure(failure)
+        _fail(fetch, failure)
 
     def _ensure_room(self, size: int) -> None:
         """Refuse up front (507) a download the disk cannot hold, after trying eviction."""
@@ -256,6 +361,9 @@ class FetchCoordinator:
                 if have is not None:
                     vouched[algo] = have
         length = resp.content_length
+        if resp.status == 206:  # a resumed download: the total is after the slash
+            tail = resp.headers.get("Content-Range", "").rpartition("/")[2]
+            length = int(tail) if tail.isdigit() else None
         if total is None:
             total = length
         elif length is not None and length != total:
@@ -266,8 +374,8 @@ class FetchCoordinator:
         fetch.head.set_result(FetchHead(total, expected_sha))
         return expected_sha, vouched, total
 
-    async def _download(self, fetch: Fetch, partial: PartialWriter,
-                        client: HttpClient) -> tuple[str | None, dict[str, str]]:
+    async def _download(self, fetch: Fetch, partial: PartialWriter, client: HttpClient,
+                        lock: _KeyLock) -> tuple[str | None, dict[str, str]]:
         """Stream the upstream body into the partial; resume with Range after a break."""
         plan = fetch.plan
         settings = client.settings
@@ -293,10 +401,17 @@ class FetchCoordinator:
                         raise UpstreamUnavailable(plan.url, f"answered {resp.status} {resp.reason}")
                     if not fetch.head.done():
                         expected_sha, vouched, total = self._accept_head(fetch, resp, total)
-                        if vouched:
+                        if vouched and not partial.size:
                             partial.drop_digests(tuple(vouched))
+                        else:
+                            vouched = {}  # resumed bytes were hashed with every digest
+                        lock.write_head(plan, fetch.head.result())
+                    elif expected_sha is None and fetch.head.result().sha256 is not None:
+                        expected_sha = fetch.head.result().sha256
                     async for chunk in resp.content.iter_chunked(READ_CHUNK):
                         client.count_bytes(len(chunk))
+                        if fetch.limiter is not None:
+                            await fetch.limiter.take(len(chunk))
                         if skip:
                             drop = min(skip, len(chunk))
                             chunk = chunk[drop:]
@@ -410,6 +525,90 @@ def _check_others(plan: FetchPlan, partial: PartialWriter, vouched: Mapping[str,
             raise IntegrityError(f"{algo} mismatch: expected {want}, got {have}")
 
 
+class _KeyLock:
+    """The lock file of one key in `<store>/locks/`: held by the worker process that
+    downloads the key; beside it the `.head` the followers need and a `.failed` note that
+    stops other workers from retrying a failure at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.head_path = path.with_suffix(".head")
+        self.failed_path = path.with_suffix(".failed")
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def write_head(self, plan: FetchPlan, head: FetchHead) -> None:
+        _write_json(self.head_path, {"url": plan.url, "size": head.size, "sha256": head.sha256})
+
+    def read_head(self) -> FetchHead | None:
+        doc = _read_json(self.head_path)
+        if doc is None:
+            return None
+        size, sha256 = doc.get("size"), doc.get("sha256")
+        return FetchHead(size if isinstance(size, int) else None,
+                         sha256 if isinstance(sha256, str) else None)
+
+    def head_matches(self, plan: FetchPlan) -> bool:
+        doc = _read_json(self.head_path)
+        return doc is not None and doc.get("url") == plan.url and (
+            plan.expected_sha256 is None or doc.get("sha256") == plan.expected_sha256)
+
+    def record_failure(self, failure: FetchFailed) -> None:
+        _write_json(self.failed_path, {"message": str(failure), "status": failure.http_status,
+                                       "at": time.time()})
+
+    def failure_since(self, since: float) -> FetchFailed | None:
+        """The failure the leader recorded while we followed it, if any."""
+        doc = _read_json(self.failed_path)
+        if doc is None or float(doc.get("at", 0)) < since:
+            return None
+        return FetchFailed(str(doc.get("message", "failed in another worker")),
+                           int(doc.get("status", 502)))
+
+    def clear_failure(self) -> None:
+        self.failed_path.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _settle(fetch: Fetch, ref: BlobRef) -> None:
+    """A fetch another worker completed: the blob is the answer."""
+    if not fetch.head.done():
+        fetch.head.set_result(FetchHead(ref.size, ref.digest))
+    fetch.written = ref.size
+    fetch.partial_path = fetch.blob_path(ref.digest)
+    if not fetch.done.done():
+        fetch.done.set_result(ref)
+
+
 def _bad(plan: FetchPlan, problem: str) -> IntegrityError:
     return IntegrityError(f"upstream {plan.url}: {problem}")
 
@@ -441,9 +640,13 @@ async def stream_fetch(fetch: Fetch, write: Callable[[bytes], Awaitable[None]],
     """
     offset = start
     fd = _open_partial(fetch)
-    if fd is None:
-        ref = await fetch.done  # renamed into the store already (or raises FetchFailed)
-        fd = os.open(fetch.blob_path(ref.digest), os.O_RDONLY)
+    while fd is None:  # not created yet (the leader is starting), or renamed into the store
+        if fetch.done.done():
+            ref = fetch.done.result()  # raises FetchFailed
+            fd = os.open(fetch.blob_path(ref.digest), os.O_RDONLY)
+            break
+        await fetch.wait_beyond(fetch.written)
+        fd = _open_partial(fetch)
     try:
         while True:
             verified = fetch.verified

@@ -47,9 +47,11 @@ class UpstreamOffline(ServiceError):
 
 @dataclass(frozen=True)
 class Caller:
-    """The identity a request carries: the token it presented (if any)."""
+    """The identity a request carries: the token it presented (if any), and whether it also
+    presented this node's own admin token (`admin_auth`), which lets it manage the cache."""
 
     token: str | None
+    node_admin: bool = False
 
     @property
     def key(self) -> str:
@@ -123,6 +125,9 @@ class _TTLCache:
         self._data.move_to_end(key)
         return entry
 
+    def clear(self) -> None:
+        self._data.clear()
+
     def put(self, key: tuple[str, ...], value: object) -> None:
         self._data[key] = _Entry(value, self.clock())
         self._data.move_to_end(key)
@@ -143,6 +148,16 @@ class GlanceAuthorizer:
         self.source = source
         self.offline_policy = offline_policy
         self._cache = _TTLCache(ttl, clock)
+
+    def reconfigure(self, ttl: float, offline_policy: str) -> None:
+        """A reload: answers already cached now expire after the new TTL."""
+        if offline_policy not in OFFLINE_POLICIES:
+            raise ValueError(f"unknown offline policy {offline_policy!r}")
+        self._cache.ttl, self.offline_policy = ttl, offline_policy
+
+    def forget(self) -> None:
+        """Drop every cached answer (the upstream that gave them is no longer asked)."""
+        self._cache.clear()
 
     async def image(self, caller: Caller, image_id: str,
                     cached_record: GlanceImage | None) -> ImageDecision:
@@ -221,7 +236,10 @@ class GlanceAuthorizer:
         return tuple(allowed.values())
 
     async def require_admin(self, caller: Caller) -> None:
-        """Raise 401/403 unless the upstream confirms `caller` is an admin."""
+        """Raise 401/403 unless `caller` is this node's admin or the upstream confirms it is a
+        Glance admin."""
+        if caller.node_admin:
+            return
         if not caller.token:
             raise Unauthorized("the cache-management API needs an admin token")
         key = ("admin", caller.key)

@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from cache_node.answers import BadRequest, NotFound, ServiceError
+from cache_node.config import NodeConfig
 from cache_node.glance_auth import Caller, Forbidden, ListScope, Unauthorized
 from distro.glance_images import (
     LIST_LIMIT_MAX,
@@ -99,6 +100,10 @@ class Backend(Protocol):
         """Where the images come from, for the status page."""
         ...
 
+    def reconfigure(self, config: NodeConfig) -> bool:
+        """Take a reloaded configuration; True when the images now come from elsewhere."""
+        ...
+
 
 class DirectoryBackend:
     """The origin's image directory; tokens from its `tokens.toml` (Glance's visibility rules)."""
@@ -171,6 +176,9 @@ class DirectoryBackend:
 
     def describe(self) -> str:
         return str(self.root)
+
+    def reconfigure(self, config: NodeConfig) -> bool:
+        return False  # another directory needs a restart
 
     def path_for_digest(self, sha256: str) -> Path | None:
         """The data file of a directory image with this sha256 (for the delta endpoints)."""
@@ -285,6 +293,15 @@ class HttpGlanceBackend:
 
     def describe(self) -> str:
         return self.base_url
+
+    def reconfigure(self, config: NodeConfig) -> bool:
+        """Follow the upstream (the next node, or the origin's Glance) to a new URL; requests
+        already running finish where they started."""
+        base = config.glance_upstream
+        if base is None or base.rstrip("/") + "/" == self.base_url:
+            return False
+        self.base_url = base.rstrip("/") + "/"
+        return True
 
 
 __all__ = ["Backend", "DirectoryBackend", "HttpGlanceBackend", "ImageDigest", "LocalSource",

@@ -19,8 +19,8 @@ import contextlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cache_node.answers import (
@@ -31,7 +31,7 @@ from cache_node.answers import (
     ServiceError,
     StreamAnswer,
 )
-from cache_node.config import NodeConfig, client_settings
+from cache_node.config import NodeConfig, delta_client_settings
 from cache_node.fetch import Fetch, FetchCoordinator, FetchFailed, FetchPlan
 from cache_node.glance_auth import Caller, GlanceAuthorizer, ListScope, UpstreamOffline
 from cache_node.glance_backends import (
@@ -224,8 +224,10 @@ class GlanceService:
         self.hits[image_id] += 1
         ref = await self._try_delta(caller, image)
         if ref is not None:
-            return self._stored(image, ref, headers)
-        return StreamAnswer(self._start(caller, image, source), IMAGE_TYPE, headers)
+            return replace(self._stored(image, ref, headers), delta=True)
+        joined = self.fetches.running(_fetch_key(image.id))
+        return StreamAnswer(self._start(caller, image, source), IMAGE_TYPE, headers,
+                            coalesced=joined)
 
     def _stored(self, image: GlanceImage, ref: BlobRef,
                 headers: tuple[tuple[str, str], ...]) -> BlobAnswer:
@@ -276,6 +278,16 @@ class GlanceService:
 
     async def refresh(self) -> list[RefreshReport]:
         return []  # records are revalidated per request, under the authorization TTL
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Take a reload: the authorization TTL and offline policy, and a moved upstream
+        (stored records and data stay; the old upstream's authorization answers do not)."""
+        self.auth.reconfigure(config.glance.auth_ttl, config.glance.offline_policy)
+        if self.backend.reconfigure(config):
+            log.info("images now come from %s", self.backend.describe())
+            self.auth.forget()
+        if self.delta is not None and config.delta_url is not None:
+            self.delta.reconfigure(config.delta_url, delta_client_settings(config))
 
     async def _try_delta(self, caller: Caller, image: GlanceImage) -> BlobRef | None:
         """The image's data built as a delta against a cached image of its family, bound in
@@ -405,9 +417,11 @@ class GlanceService:
 
 
 async def make_glance_service(config: NodeConfig, store: BlobStore, fetches: FetchCoordinator,
-                              metrics: Metrics, exit_stack: contextlib.AsyncExitStack
+                              metrics: Metrics, exit_stack: contextlib.AsyncExitStack,
+                              new_client: Callable[[str], Awaitable[HttpClient]],
                               ) -> GlanceService | None:
-    """The node's image service, or None when it has no image source."""
+    """The node's image service, or None when it has no image source. `new_client(namespace)`
+    gives an upstream client with the node's settings (the node reconfigures it on reload)."""
     settings = config.glance
     if not settings.enabled:
         return None
@@ -419,23 +433,17 @@ async def make_glance_service(config: NodeConfig, store: BlobStore, fetches: Fet
                                    config.store_dir / "glance-origin-digests.json")
         await backend.refresh()
     else:
-        if config.role == "origin":
-            base = settings.upstream_url
-        else:
-            base = f"{config.upstream}glance/" if config.upstream else None
+        base = config.glance_upstream
         if base is None:
             return None
-        client = HttpClient(
-            NAMESPACE, client_settings(config),
-            on_request=lambda: metrics.upstream_requests.inc(NAMESPACE),
-            on_bytes=lambda n: metrics.upstream_bytes.inc(NAMESPACE, n))
-        await exit_stack.enter_async_context(client)
-        backend = HttpGlanceBackend(base, client, vouches=config.role == "cache")
+        backend = HttpGlanceBackend(base, await new_client(NAMESPACE),
+                                    vouches=config.role == "cache")
     delta: ImageDeltaFetcher | None = None
-    if config.role == "cache" and config.upstream:
+    if config.role == "cache" and config.delta_url:
         # The upstream is an edgedepot node: it serves /delta/v1/ and the image digests.
-        delta = ImageDeltaFetcher(store, metrics, f"{config.upstream}delta/v1/",
-                                  config.store_dir / "delta-work" / "glance")
+        delta = ImageDeltaFetcher(store, metrics, config.delta_url,
+                                  config.store_dir / "delta-work" / "glance",
+                                  delta_client_settings(config))
     service = GlanceService(backend, store, fetches, metrics, settings.auth_ttl,
                             settings.offline_policy, delta)
     service.load()

@@ -39,6 +39,7 @@ from distro.digests import file_sha256
 from distro.errors import IntegrityError
 from distro.glance_images import GlanceImage, family_key
 from syncer.delta_client import DeltaClient, DeltaError
+from syncer.http_client import ClientSettings
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +144,11 @@ class ImageDeltaFetcher:
     """Makes an image's data from its upstream's `/delta/v1/` and a basis blob."""
 
     def __init__(self, store: BlobStore, metrics: Metrics, delta_url: str,
-                 work_dir: Path) -> None:
+                 work_dir: Path, settings: ClientSettings | None = None) -> None:
         self.store = store
         self.metrics = metrics
         self.delta_url = delta_url.rstrip("/") + "/"
+        self.settings = settings  # the node's trust, client certificate, a patch-long timeout
         self.work_dir = work_dir
         self._flights: SingleFlight[Call[BlobRef | None]] = SingleFlight(
             on_join=lambda: metrics.coalesced.inc(NAMESPACE))
@@ -175,6 +177,10 @@ class ImageDeltaFetcher:
 
     async def close(self) -> None:
         await self._flights.close()
+
+    def reconfigure(self, delta_url: str, settings: ClientSettings) -> None:
+        """A reload: the next attempts go to this upstream with these settings."""
+        self.delta_url, self.settings = delta_url.rstrip("/") + "/", settings
 
     async def _attempt(self, image: GlanceImage, basis: Basis,
                        digest_of: Callable[[], Awaitable[ImageDigest | None]],
@@ -208,7 +214,7 @@ class ImageDeltaFetcher:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         out = self.work_dir / f"{digest.sha256}.delta-out"
         try:
-            async with DeltaClient() as client:
+            async with DeltaClient(settings=self.settings) as client:
                 result = await client.fetch(f"{self.delta_url}blobs/{digest.sha256}",
                                             basis=self.store.blob_path(basis.ref.digest),
                                             out=out, basis_sha256=basis.ref.digest)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from cache_node.admin_auth import is_node_admin
 from cache_node.answers import ServiceError
 from cache_node.glance_auth import Caller
 from cache_node.glance_core import NAMESPACE, OFFLINE_HEADER, GlanceService
@@ -31,7 +32,7 @@ def _json(body: object, status: int = 200, offline: bool = False) -> web.Respons
 
 
 def _caller(request: web.Request) -> Caller:
-    return Caller(request.headers.get("X-Auth-Token") or None)
+    return Caller(request.headers.get("X-Auth-Token") or None, is_node_admin(request))
 
 
 def _base_url(request: web.Request) -> str:

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import logging
-import time
 
 from aiohttp import web
 
+from cache_node.access_log import install_access_log
+from cache_node.admin_auth import install_access_control
 from cache_node.answers import Answer, BadRequest, NotFound, ServiceError, safe_relpath
+from cache_node.client_stats import add_client_routes
 from cache_node.delta_routes import add_delta_routes
 from cache_node.glance_routes import add_glance_routes
+from cache_node.health import add_health_routes
 from cache_node.key_routes import add_key_routes
 from cache_node.node import Node
 from cache_node.plans import PlanRunner
 from cache_node.responses import error_middleware, send_answer
+from cache_node.status import add_status_routes
 from distro.digests import is_sha256_hex
 from distro.wire import PlanError, parse_plan
 
@@ -58,17 +61,9 @@ def _relpath_dir(request: web.Request) -> str:
     return (safe_relpath(stripped, raw_tail) if stripped else "") + "/"
 
 
-async def healthz(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
-    stats = node.store.stats()
-    body = {"status": "ok", "role": node.config.role, "blobs": stats.blob_count,
-            "store_bytes": stats.total_bytes, "inflight": node.fetches.inflight_count,
-            "uptime_seconds": round(time.time() - node.started_at, 1)}
-    return web.json_response(body)
-
-
 async def metrics(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
+    await node.metrics.refresh_peers()
     return web.Response(text=node.metrics.render(),
                         content_type="text/plain", charset="utf-8",
                         headers={"Cache-Control": "no-store"})
@@ -77,7 +72,8 @@ async def metrics(request: web.Request) -> web.Response:
 async def served_paths(request: web.Request) -> web.Response:
     """Per-path request counts (what tests and operators use to prove 'fetched once')."""
     node = request.app[NODE_KEY]
-    return web.json_response(dict(node.metrics.served_paths))
+    await node.metrics.refresh_peers()
+    return web.json_response(dict(node.metrics.node_served_paths()))
 
 
 def _plans(request: web.Request) -> PlanRunner:
@@ -140,49 +136,8 @@ async def has_blobs(request: web.Request) -> web.Response:
     return web.json_response({"present": present})
 
 
-async def status_page(request: web.Request) -> web.Response:
-    node = request.app[NODE_KEY]
-    node.metrics.render()  # refresh gauges
-    stats = node.store.stats()
-    m = node.metrics
-    rows = "".join(
-        f"<tr><td>{html.escape(c.help)}</td>"
-        + "".join(f"<td>{html.escape(ns)}: {v:,}</td>" for ns, v in sorted(c.values.items()))
-        + "</tr>" for c in m.counters() if c.values)
-    repos = "".join(
-        f"<tr><td>{r.kind}</td><td>{html.escape(r.name)}</td><td>{html.escape(r.source)}</td>"
-        f"<td>{html.escape(', '.join(r.suites))}</td></tr>" for r in node.summaries())
-    quota = f"{stats.quota_bytes:,}" if stats.quota_bytes else "unlimited"
-    runner = node.plans
-    plan_rows = ""
-    if runner is not None:
-        for pid in runner.plan_ids():
-            st = runner.status(pid)
-            if st is None:
-                continue
-            pct = 100.0 * st.bytes_done / st.bytes_total if st.bytes_total else 100.0
-            plan_rows += (f"<tr><td>{html.escape(pid)}</td><td>{st.state}</td>"
-                          f"<td>{st.done}/{st.total}</td><td>{st.failed}</td>"
-                          f"<td>{st.bytes_done:,} / {st.bytes_total:,} ({pct:.0f}%)</td></tr>")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>edgedepot node</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 10px;text-align:left}}
-table{{border-collapse:collapse}}tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
-<h1>edgedepot {html.escape(node.config.role)} node</h1>
-<p>upstream: {html.escape(node.config.upstream or "none (origin)")} &middot;
-store: {stats.blob_count:,} blobs, {stats.total_bytes:,} bytes (quota {quota}) &middot;
-in-flight fetches: {node.fetches.inflight_count}</p>
-<h2>Repositories</h2><table><tr><th>kind</th><th>name</th><th>source</th><th>suites</th></tr>
-{repos}</table>
-<h2>Prefetch plans</h2><table><tr><th>plan</th><th>state</th><th>artifacts done</th>
-<th>failed</th><th>bytes</th></tr>{plan_rows}</table>
-<h2>Counters</h2><table>{rows}</table>
-<p><a href="/metrics">/metrics</a> &middot; <a href="/healthz">/healthz</a></p>
-</body></html>"""
-    return web.Response(text=page, content_type="text/html")
-
-
 def _count_path(request: web.Request) -> None:
-    if request.path.startswith(("/apt/", "/pypi/", "/delta/", "/glance/")):
+    if request.path.startswith(("/apt/", "/pypi/", "/delta/", "/glance/", "/keys/")):
         request.app[NODE_KEY].metrics.count_served_path(request.path)
 
 
@@ -195,10 +150,17 @@ def _server_error(request: web.Request, status: int, message: str) -> None:
 def build_app(node: Node) -> web.Application:
     app = web.Application(middlewares=[error_middleware(_count_path, _server_error)])
     app[NODE_KEY] = node
-    app.router.add_get("/", status_page)
-    app.router.add_get("/healthz", healthz)
+    policy = install_access_control(app, node.config)  # allow-list, admin token (admin_auth)
+    sink = install_access_log(app, node.config)  # outermost: refusals are logged too
+    node.reload_listeners.append(lambda old, new: policy.update(new))
+    if sink is not None:
+        node.reload_listeners.append(sink.reconfigure)
+    add_health_routes(app, node)
+    add_status_routes(app, node)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/served", served_paths)
+    add_client_routes(app, node.metrics, None if node.worker is None
+                      else (node.config.store_dir / "clients", node.worker))
     app.router.add_get("/admin/plans", list_plans)
     app.router.add_post("/admin/has", has_blobs)
     app.router.add_post("/admin/refresh", refresh_indexes)
@@ -209,7 +171,8 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/pypi/{name}/{path:.+}", repo_handler)
     add_delta_routes(app, lambda request: request.app[NODE_KEY].delta)
     add_glance_routes(app, lambda request: request.app[NODE_KEY].glance)
-    add_key_routes(app, node.config, node.signing_key)
+    keys = add_key_routes(app, node.config, node.signing_key)
+    node.reload_listeners.append(keys.reconfigure)
     return app
 
 

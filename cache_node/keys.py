@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from cache_node.config import NodeConfig, client_settings
+from cache_node.interprocess import FileLock
 from cache_node.startup import StartupError
 from distro.debian_repo import SigningKey
 from distro.errors import EdgedepotError, IntegrityError
@@ -345,6 +347,15 @@ class KeyService:
         await self._client.__aenter__()
         self._warmup = asyncio.create_task(self._warm())
 
+    def reconfigure(self, old: NodeConfig, new: NodeConfig) -> None:
+        """A reload listener: new client settings for the next fetch, the new TTL, and a
+        moved upstream asked at the next request (the key kept on disk is served meanwhile)."""
+        self.config = new
+        if self._client is not None:
+            self._client.reconfigure(client_settings(new))
+        if new.upstream != old.upstream:
+            self._checked_at = float("-inf")
+
     async def _warm(self) -> None:
         try:
             await self.current()
@@ -374,10 +385,30 @@ class KeyService:
             return self._key, False
         async with self._lock:
             if time.monotonic() - self._checked_at >= self.config.index_ttl:
-                await self._refresh(url, client)
+                self._disk.parent.mkdir(parents=True, exist_ok=True)
+                async with FileLock(self._disk.with_suffix(".lock")):
+                    # Another worker process of this node may have asked just now.
+                    if not self._adopt_recent_check():
+                        await self._refresh(url, client)
             if self._key is None and self._error is not None:
                 raise self._error
             return self._key, self._error is not None
+
+    def _adopt_recent_check(self) -> bool:
+        """Take the key another worker checked within the TTL (its stamp next to the key)."""
+        try:
+            stamp = json.loads(self._disk.with_suffix(".checked").read_text())
+            checked, url = float(stamp["at"]), str(stamp["url"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if url != self.upstream_url:
+            return False  # asked of another upstream (it moved since)
+        age = time.time() - checked
+        if age >= self.config.index_ttl:
+            return False
+        self._key, self._error = self._load_disk(), None
+        self._checked_at = time.monotonic() - age
+        return True
 
     async def _refresh(self, url: str, client: HttpClient) -> None:
         try:
@@ -398,6 +429,9 @@ class KeyService:
                 log.info("repository signing key from upstream: %s",
                          format_fingerprint(key.fingerprint))
         self._key, self._error, self._checked_at = key, None, time.monotonic()
+        with contextlib.suppress(OSError):
+            self._disk.with_suffix(".checked").write_text(
+                json.dumps({"at": time.time(), "url": url}))
 
     def _persist(self, key: PublicKey | None) -> None:
         if key is None:

@@ -10,6 +10,7 @@ of an active plan are pinned against eviction; deleting the plan unpins them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -17,7 +18,8 @@ from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from cache_node.answers import Answer, BlobAnswer, BytesAnswer, ServiceError, StreamAnswer
-from cache_node.fetch import FetchFailed
+from cache_node.fetch import Fetch, FetchFailed
+from cache_node.rate_limit import PLAN_LIMITER, TokenBucket
 from cache_node.store import BlobStore
 from distro.wire import ItemStatus, PlanArtifact, PlanSpec, PlanStatus
 from syncer.http_client import UpstreamError
@@ -39,31 +41,85 @@ CREATE TABLE IF NOT EXISTS plan_items (
     PRIMARY KEY (plan_id, idx)
 );
 """
+# Bytes already downloaded of items still fetching, written by the executing worker so any
+# worker answering a status request can report byte-level progress.
+_PROGRESS_COLUMN = "ALTER TABLE plan_items ADD COLUMN progress INTEGER NOT NULL DEFAULT 0"
+SUPERVISE_EVERY = 0.5
 
 
 Resolver = Callable[[PlanArtifact], Awaitable[Answer]]
 
 
 class PlanRunner:
-    """Runs every active plan of one node; state lives in the store's SQLite database."""
+    """Runs every active plan of one node; state lives in the store's SQLite database.
+
+    With several worker processes, any of them accepts plans and answers their status; one
+    of them executes them: the one holding the plans lock, which another worker takes over
+    (resuming from the database) when that one dies."""
 
     def __init__(self, store: BlobStore, resolve: Resolver) -> None:
         self.store = store
         self.resolve = resolve
         self.db: sqlite3.Connection = store.db
         self.db.executescript(_SCHEMA)
+        columns = {str(r[1]) for r in self.db.execute("PRAGMA table_info(plan_items)")}
+        if "progress" not in columns:
+            with contextlib.suppress(sqlite3.OperationalError):  # added by another worker
+                self.db.execute(_PROGRESS_COLUMN)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._fetching: dict[tuple[str, int], Fetch] = {}  # items downloading now
+        self._executor_lock = store.lock("plans")
+        self._supervisor: asyncio.Task[None] | None = None
+
+    @property
+    def executing(self) -> bool:
+        """Whether this worker process is the node's plan executor."""
+        return self._executor_lock.held
 
     def resume_all(self) -> None:
-        """Restart plans that were active when the node stopped."""
-        self.db.execute("UPDATE plan_items SET state='pending' WHERE state='fetching'")
-        for (plan_id,) in self.db.execute("SELECT plan_id FROM plans WHERE state='active'"):
-            self._start(str(plan_id))
+        """Become the executor if no other worker is, restart the plans that were active when
+        the node stopped, and keep watching (take over, pick up plans other workers took)."""
+        self._try_to_execute()
+        self._supervisor = asyncio.create_task(self._supervise(), name="plan supervisor")
+
+    def _try_to_execute(self) -> None:
+        if self.executing or not self._executor_lock.try_acquire():
+            return
+        self.db.execute("UPDATE plan_items SET state='pending', progress=0 "
+                        "WHERE state='fetching'")
+        self._sync_tasks()
+
+    def _sync_tasks(self) -> None:
+        """Run exactly the plans the database says are active."""
+        active = {str(r[0]) for r in self.db.execute("SELECT plan_id FROM plans WHERE "
+                                                      "state='active'")}
+        for plan_id in sorted(active):
+            self._start(plan_id)
+        for plan_id, task in list(self._tasks.items()):
+            if plan_id not in active and not task.done():
+                task.cancel()  # deleted through another worker
+
+    async def _supervise(self) -> None:
+        while True:
+            await asyncio.sleep(SUPERVISE_EVERY)
+            try:
+                self._try_to_execute()
+                if self.executing:
+                    self._sync_tasks()
+                    self.db.executemany(
+                        "UPDATE plan_items SET progress=? WHERE plan_id=? AND idx=?",
+                        [(fetch.written, pid, idx)
+                         for (pid, idx), fetch in list(self._fetching.items())])
+            except sqlite3.Error as exc:
+                log.warning("plan supervisor: %s", exc)
 
     async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._executor_lock.release()
 
     def submit(self, spec: PlanSpec) -> PlanStatus:
         """Accept a plan (idempotent: the same plan_id again only resumes what is missing)."""
@@ -109,14 +165,19 @@ class PlanRunner:
         if plan is None:
             return None
         rows = self.db.execute(
-            "SELECT idx, kind, repo, path, size, state, attempts, error FROM plan_items "
-            "WHERE plan_id=? ORDER BY idx", (plan_id,)).fetchall()
+            "SELECT idx, kind, repo, path, size, state, attempts, error, progress "
+            "FROM plan_items WHERE plan_id=? ORDER BY idx", (plan_id,)).fetchall()
         items = [ItemStatus(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), str(r[5]),
                             int(r[6]), r[7]) for r in rows]
         done = [i for i in items if i.state == "done"]
         failed = tuple(i for i in items if i.state == "failed")
         bytes_total = sum(i.size for i in items)
-        bytes_done = sum(i.size for i in done)
+        # Items still downloading count their bytes so far: live here, or as the executing
+        # worker last wrote them.
+        live = {idx: fetch.written for (pid, idx), fetch in self._fetching.items()
+                if pid == plan_id}
+        bytes_done = sum(i.size for i in done) + sum(
+            live.get(int(r[0]), int(r[8] or 0)) for r in rows if str(r[5]) == "fetching")
         started, finished = plan[1], plan[2]
         elapsed = ((finished or time.time()) - started) if started else 0.0
         rate = bytes_done / elapsed if elapsed > 0 else 0.0
@@ -127,6 +188,8 @@ class PlanRunner:
 
     # -- execution -------------------------------------------------------------------------
     def _start(self, plan_id: str) -> None:
+        if not self.executing:
+            return  # the executing worker picks it up from the database
         task = self._tasks.get(plan_id)
         if task is not None and not task.done():
             return
@@ -146,13 +209,13 @@ class PlanRunner:
         queue: asyncio.Queue[tuple[int, PlanArtifact]] = asyncio.Queue()
         for entry in pending:
             queue.put_nowait(entry)
-        pacer = _Pacer(bandwidth)
+        bucket = TokenBucket(bandwidth) if bandwidth else None
 
         async def worker() -> None:
+            PLAN_LIMITER.set(bucket)  # every fetch this worker starts is capped by the plan
             while not queue.empty():
                 idx, artifact = queue.get_nowait()
                 await self._fetch_item(plan_id, idx, artifact)
-                await pacer.account(artifact.size)
 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, max(1, len(pending))))))
         failed = self.db.execute("SELECT COUNT(*) FROM plan_items WHERE plan_id=? AND "
@@ -175,7 +238,7 @@ class PlanRunner:
             if attempt:
                 await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
             try:
-                digest = await self._materialize(artifact)
+                digest = await self._materialize(plan_id, idx, artifact)
             except (ServiceError, FetchFailed, UpstreamError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if getattr(exc, "status", getattr(exc, "http_status", 0)) == 404:
@@ -195,32 +258,18 @@ class PlanRunner:
         log.warning("plan %s: %s/%s failed: %s", plan_id, artifact.repo, artifact.path, error)
         self._mark(plan_id, idx, "failed", error)
 
-    async def _materialize(self, artifact: PlanArtifact) -> str:
+    async def _materialize(self, plan_id: str, idx: int, artifact: PlanArtifact) -> str:
         # Stored already (another plan, a client, a previous run) answers as a hit.
         answer = await self.resolve(artifact)
         if isinstance(answer, StreamAnswer):
-            ref = await answer.fetch.done
+            self._fetching[(plan_id, idx)] = answer.fetch  # progress by bytes meanwhile
+            try:
+                ref = await answer.fetch.done
+            finally:
+                self._fetching.pop((plan_id, idx), None)
             return ref.digest
         if isinstance(answer, BlobAnswer) and answer.sha256:
             return answer.sha256
         if isinstance(answer, BytesAnswer):
             return answer.sha256
         raise ServiceError(f"unexpected answer for {artifact.path}", 500)
-
-
-class _Pacer:
-    """Keeps the average pull rate of one plan under its bandwidth limit."""
-
-    def __init__(self, bandwidth: int | None) -> None:
-        self.bandwidth = bandwidth
-        self.started = time.monotonic()
-        self.bytes = 0
-
-    async def account(self, n: int) -> None:
-        if not self.bandwidth:
-            return
-        self.bytes += n
-        ahead = self.bytes / self.bandwidth - (time.monotonic() - self.started)
-        if ahead > 0:
-            await asyncio.sleep(ahead)
-

@@ -23,7 +23,7 @@ from cache_node.answers import (
     RedirectAnswer,
     content_type_for,
 )
-from cache_node.config import RepoSource
+from cache_node.config import NodeConfig, RepoSource
 from cache_node.repository import RepoKind, RepoSummary
 from distro.pypi_index import (
     METADATA_SUFFIX,
@@ -133,6 +133,10 @@ class LocalPypiIndex(PypiPaths):
 
     def summary(self) -> RepoSummary:
         return RepoSummary("pypi", self.name, str(self.root), ())
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Served from a directory read at start: a reload changes nothing here (another
+        directory needs a restart, which `plan_reload` reports)."""
 
     async def refresh(self) -> list[RefreshReport]:
         return []

@@ -9,6 +9,7 @@ metadata hash) before they are kept.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -25,6 +26,7 @@ from cache_node.answers import (
     StreamAnswer,
     content_type_for,
 )
+from cache_node.config import NodeConfig
 from cache_node.fetch import FetchCoordinator, FetchPlan
 from cache_node.metrics import Metrics
 from cache_node.pypi_local import PypiPaths, files_base, render_page
@@ -81,6 +83,7 @@ class RemotePypiIndex(PypiPaths):
         self._ns_page = f"{PAGE_PREFIX}{name}"
         self._ns_file = f"pypi-file:{name}"
         self._pages: dict[str, _Cached] = {}
+        self._forced: set[str] = set()
         self._refreshing: SingleFlight[Call[_Cached]] = SingleFlight()
 
     def summary(self) -> RepoSummary:
@@ -89,6 +92,22 @@ class RemotePypiIndex(PypiPaths):
     def locate(self, sha256: str) -> Path | None:
         return None  # what it mirrors lives in the store
 
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Follow the upstream to a new URL: stored files are served from the store, pages
+        revalidate against the new upstream on their next request."""
+        self.index_ttl = config.index_ttl
+        source = config.repo_source("pypi", self.name)
+        if source is None or not source.is_url:
+            return
+        simple_url = source.source if source.source.endswith("/") else source.source + "/"
+        if simple_url == self.simple_url:
+            return
+        log.info("%s: upstream moves from %s to %s", self.namespace, self.simple_url, simple_url)
+        self.simple_url = simple_url
+        for key, cached in self._pages.items():
+            mark_due(cached)
+            self._forced.add(key)  # the new upstream is asked, whatever others stored
+
     @staticmethod
     def persisted_names(store: BlobStore) -> list[str]:
         """Names of the pip indexes whose pages a restarted cache kept."""
@@ -96,19 +115,42 @@ class RemotePypiIndex(PypiPaths):
 
     def load_persisted(self) -> None:
         for project, digest in list(self.store.names(self._ns_page)):
-            try:
-                body = self.store.read_bytes(digest)
-                if project == ROOT_KEY:
-                    names = tuple(parse_root_page(body, JSON_CONTENT_TYPE, page_url=self.simple_url,
-                                                  source="stored root page"))
-                    self._pages[project] = _Cached(None, names, float("-inf"))
-                else:
-                    page = parse_project_page(body, JSON_CONTENT_TYPE,
-                                              page_url=f"{self.simple_url}{project}/",
-                                              source=f"stored page {project}")
-                    self._pages[project] = _Cached(page, (), float("-inf"))
-            except (OSError, MalformedIndexError) as exc:
-                log.error("%s: stored page %s unusable: %s", self.namespace, project, exc)
+            cached = self._load_page(project, digest)
+            if cached is not None:
+                self._pages[project] = cached
+
+    def _load_page(self, project: str, digest: str,
+                   validated_at: float = float("-inf")) -> _Cached | None:
+        try:
+            body = self.store.read_bytes(digest)
+            if project == ROOT_KEY:
+                names = tuple(parse_root_page(body, JSON_CONTENT_TYPE, page_url=self.simple_url,
+                                              source="stored root page"))
+                return _Cached(None, names, validated_at)
+            page = parse_project_page(body, JSON_CONTENT_TYPE,
+                                      page_url=f"{self.simple_url}{project}/",
+                                      source=f"stored page {project}")
+            return _Cached(page, (), validated_at)
+        except (OSError, MalformedIndexError) as exc:
+            log.error("%s: stored page %s unusable: %s", self.namespace, project, exc)
+            return None
+
+    def _shared_key(self, key: str) -> str:
+        return f"pypi-page/{self.name}/{key}"
+
+    def _recent_from_other_worker(self, key: str) -> _Cached | None:
+        """The page another worker process of this node validated within the TTL."""
+        doc = self.store.shared_get(self._shared_key(key))
+        if doc is None or not isinstance(doc.get("validated_at"), (int, float)):
+            return None
+        age = time.time() - float(doc["validated_at"])
+        digest = self.store.bound_digest(self._ns_page, key)
+        if age >= self.index_ttl or digest != doc.get("digest") or digest is None:
+            return None
+        cached = self._load_page(key, digest, time.monotonic() - age)
+        if cached is not None:
+            self._pages[key] = cached
+        return cached
 
     async def refresh(self) -> list[RefreshReport]:
         """Revalidate every cached project page now and report what moved."""
@@ -117,6 +159,7 @@ class RemotePypiIndex(PypiPaths):
             before_page = cached.page
             before = self.metrics.upstream_bytes.get(self.namespace)
             mark_due(cached)
+            self._forced.add(key)  # a forced refresh asks the upstream, whatever others did
             error = ""
             try:
                 new, stale = await self._cached(key)
@@ -154,6 +197,18 @@ class RemotePypiIndex(PypiPaths):
             return cached, True
 
     async def _refresh(self, key: str) -> _Cached:
+        """One upstream request per page and TTL for the whole node: under the page's lock,
+        a page another worker just validated is taken from the store instead."""
+        lock = self.store.lock(f"pypi-{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:32]}")
+        async with lock:
+            forced = key in self._forced
+            self._forced.discard(key)
+            recent = None if forced else self._recent_from_other_worker(key)
+            if recent is not None:
+                return recent
+            return await self._refresh_from_upstream(key)
+
+    async def _refresh_from_upstream(self, key: str) -> _Cached:
         url = self.simple_url if key == ROOT_KEY else f"{self.simple_url}{quote(key)}/"
         reply = await self.client.fetch_small(url, {"Accept": UPSTREAM_ACCEPT})
         content_type = reply.headers.get("Content-Type", "text/html")
@@ -168,6 +223,8 @@ class RemotePypiIndex(PypiPaths):
             stored = render_project_json(page)
         ref = self.store.put_bytes(stored)
         self.store.bind(self._ns_page, key, ref.digest)
+        self.store.shared_put(self._shared_key(key), {"digest": ref.digest,
+                                                      "validated_at": time.time()})
         self._pages[key] = cached
         return cached
 
@@ -224,7 +281,8 @@ class RemotePypiIndex(PypiPaths):
                          url=url, namespace=self.namespace, expected_sha256=sha256,
                          expected_size=size, binds=((self._ns_file, name),))
         self.metrics.misses.inc(self.namespace)
-        return StreamAnswer(self.fetches.start(plan, self.client), content_type_for(filename))
+        fetch, joined = self.fetches.join(plan, self.client)
+        return StreamAnswer(fetch, content_type_for(filename), coalesced=joined)
 
 
 __all__ = ["RemotePypiIndex", "BytesAnswer"]

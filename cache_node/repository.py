@@ -2,8 +2,10 @@
 
 The node and its routes never branch on a repository's class: they ask any repository to
 answer a path, to locate a blob by digest (for the delta endpoints), to summarise itself for
-the status page and to revalidate what it mirrors. A remote repository's persisted state is
-found again after a restart by `persisted_names`, which owns its store key format.
+the status page, to revalidate what it mirrors and to take a reloaded configuration (a remote
+repository follows its upstream to a new URL and keeps what it stored). A remote repository's
+persisted state is found again after a restart by `persisted_names`, which owns its store key
+format.
 """
 
 from __future__ import annotations
@@ -13,9 +15,25 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from cache_node.answers import Answer
+from cache_node.config import NodeConfig
 from distro.wire import RefreshReport
 
 RepoKind = Literal["apt", "pypi", "glance"]
+
+
+@dataclass(frozen=True)
+class SnapshotState:
+    """One suite's index snapshot as the node serves it: how old, and whether it is stale."""
+
+    suite: str
+    date: str  # the Release file's Date field ("" when it has none)
+    validated_seconds_ago: float | None  # None: not confirmed with the upstream since start
+    stale: bool  # the last revalidation failed: served from the last good snapshot
+
+    def to_json(self) -> dict[str, object]:
+        return {"suite": self.suite, "date": self.date, "stale": self.stale,
+                "validated_seconds_ago": None if self.validated_seconds_ago is None
+                else round(self.validated_seconds_ago, 1)}
 
 
 @dataclass(frozen=True)
@@ -24,6 +42,7 @@ class RepoSummary:
     name: str
     source: str
     suites: tuple[str, ...]
+    snapshots: tuple[SnapshotState, ...] = ()
 
 
 class Repository(Protocol):
@@ -47,4 +66,10 @@ class Repository(Protocol):
 
     async def refresh(self) -> list[RefreshReport]:
         """Revalidate whatever it mirrors now (ignoring TTLs); local sources report nothing."""
+        ...
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """Take a reloaded configuration: upstream URL (`config.repo_source`), TTLs. What is
+        stored stays and is served without being fetched again; mirrored indexes revalidate
+        against a moved upstream on their next request."""
         ...

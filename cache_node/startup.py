@@ -27,8 +27,11 @@ def reason(exc: OSError) -> str:
     return str(exc) or type(exc).__name__
 
 
-def bind_listener(address: ListenAddress, backlog: int = 1024) -> socket.socket:
-    """A bound, listening TCP socket for `address` (IPv4, IPv6 or a host name)."""
+def bind_listener(address: ListenAddress, backlog: int = 1024, *, reuse_port: bool = False,
+                  listen: bool = True) -> socket.socket:
+    """A bound, listening TCP socket for `address` (IPv4, IPv6 or a host name).
+    `reuse_port`: the worker processes of one node each bind the port (SO_REUSEPORT; the
+    kernel spreads new connections over the listening ones); `listen=False` only reserves it."""
     try:
         infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
@@ -38,8 +41,11 @@ def bind_listener(address: ListenAddress, backlog: int = 1024) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
     except OSError as exc:
         sock.close()
         hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" \

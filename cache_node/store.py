@@ -11,8 +11,11 @@ and renamed into place. A blob that fails verification is deleted, never kept.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cache_node.interprocess import FileLock
 from distro.digests import file_sha256, is_sha256_hex
 from distro.errors import EdgedepotError, IntegrityError
 
@@ -117,15 +121,27 @@ class PartialWriter:
     the wall time of the slowest one, not of all of them.
     """
 
-    def __init__(self, path: Path, extra_digests: tuple[str, ...] = ()) -> None:
+    def __init__(self, path: Path, extra_digests: tuple[str, ...] = (), *,
+                 resume: bool = False) -> None:
+        """A new partial file at `path`; with `resume`, the file at `path` (a download an
+        earlier worker left, e.g. killed) is kept and its bytes hashed to continue from."""
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self._hashers: dict[str, Any] = {"sha256": hashlib.sha256()}
         self._hashers.update({algo: hashlib.new(algo) for algo in extra_digests
                               if algo != "sha256"})
         self._lanes: dict[str, _HashLane] = {}
         self.size = 0
         self.closed = False
+        if resume:
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            while chunk := os.read(self._fd, HASH_CHUNK):
+                for h in self._hashers.values():
+                    h.update(chunk)
+                self.size += len(chunk)
+        else:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        # Held while this process writes: a worker starting meanwhile leaves the file alone.
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def write(self, data: bytes | memoryview) -> None:
         self.write_chunks((data,))
@@ -214,6 +230,25 @@ CREATE TABLE IF NOT EXISTS names (
 );
 CREATE INDEX IF NOT EXISTS names_digest ON names(digest);
 CREATE INDEX IF NOT EXISTS blobs_lru ON blobs(last_access);
+-- Totals kept by the database itself, so every worker process sharing the store sees the
+-- same exact size and count (quota and eviction stay exact across workers).
+CREATE TABLE IF NOT EXISTS totals (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    bytes INTEGER NOT NULL,
+    count INTEGER NOT NULL
+);
+-- Small documents the worker processes of the node share (e.g. which apt snapshot is
+-- current and when it was last validated), by key.
+CREATE TABLE IF NOT EXISTS shared (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS blobs_added AFTER INSERT ON blobs BEGIN
+    UPDATE totals SET bytes = bytes + NEW.size, count = count + 1 WHERE id = 0;
+END;
+CREATE TRIGGER IF NOT EXISTS blobs_removed AFTER DELETE ON blobs BEGIN
+    UPDATE totals SET bytes = bytes - OLD.size, count = count - 1 WHERE id = 0;
+END;
 """
 
 
@@ -227,27 +262,80 @@ class BlobStore:
         self._blob_prefix = f"{self.blob_dir}/"
         self.partial_dir = root / "partial"
         self._db: sqlite3.Connection | None = None
-        self._total_bytes = 0
-        self._blob_count = 0
         self._busy: dict[str, int] = {}  # digests being streamed right now: not evicted
         self._touched: dict[str, float] = {}  # LRU access times not yet written to SQLite
         # Recently confirmed blobs: digest -> size, so a hit costs no SQLite query.
         self._known: OrderedDict[str, int] = OrderedDict()
         self._name_cache: dict[tuple[str, str], str] = {}
+        self._paths: dict[str, Path] = {}  # hot blobs' Path objects (built once, not per hit)
+        self._in_transaction = False
+        self._pending_markers: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------
-    def open(self) -> None:
+    def open(self, clean_partials: bool = True) -> None:
+        """Open the store. `clean_partials=False` for a worker that replaces a dead one: the
+        download it left is resumed by whichever worker takes it over, not removed."""
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.partial_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.partial_dir.iterdir():
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        if clean_partials:
+            self.remove_stale_partials()
+        # Worker processes starting together set the database up one at a time (switching
+        # to WAL and creating the schema need the database to themselves).
+        with FileLock(self.lock_dir / "open.lock").blocking():
+            self._db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None,
+                                       check_same_thread=False, timeout=30.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            with self.transaction():
+                if self._db.execute("SELECT 1 FROM totals WHERE id=0").fetchone() is None:
+                    self._db.execute("INSERT INTO totals(id, bytes, count) SELECT 0, "
+                                     "COALESCE(SUM(size), 0), COUNT(*) FROM blobs")
+            self._reconcile()
+
+    @property
+    def lock_dir(self) -> Path:
+        return self.root / "locks"
+
+    def remove_stale_partials(self) -> None:
+        """Remove downloads no live process is writing: a partial is live while its writer
+        holds the lock on it (other worker processes of the node may be downloading)."""
+        for stale in sorted(self.partial_dir.iterdir()):
+            if stale.suffix != ".part":
+                continue
+            try:
+                fd = os.open(stale, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer
+            finally:
+                os.close(fd)
             log.info("removing partial download left by an earlier run: %s", stale.name)
             stale.unlink(missing_ok=True)
-        self._db = sqlite3.connect(self.root / "index.sqlite", isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._reconcile()
+            for side in (".head", ".failed"):
+                stale.with_suffix(side).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction (BEGIN IMMEDIATE: serialised against other processes)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            self._pending_markers.clear()
+            raise
+        finally:
+            self._in_transaction = False
+        self.db.execute("COMMIT")
+        markers, self._pending_markers = self._pending_markers, []
+        for key in markers:
+            self._touch_marker(key)
 
     def close(self) -> None:
         if self._db is not None:
@@ -262,23 +350,34 @@ class BlobStore:
         return self._db
 
     def _reconcile(self) -> None:
-        """Drop rows whose blob file vanished; recompute totals."""
+        """Drop rows whose blob file vanished."""
         rows = self.db.execute("SELECT digest FROM blobs").fetchall()
         for (digest,) in rows:
             if not self.blob_path(digest).exists():
                 log.warning("blob %s listed but missing on disk; forgetting it", digest[:12])
                 self._forget(digest)
-        self._recount()
 
     def _recount(self) -> None:
-        count, total = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size),0) FROM blobs").fetchone()
-        self._blob_count, self._total_bytes = int(count), int(total)
+        """Recompute the totals from the rows (fsck: repairs them if anything drifted)."""
+        self.db.execute("UPDATE totals SET bytes = (SELECT COALESCE(SUM(size), 0) FROM blobs), "
+                        "count = (SELECT COUNT(*) FROM blobs) WHERE id = 0")
+
+    def _totals(self) -> tuple[int, int]:
+        """(bytes, count) of every verified blob, as all processes of the node see it."""
+        row = self.db.execute("SELECT bytes, count FROM totals WHERE id=0").fetchone()
+        return (int(row[0]), int(row[1])) if row is not None else (0, 0)
 
     # -- paths -----------------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
-        if not is_sha256_hex(digest):
-            raise ValueError(f"not a sha256 hex digest: {digest!r}")
-        return Path(f"{self._blob_prefix}{digest[:2]}/{digest}")
+        path = self._paths.get(digest)
+        if path is None:
+            if not is_sha256_hex(digest):
+                raise ValueError(f"not a sha256 hex digest: {digest!r}")
+            path = Path(f"{self._blob_prefix}{digest[:2]}/{digest}")
+            if len(self._paths) > KNOWN_BLOBS_CACHE:
+                self._paths.clear()
+            self._paths[digest] = path
+        return path
 
     def _remember(self, digest: str, size: int) -> None:
         self._known[digest] = size
@@ -295,6 +394,9 @@ class BlobStore:
 
     def get(self, digest: str) -> BlobRef | None:
         size = self._known.get(digest)
+        if size is not None and not os.path.exists(f"{self._blob_prefix}{digest[:2]}/{digest}"):
+            size = None  # evicted meanwhile (perhaps by another worker process)
+            self._known.pop(digest, None)
         if size is None:
             row = self.db.execute("SELECT size FROM blobs WHERE digest=?", (digest,)).fetchone()
             if row is None:
@@ -367,12 +469,9 @@ class BlobStore:
         return self.blob_path(digest).read_bytes()
 
     def _insert_blob(self, digest: str, size: int) -> None:
-        cur = self.db.execute(
+        self.db.execute(
             "INSERT OR IGNORE INTO blobs(digest, size, last_access) VALUES (?,?,?)",
             (digest, size, time.time()))
-        if cur.rowcount:
-            self._blob_count += 1
-            self._total_bytes += size
         self.evict_to_quota(keep=digest)
 
     # -- names -----------------------------------------------------------------------------
@@ -418,10 +517,59 @@ class BlobStore:
         return [BoundBlob(str(name), str(digest), int(size), float(access), float(updated))
                 for name, digest, size, access, updated in rows]
 
+    def bound_digest(self, namespace: str, name: str) -> str | None:
+        """The digest bound to a name now, read from the database (not from this process's
+        caches: another worker process may have bound it a moment ago)."""
+        row = self.db.execute("SELECT n.digest FROM names n JOIN blobs b ON b.digest = n.digest "
+                              "WHERE n.namespace=? AND n.name=?", (namespace, name)).fetchone()
+        return str(row[0]) if row is not None else None
+
     def is_bound(self, digest: str) -> bool:
         """Whether any name (of any namespace) is bound to this blob."""
         row = self.db.execute("SELECT 1 FROM names WHERE digest=? LIMIT 1", (digest,)).fetchone()
         return row is not None
+
+    def shared_get(self, key: str) -> dict[str, Any] | None:
+        """A document every worker process of the node sees (None: never written)."""
+        row = self.db.execute("SELECT value FROM shared WHERE key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            value = json.loads(row[0])
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def shared_put(self, key: str, value: dict[str, Any]) -> None:
+        self.db.execute("INSERT OR REPLACE INTO shared(key, value) VALUES (?, ?)",
+                        (key, json.dumps(value, sort_keys=True)))
+        if self._in_transaction:
+            self._pending_markers.append(key)  # only once the transaction is committed
+        else:
+            self._touch_marker(key)
+
+    def _touch_marker(self, key: str) -> None:
+        marker = self._marker(key)
+        tmp = marker.with_name(f"{marker.name}.{os.getpid()}")
+        tmp.write_bytes(b"")
+        os.replace(tmp, marker)  # a new inode: what `shared_version` tells apart
+
+    def _marker(self, key: str) -> Path:
+        return self.lock_dir / f"shared-{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+    def shared_version(self, key: str) -> tuple[int, int]:
+        """Changes whenever any worker `shared_put`s the key: a stat, not a query, so a hot
+        request path can tell cheaply whether to read the document again. (The marker is
+        replaced after the database write, so a changed version is always readable.)"""
+        try:
+            st = os.stat(self._marker(key))
+        except FileNotFoundError:
+            return (0, 0)
+        return (st.st_ino, st.st_mtime_ns)
+
+    def lock(self, name: str) -> FileLock:
+        """A lock shared by the node's worker processes (see `interprocess`)."""
+        return FileLock(self.lock_dir / f"{name}.lock")
 
     def namespaces(self) -> list[str]:
         """Every namespace that has a name bound (what a restarted cache served before)."""
@@ -460,18 +608,20 @@ class BlobStore:
         if self.quota_bytes is None:
             return 0
         evicted = 0
-        if self._total_bytes + incoming <= self.quota_bytes:
+        total = self._totals()[0]
+        if total + incoming <= self.quota_bytes:
             return 0
         self.flush_access()
         rows = self.db.execute(
             "SELECT digest, size FROM blobs WHERE pins = 0 ORDER BY last_access ASC").fetchall()
         for digest, size in rows:
-            if self._total_bytes + incoming <= self.quota_bytes:
+            if total + incoming <= self.quota_bytes:
                 break
             if digest == keep or digest in self._busy:
                 continue
             log.info("evicting %s (%d bytes) to stay within quota", digest[:12], size)
             self._remove_blob(digest)
+            total -= int(size)
             evicted += 1
         return evicted
 
@@ -482,18 +632,15 @@ class BlobStore:
     def _forget(self, digest: str) -> None:
         self._known.pop(digest, None)
         self._name_cache.clear()
-        row = self.db.execute("SELECT size FROM blobs WHERE digest=?", (digest,)).fetchone()
         self.db.execute("DELETE FROM blobs WHERE digest=?", (digest,))
         self.db.execute("DELETE FROM names WHERE digest=?", (digest,))
-        if row is not None:
-            self._blob_count -= 1
-            self._total_bytes -= int(row[0])
 
     def remove(self, digest: str) -> None:
         self._remove_blob(digest)
 
     def stats(self) -> StoreStats:
-        return StoreStats(self._blob_count, self._total_bytes, self.quota_bytes)
+        total, count = self._totals()
+        return StoreStats(count, total, self.quota_bytes)
 
     # -- fsck ------------------------------------------------------------------------------
     def fsck(self, repair: bool = True) -> FsckReport:

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 HASH_CHUNK = 1 << 20
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
 def is_sha256_hex(text: str) -> bool:
     """A sha256 in the one spelling used on the wire: 64 lower-case hex digits."""
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+    return _SHA256_HEX.fullmatch(text) is not None
 
 
 def file_sha256(path: Path) -> str:
@@ -52,7 +57,12 @@ def parse_repr_digests(header: str | None) -> dict[str, str]:
 
 def format_repr_digests(digests: Mapping[str, str]) -> str:
     """A `Repr-Digest` header value for hex digests by hashlib name (sha256 first)."""
-    items = sorted(digests.items(), key=lambda kv: kv[0] != "sha256")
+    return _format_repr_digests(tuple(sorted(digests.items())))
+
+
+@functools.lru_cache(maxsize=4096)  # the same few headers are answered thousands of times
+def _format_repr_digests(items: tuple[tuple[str, str], ...]) -> str:
+    items = tuple(sorted(items, key=lambda kv: kv[0] != "sha256"))
     return ", ".join(f"{_HASHLIB_TO_RFC[algo]}=:{base64.b64encode(bytes.fromhex(hexd)).decode()}:"
                      for algo, hexd in items if algo in _HASHLIB_TO_RFC and hexd)
 

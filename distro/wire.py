@@ -6,6 +6,7 @@ that reads it cannot drift apart, and neither package has to import the other:
 - a prefetch plan (`PlanSpec`, pushed by `distro-sync push` as `PUT /admin/plans/<id>`),
 - a plan's progress (`PlanStatus`, answered by `GET /admin/plans[/<id>]`),
 - one forced index revalidation (`RefreshReport`, answered by `POST /admin/refresh`),
+- what each client address downloaded (`ClientsReport`, answered by `GET /admin/clients`),
 - the node's Prometheus exposition (`parse_metrics`, read back from `GET /metrics`).
 """
 
@@ -201,6 +202,63 @@ class RefreshReport:
                              _field(doc, "name", str, w), changed, stale,
                              _field(doc, "bytes_moved", int, w), _field(doc, "full_bytes", int, w),
                              str(doc.get("error") or ""))
+
+
+# -- per-client usage ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ClientUsage:
+    """What one client address asked a node for since the node started counting.
+
+    `artifact_bytes` counts only immutable artifacts (pool files, pip files, image data):
+    what a site's profile is made of, so the console can say how much of it a site has."""
+
+    address: str
+    requests: int
+    bytes: int
+    artifact_bytes: int
+    hits: int  # answered from the store (hit, coalesced, stale)
+    misses: int  # this request started an upstream fetch
+    errors: int  # answered with a status >= 400
+    first_seen: float  # Unix time
+    last_seen: float
+
+    @staticmethod
+    def from_json(doc: Any, where: str = "client") -> ClientUsage:
+        if not isinstance(doc, dict):
+            raise DocumentError(f"{where}: an object")
+        return ClientUsage(_field(doc, "address", str, where), _field(doc, "requests", int, where),
+                           _field(doc, "bytes", int, where),
+                           _field(doc, "artifact_bytes", int, where),
+                           _field(doc, "hits", int, where), _field(doc, "misses", int, where),
+                           _field(doc, "errors", int, where),
+                           _field(doc, "first_seen", float, where),
+                           _field(doc, "last_seen", float, where))
+
+
+@dataclass(frozen=True)
+class ClientsReport:
+    """A node's per-client counters (`GET /admin/clients`); `dropped` clients were forgotten,
+    least recently seen first, because the table is bounded."""
+
+    since: float  # Unix time the counting started (the node's start)
+    clients: tuple[ClientUsage, ...]
+    dropped: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(doc: Any) -> ClientsReport:
+        if not isinstance(doc, dict):
+            raise DocumentError("clients report: a JSON object")
+        raw = doc.get("clients")
+        if not isinstance(raw, (list, tuple)):
+            raise DocumentError("clients report.clients: a list")
+        return ClientsReport(_field(doc, "since", float, "clients report"),
+                             tuple(ClientUsage.from_json(c, f"clients report.clients[{i}]")
+                                   for i, c in enumerate(raw)),
+                             int(doc.get("dropped", 0) or 0))
 
 
 # -- metrics -------------------------------------------------------------------------------

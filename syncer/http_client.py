@@ -7,11 +7,16 @@ digest computed over the bytes as stored upstream.
 
 TLS: `ClientSettings.ca_file` adds a private CA to the system's trust (it does not replace it),
 and `client_cert`/`client_key` present a client certificate to an upstream that requires one.
+
+`reconfigure(settings)` (a node's configuration reload) opens a new session for the requests
+that follow, so new timeouts, trust and client certificates apply to new connections, while
+requests already running finish on the old session, which is closed once they are done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import random
 import ssl
@@ -87,6 +92,26 @@ def ssl_context(settings: ClientSettings) -> ssl.SSLContext:
     return context
 
 
+def describe_client_error(url: str, exc: aiohttp.ClientError) -> str:
+    """What went wrong, in words an operator can act on (TLS trust and mTLS refusals)."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return (f"TLS: the upstream's certificate is not trusted ({exc.certificate_error}); "
+                "add its CA with upstream_tls.ca")
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS handshake failed: {text}"
+    closed = isinstance(exc, aiohttp.ServerDisconnectedError) or (
+        isinstance(exc, aiohttp.ClientOSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE))
+    if url.startswith("https://") and closed:
+        # A TLS 1.3 server checks the client certificate after the client's handshake is
+        # done, and an asyncio server then closes (or resets) without an alert: all the
+        # client sees.
+        return (f"the upstream closed the TLS connection without answering ({text}); it may "
+                "require a client certificate this node does not present or one from a CA "
+                "it does not trust (upstream_tls.client_cert)")
+    return f"connection failed: {text}"
+
+
 class HttpClient:
     """One session; `on_request()` and `on_bytes(n)` feed the caller's metrics."""
 
@@ -101,16 +126,22 @@ class HttpClient:
         self._headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity",
                          **(headers or {})}
         self._session: aiohttp.ClientSession | None = None
+        self._users: dict[aiohttp.ClientSession, int] = {}  # requests running per session
+        self._retired: set[aiohttp.ClientSession] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
-    async def __aenter__(self) -> HttpClient:
+    def _new_session(self) -> aiohttp.ClientSession:
         s = self.settings
         timeout = aiohttp.ClientTimeout(total=s.total_timeout, connect=s.connect_timeout,
                                         sock_connect=s.connect_timeout, sock_read=s.read_timeout)
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             timeout=timeout, auto_decompress=False, headers=self._headers,
             read_bufsize=1 << 20,
             connector=aiohttp.TCPConnector(limit=s.connections, limit_per_host=s.connections_per_host,
                                            ssl=ssl_context(s)))
+
+    async def __aenter__(self) -> HttpClient:
+        self._session = self._new_session()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
@@ -118,6 +149,50 @@ class HttpClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        for old in list(self._retired):
+            await old.close()
+        self._retired.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def reconfigure(self, settings: ClientSettings) -> None:
+        """Use `settings` from the next request on: a new session, so certificate files are
+        read again even when their paths stayed the same. Requests running now finish on the
+        old session, which closes when the last of them is done. Raises OSError/ssl.SSLError
+        (and changes nothing) when the TLS files cannot be loaded."""
+        old_settings, self.settings = self.settings, settings
+        if self._session is None:
+            return
+        try:
+            fresh = self._new_session()
+        except Exception:
+            self.settings = old_settings
+            raise
+        old, self._session = self._session, fresh
+        self._retire(old)
+
+    def _retire(self, session: aiohttp.ClientSession) -> None:
+        if self._users.get(session, 0):
+            self._retired.add(session)
+            return
+        task = asyncio.get_running_loop().create_task(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _enter(self) -> aiohttp.ClientSession:
+        session = self.session
+        self._users[session] = self._users.get(session, 0) + 1
+        return session
+
+    def _leave(self, session: aiohttp.ClientSession) -> None:
+        left = self._users[session] - 1
+        if left:
+            self._users[session] = left
+            return
+        del self._users[session]
+        if session in self._retired:
+            self._retired.discard(session)
+            self._retire(session)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -148,31 +223,36 @@ class HttpClient:
             if attempt:
                 await self._backoff(attempt - 1)
             self._on_request()
+            session = self._enter()
             try:
-                resp = await self.session.request(method, url, headers=headers, params=params,
-                                                  data=data, allow_redirects=True)
-            except TimeoutError:
-                last = UpstreamTimeout(url, f"no answer within {self.settings.connect_timeout}s")
-                log.warning("%s (attempt %d/%d)", last, attempt + 1, attempts)
-                continue
-            except aiohttp.ClientError as exc:
-                last = UpstreamUnavailable(url, f"connection failed: {exc}")
-                log.warning("%s (attempt %d/%d)", last, attempt + 1, attempts)
-                continue
-            if statuses == "checked":
-                if resp.status in RETRY_STATUSES:
-                    last = UpstreamUnavailable(url, f"answered {resp.status} {resp.reason}")
+                try:
+                    resp = await session.request(method, url, headers=headers, params=params,
+                                                 data=data, allow_redirects=True)
+                except TimeoutError:
+                    last = UpstreamTimeout(url, "no answer within "
+                                                f"{self.settings.connect_timeout}s")
                     log.warning("%s (attempt %d/%d)", last, attempt + 1, attempts)
-                    resp.release()
                     continue
-                if resp.status in (404, 410):
+                except aiohttp.ClientError as exc:
+                    last = UpstreamUnavailable(url, describe_client_error(url, exc))
+                    log.warning("%s (attempt %d/%d)", last, attempt + 1, attempts)
+                    continue
+                if statuses == "checked":
+                    if resp.status in RETRY_STATUSES:
+                        last = UpstreamUnavailable(url, f"answered {resp.status} {resp.reason}")
+                        log.warning("%s (attempt %d/%d)", last, attempt + 1, attempts)
+                        resp.release()
+                        continue
+                    if resp.status in (404, 410):
+                        resp.release()
+                        raise UpstreamNotFound(url, f"{resp.status} {resp.reason}")
+                try:
+                    yield resp
+                finally:
                     resp.release()
-                    raise UpstreamNotFound(url, f"{resp.status} {resp.reason}")
-            try:
-                yield resp
+                return
             finally:
-                resp.release()
-            return
+                self._leave(session)
         assert last is not None
         raise last
 

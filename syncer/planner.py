@@ -240,3 +240,18 @@ def _plan_regions(inventory: Inventory, origin: _Origin, work_dir: Path,
         if unknown:
             raise InventoryError(f"unknown regions {sorted(unknown)}")
     return plans
+
+
+def profile_totals(inventory: Inventory, work_dir: Path,
+                   settings: ClientSettings | None = None) -> dict[str, int]:
+    """Bytes of each profile's artifacts (apt closure, pinned pip files, images): what one site
+    of that profile downloads on a fresh install; the console measures sites against it."""
+    with BlockingHttp(settings) as http:
+        origin = _Origin(inventory.origin, http)
+        indexes = AptIndexCache(origin, work_dir)
+        out = {}
+        for name, profile in sorted(inventory.profiles.items()):
+            artifacts = _dedupe(_apt_artifacts(profile, indexes) + _pip_artifacts(origin, profile)
+                                + _image_artifacts(origin, profile))
+            out[name] = sum(a.size for a in artifacts)
+        return out

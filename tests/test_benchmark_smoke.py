@@ -76,3 +76,23 @@ def test_benchmark_smoke(tmp_path: Path) -> None:
     logged = [json.loads(line) for line in log.read_text().splitlines()]
     assert {r["row"]["peer"] for r in logged if "row" in r} >= {"edgedepot", "nginx-direct"}
     assert elapsed < 60, f"harness smoke run took {elapsed:.0f}s"
+
+
+def test_tls_benchmark_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m benchmarks.tls` end to end with tiny files: both peers over HTTPS measured,
+    every row logged, the table printed with the target line."""
+    if shutil.which("nginx") is None or not wrk_available():
+        pytest.skip("nginx and wrk are needed")
+    from benchmarks import tls
+
+    code = tls.main(["--large-mb", "1", "--seconds", "1", "--repeats", "1",
+                     "--connections", "2", "--results-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (log,) = tmp_path.glob("tls-*.jsonl")
+    rows = [json.loads(line)["row"] for line in log.read_text().splitlines()
+            if "row" in json.loads(line)]
+    assert {(r["peer"], r["kind"]) for r in rows} == {
+        (peer, kind) for peer in ("edgedepot-tls", "nginx-tls") for kind in ("large", "small")}
+    assert all(r["errors"] == 0 and r["mb_per_s"] > 0 for r in rows), rows
+    assert "| large | 2 | edgedepot-tls |" in out and "vs nginx-tls" in out

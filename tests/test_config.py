@@ -13,9 +13,12 @@ from cache_node.config import (
     ConfigSources,
     ListenAddress,
     TlsServerSettings,
+    delta_client_settings,
     load_config,
     load_defaults,
     parse_size,
+    plan_reload,
+    settings_view,
 )
 from distro.digests import format_repr_digest, parse_repr_digest
 from tests.plugin.pki import write_cert_and_key
@@ -239,3 +242,70 @@ def test_nested_typos_name_the_full_key(tmp_path: Path) -> None:
     cfg.write_text('[apt]\nmain = "/srv/debs"\n')
     with pytest.raises(ConfigError, match=r"apt.main in .*expected a table \[apt.main\]"):
         load_config(cfg, {}, {})
+
+
+# --------------------------------------------------------------------------- reload
+
+
+def test_reload_compares_every_setting() -> None:
+    """A setting added to SETTINGS but not to `settings_view` would be ignored by reloads."""
+    view = settings_view(load_config(None, {}, CACHE))
+    assert {s.key for s in SETTINGS} <= set(view)
+
+
+def test_reload_applies_what_can_change_and_keeps_what_needs_a_restart(tmp_path: Path) -> None:
+    cert, key = write_cert_and_key(tmp_path, "server")
+    running = load_config(None, {}, {**CACHE, "listen": "127.0.0.1:8080",
+                                     "tls_listen": "127.0.0.1:8443", "tls_cert": str(cert),
+                                     "tls_key": str(key)})
+    renewed, renewed_key = write_cert_and_key(tmp_path, "renewed")
+    loaded = load_config(None, {}, {
+        **CACHE, "upstream": "https://new-origin.example/", "listen": "0.0.0.0:80",
+        "store": str(tmp_path / "elsewhere"), "tls_listen": "127.0.0.1:9443",
+        "tls_cert": str(renewed), "tls_key": str(renewed_key), "index_ttl": "5",
+        "quota": "1G", "glance_auth_ttl": "3", "log_level": "debug", "drain_timeout": "4"})
+    plan = plan_reload(running, loaded)
+    assert set(plan.needs_restart) == {"listen", "store", "tls.listen"}
+    assert set(plan.changed) == {"upstream", "tls.cert", "tls.key", "index.ttl", "quota",
+                                 "glance.auth_ttl", "log_level", "drain_timeout"}
+    c = plan.config
+    assert c.listen == running.listen and c.store_dir == running.store_dir
+    assert c.tls.listen == running.tls.listen and c.tls.cert == renewed
+    assert c.upstream == "https://new-origin.example/" and c.index_ttl == 5.0
+    assert c.quota_bytes == 1 << 30 and c.glance.auth_ttl == 3.0 and c.drain_timeout == 4.0
+    # The one place names map to URLs follows the new upstream.
+    apt = c.repo_source("apt", "main")
+    assert apt is not None and apt.source == "https://new-origin.example/apt/main/"
+    assert c.delta_url == "https://new-origin.example/delta/v1/"
+    assert c.glance_upstream == "https://new-origin.example/glance/"
+    assert not plan_reload(running, running).changed
+
+
+def test_reload_cannot_add_remove_or_rebuild_repositories(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    base = {"role": "origin", "store": str(tmp_path / "s")}
+    running = load_config(None, {}, base, apt_flags=[f"local={tmp_path}/a",
+                                                     "mirror=http://one.invalid/debian/"])
+    moved = load_config(None, {}, base, apt_flags=[f"local={tmp_path}/a",
+                                                   "mirror=http://two.invalid/debian/"])
+    plan = plan_reload(running, moved)
+    assert plan.changed == ("apt.mirror",) and not plan.needs_restart
+    rebuilt = load_config(None, {}, base, apt_flags=[f"local={tmp_path}/b",
+                                                     "mirror=http://one.invalid/debian/"])
+    plan = plan_reload(running, rebuilt)
+    assert plan.needs_restart == ("apt.local",) and plan.config.apt == running.apt
+    fewer = load_config(None, {}, base, apt_flags=[f"local={tmp_path}/a"])
+    plan = plan_reload(running, fewer)
+    assert plan.needs_restart == ("apt.mirror",) and plan.config.apt == running.apt
+
+
+def test_delta_clients_share_the_node_tls_settings_with_a_patch_long_timeout(
+        tmp_path: Path) -> None:
+    cert, key = write_cert_and_key(tmp_path, "client")
+    config = load_config(None, {}, {**CACHE, "upstream_ca": str(cert),
+                                    "upstream_client_cert": str(cert),
+                                    "upstream_client_key": str(key)})
+    settings = delta_client_settings(config)
+    assert settings.ca_file == cert and settings.client_cert == cert
+    assert settings.client_key == key and settings.read_timeout >= 600

@@ -21,10 +21,12 @@ PIP_ACCEPT = ("application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.
 
 
 def pip_env(tmp: Path) -> dict[str, str]:
-    """pip sees only our index: no config files, no PIP_* overrides, no proxies."""
+    """pip sees only our index: no config files, no PIP_* overrides, no proxies, and no CA
+    bundle variables (requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override `--cert`)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("PIP_") and k.lower() not in
-           {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}}
+           {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle",
+            "curl_ca_bundle"}}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
                PIP_NO_CACHE_DIR="1", NO_PROXY="127.0.0.1,localhost", PYTHONNOUSERSITE="1")
     return env

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,15 +51,28 @@ def test_wrong_size_is_never_kept(store: BlobStore) -> None:
     assert store.stats().blob_count == 0
 
 
-def test_partials_are_removed_at_open(tmp_path: Path) -> None:
+def test_partials_are_removed_at_open_unless_a_live_writer_holds_them(tmp_path: Path) -> None:
+    """A partial whose writer died is removed when a store opens; one that another worker
+    process is still writing (it holds the lock) is left alone."""
     s = BlobStore(tmp_path / "s")
     s.open()
-    partial = s.new_partial()
-    partial.write(b"half a download")
-    s.close()
-    s2 = BlobStore(tmp_path / "s")
-    s2.open()
-    assert not list(s2.partial_dir.iterdir())
+    dead = s.new_partial()
+    dead.write(b"half a download")
+    os.close(dead._fd)  # the writer is gone (killed): its lock is released with its fd
+    live = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(s.partial_dir / 'live.part')!r}, os.O_WRONLY | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(30)\n")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout is not None and live.stdout.readline() == "locked\n"
+        s.close()
+        s2 = BlobStore(tmp_path / "s")
+        s2.open()
+        assert [p.name for p in s2.partial_dir.iterdir()] == ["live.part"]
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_lru_eviction_respects_pins_and_recency(tmp_path: Path) -> None:

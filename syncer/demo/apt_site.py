@@ -14,6 +14,7 @@ class AptRoot:
 
     root: Path
     keyring: Path | None
+    ca_file: Path | None = None  # a private CA apt trusts for https sources (a cache's CA)
 
     def __post_init__(self) -> None:
         for sub in ("lists/partial", "cache/archives/partial", "etc/apt.conf.d",
@@ -32,7 +33,9 @@ class AptRoot:
                 "-o", f"Dir::Etc::SourceList={r}/etc/sources.list",
                 "-o", "Dir::Etc::SourceParts=/dev/null", "-o", "APT::Architecture=amd64",
                 "-o", "Debug::NoLocking=1", "-o", "APT::Sandbox::User=root",
-                "-o", "Acquire::Retries=0", "-o", "Acquire::http::Proxy=false"]
+                "-o", "Acquire::Retries=0", "-o", "Acquire::http::Proxy=false",
+                "-o", "Acquire::https::Proxy=false",
+                *(["-o", f"Acquire::https::CAInfo={self.ca_file}"] if self.ca_file else [])]
 
     def run(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(["apt-get", *self.options(), *args], capture_output=True,

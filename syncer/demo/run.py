@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from distro.debian_repo import stop_gpg_agent
+from distro.sizes import format_size
 from syncer.cmd_fleet import push_plans, sync_indexes
 from syncer.demo.apt_site import AptRoot
 from syncer.demo.images import build_image_pair, fetch_image
@@ -91,7 +92,7 @@ def _pip_site(name: str, region: str, out: Path, node_url: str,
 
 
 def _mb(n: float) -> str:
-    return f"{n / 1e6:,.2f} MB"
+    return format_size(n)
 
 
 def _write_inventory(path: Path, origin: NodeProcess, nodes: dict[str, NodeProcess],
@@ -184,9 +185,9 @@ def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
                           f"{plan.pip_files} pip files), {_mb(plan.total_bytes)}")
         t_push = time.monotonic()
         console.print("[bold]4. push[/bold]: each region's parent and child pull the plan")
-        pushed = asyncio.run(push_plans(inventory, plans, True, console, 600))
+        pushed, _ = asyncio.run(push_plans(inventory, plans, True, console, 600))
         push_seconds = time.monotonic() - t_push
-        if not all(st.state == "complete" for _, st in pushed):
+        if not all(row.status.state == "complete" for row in pushed):
             console.print("[red]push did not complete on every node[/red]")
         wan_after_push = nodes["north-parent"].metric_total("edgedepot_upstream_bytes_total") + \
             nodes["south-parent"].metric_total("edgedepot_upstream_bytes_total")
@@ -257,7 +258,7 @@ def run_demo(workdir: Path | None, *, clients: int = 10, n_packages: int = 40,
         console.print(summary)
         ok = all(r.verified for r in results) and not repeated and first.verified and \
             second.verified and \
-            all(st.state == "complete" for _, st in pushed)
+            all(row.status.state == "complete" for row in pushed)
         console.print("[green]every site got verified files; each artifact crossed the WAN "
                       "once per region[/green]" if ok else "[red]the demo found a problem "
                       "(see above)[/red]")

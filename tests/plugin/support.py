@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,10 +15,22 @@ from aiohttp import web
 from syncer.demo.apt_site import AptRoot
 from syncer.demo.node_process import CACHE_NODE, NodeProcess
 
-__all__ = ["CACHE_NODE", "AptRoot", "FakeUpstream", "Fault", "NodeProcess", "sha256_file"]
+__all__ = ["CACHE_NODE", "AptRoot", "FakeUpstream", "Fault", "NodeProcess", "TcpRelay",
+           "sha256_file", "wait_until"]
+
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    """Poll until `condition()` is true; AssertionError naming `what` after `timeout` seconds
+    (a bound for a hung test, not a speed assertion)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.1)
 
 
 @dataclass
@@ -108,3 +122,72 @@ class FakeUpstream:
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+
+@dataclass
+class TcpRelay:
+    """A TCP relay on 127.0.0.1 to `target_port` (a stand-in for the WAN between two tiers):
+    records every byte it carries in both directions (`recorded`) and can slow down what
+    the target sends (`delay` seconds per chunk of at most `chunk` bytes; change it any time).
+    """
+
+    target_port: int
+    delay: float = 0.0
+    chunk: int = 16 << 10
+    port: int = 0
+    connections: int = 0
+    recorded: bytearray = field(default_factory=bytearray)
+
+    def url(self, scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    slow: bool) -> None:
+        try:
+            while data := await reader.read(self.chunk if slow else 1 << 16):
+                self.recorded += data
+                if slow and self.delay:
+                    await asyncio.sleep(self.delay)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(self._pump(reader, up_writer, False),
+                             self._pump(up_reader, writer, True))
+
+    def start(self) -> TcpRelay:
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            server = self._loop.run_until_complete(
+                asyncio.start_server(self._handle, "127.0.0.1", 0))
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            self._loop.run_forever()
+            server.close()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> TcpRelay:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
