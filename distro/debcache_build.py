@@ -24,6 +24,7 @@ binary file and maps back read-only.
 from __future__ import annotations
 
 import re
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -65,6 +66,14 @@ class SourceFile:
     priority: int = 500
 
 
+def _ints() -> array[int]:
+    return array("i")
+
+
+def _longs() -> array[int]:
+    return array("q")
+
+
 @dataclass
 class CacheData:
     """apt's cache in plain lists (see :mod:`distro.debcache` for the meaning of each)."""
@@ -74,38 +83,38 @@ class CacheData:
     sources: list[str]
     strings: list[str]
     # packages (apt's Package: a name and an architecture), by ID
-    p_name: list[int] = field(default_factory=list)
-    p_arch: list[int] = field(default_factory=list)
-    p_flags: list[int] = field(default_factory=list)
+    p_name: array[int] = field(default_factory=_ints)
+    p_arch: array[int] = field(default_factory=_ints)
+    p_flags: array[int] = field(default_factory=_ints)
     p_versions: list[list[int]] = field(default_factory=list)
     p_provides: list[list[int]] = field(default_factory=list)  # provide records, newest first
     # versions, by ID
-    v_pkg: list[int] = field(default_factory=list)
-    v_str: list[int] = field(default_factory=list)
-    v_arch: list[int] = field(default_factory=list)
-    v_ma: list[int] = field(default_factory=list)
-    v_prio: list[int] = field(default_factory=list)
-    v_src: list[int] = field(default_factory=list)
-    v_srcver: list[int] = field(default_factory=list)
-    v_pin: list[int] = field(default_factory=list)
-    v_file: list[int] = field(default_factory=list)
-    v_line: list[int] = field(default_factory=list)
-    v_filename: list[int] = field(default_factory=list)
-    v_size: list[int] = field(default_factory=list)
-    v_sha256: list[int] = field(default_factory=list)
+    v_pkg: array[int] = field(default_factory=_ints)
+    v_str: array[int] = field(default_factory=_ints)
+    v_arch: array[int] = field(default_factory=_ints)
+    v_ma: array[int] = field(default_factory=_ints)
+    v_prio: array[int] = field(default_factory=_ints)
+    v_src: array[int] = field(default_factory=_ints)
+    v_srcver: array[int] = field(default_factory=_ints)
+    v_pin: array[int] = field(default_factory=_ints)
+    v_file: array[int] = field(default_factory=_ints)
+    v_line: array[int] = field(default_factory=_ints)
+    v_filename: array[int] = field(default_factory=_ints)
+    v_size: array[int] = field(default_factory=_longs)
+    v_sha256: array[int] = field(default_factory=_ints)
     v_deps: list[list[int]] = field(default_factory=list)
     v_provides: list[list[int]] = field(default_factory=list)  # provide records, newest first
     # dependencies, by ID
-    d_type: list[int] = field(default_factory=list)
-    d_op: list[int] = field(default_factory=list)
-    d_target: list[int] = field(default_factory=list)
-    d_ver: list[int] = field(default_factory=list)
-    d_owner: list[int] = field(default_factory=list)
+    d_type: array[int] = field(default_factory=_ints)
+    d_op: array[int] = field(default_factory=_ints)
+    d_target: array[int] = field(default_factory=_ints)
+    d_ver: array[int] = field(default_factory=_ints)
+    d_owner: array[int] = field(default_factory=_ints)
     # provides records
-    r_ver: list[int] = field(default_factory=list)
-    r_pkg: list[int] = field(default_factory=list)
-    r_pver: list[int] = field(default_factory=list)
-    r_flags: list[int] = field(default_factory=list)
+    r_ver: array[int] = field(default_factory=_ints)
+    r_pkg: array[int] = field(default_factory=_ints)
+    r_pver: array[int] = field(default_factory=_ints)
+    r_flags: array[int] = field(default_factory=_ints)
 
 
 def apt_hash(name: str) -> int:
@@ -195,9 +204,9 @@ class _Builder:
         self.d = CacheData(native, self.arches, [], [""])
         self.groups: dict[str, list[int]] = {}
         self.revdeps: list[list[int]] = []
-        self.v_where: list[tuple[int, int, int]] = []  # (file, start, end) of the stanza
+        self.v_where: list[tuple[int, int]] = []  # (file, byte offset) of the stanza
         self._hashes: dict[int, int] = {}
-        self._bodies: list[str] = []
+        self._bodies: list[bytes] = []
         self._valid: dict[str, bool] = {}
         self.v_size_raw: list[int] = []
         self.p_key: dict[tuple[str, str], int] = {}
@@ -426,7 +435,7 @@ class _Builder:
         d.v_sha256.append(self.s(fields.get("sha256", "")))
         d.v_deps.append([])
         d.v_provides.append([])
-        self.v_where.append((file_no, self._offset, self._offset + len(chunk)))
+        self.v_where.append((file_no, self._offset))
         self.v_size_raw.append(size)
         vers.insert(insert_at, vid)
         pkg_arch = self.ver_arch(vid)
@@ -474,8 +483,10 @@ class _Builder:
         the same version string of the same package turns up)."""
         h = self._hashes.get(vid)
         if h is None:
-            file_no, start, end = self.v_where[vid]
-            chunk = self._bodies[file_no][start:end]
+            file_no, start = self.v_where[vid]
+            body = self._bodies[file_no]
+            end = body.find(b"\n\n", start)
+            chunk = body[start:end if end >= 0 else len(body)].decode("utf-8")
             fields = {m.group(1).lower(): m.group(2).strip()
                       for m in _WANTED_FIELD.finditer(chunk)}
             h = self._hashes[vid] = _version_hash(fields)
@@ -604,9 +615,9 @@ class _Builder:
     def add_file(self, src: SourceFile, file_no: int) -> None:
         self._priority = src.priority
         self.d.sources.append(src.source)
-        body, lead = _body(src.data, src.source)
+        body, start, end, lead = _body(src.data, src.source)
         self._bodies.append(body)
-        for fields, line, chunk, where, offset in _stanzas(body, lead, src.source):
+        for fields, line, chunk, where, offset in _stanzas(body, start, end, lead, src.source):
             self._offset = offset
             self.merge(fields, file_no, src.source, line, chunk, where)
 
@@ -617,39 +628,54 @@ _WANTED = ("Package", "Version", "Architecture", "Multi-Arch", "Essential", "Imp
            "SHA256", "Installed-Size")
 _WANTED_FIELD = re.compile(r"^((?i:" + "|".join(re.escape(w) for w in _WANTED)
                            + r")):[ \t]*([^\n]*(?:\n[ \t][^\n]*)*)", re.M)
-_FIELD_LINE_TEXT = re.compile(r"\n(?![ \t\n])(?![!-9;-~]+:)")
+_FIELD_LINE_BYTES = re.compile(rb"\n(?![ \t\n])(?![!-9;-~]+:)")
+_FIELD_START = re.compile(rb"[!-9;-~]+:")
 
 
-def _body(data: bytes, source: str) -> tuple[str, int]:
-    """The file's text without leading and trailing blank lines, and how many lines led."""
-    from distro.debian_repo import decode_index_text
-
-    text = decode_index_text(data, source).replace("\r\n", "\n")
-    lead = len(text) - len(text.lstrip("\n"))
-    body = text.strip("\n") + "\n"
-    if not body.strip():
-        return "", lead
-    bad = _FIELD_LINE_TEXT.search(body, 0, len(body) - 1)
-    if bad is not None or not re.match(r"[!-9;-~]+:", body):
-        at = 0 if bad is None else bad.start() + 1
-        raise MalformedIndexError(source, body.count("\n", 0, at) + 1 + lead,
+def _body(data: bytes, source: str) -> tuple[bytes, int, int, int]:
+    """The file's bytes, where its text starts and ends without leading and trailing blank
+    lines, and how many lines led (no copies of the file beyond a CRLF fix; each stanza is
+    decoded on its own: a decoded file with one non-ASCII character would take 2-4 bytes
+    per character)."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise MalformedIndexError(source, data.count(b"\n", 0, nul) + 1,
+                                  "binary data (NUL byte)")
+    if b"\r\n" in data:
+        data = data.replace(b"\r\n", b"\n")
+    n = len(data)
+    start = 0
+    while start < n and data[start] == 10:
+        start += 1
+    end = n
+    while end > start and data[end - 1] == 10:
+        end -= 1
+    if not data[start:end].strip():
+        return data, start, start, start
+    bad = _FIELD_LINE_BYTES.search(data, start, end)
+    if bad is not None or not _FIELD_START.match(data, start):
+        at = start if bad is None else bad.start() + 1
+        raise MalformedIndexError(source, data.count(b"\n", start, at) + 1 + start,
                                   "expected 'Field: value' or a continuation line")
-    return body, lead
+    return data, start, end, start
 
 
-def _stanzas(body: str, lead: int, source: str
+def _stanzas(body: bytes, pos: int, n: int, lead: int, source: str
              ) -> Iterator[tuple[dict[str, str], int, str, dict[str, int], int]]:
     """(fields by lower-cased name, first line, stanza text, field -> offset in the text,
-    offset of the stanza) per stanza; refuses what apt refuses, naming the line."""
+    byte offset of the stanza) per stanza of ``body[pos:n]``; refuses what apt refuses,
+    naming the line."""
     line = 1 + lead
-    pos = 0
-    n = len(body)
     finditer = _WANTED_FIELD.finditer
     while pos < n:
-        end = body.find("\n\n", pos)
+        end = body.find(b"\n\n", pos, n)
         if end < 0:
             end = n
-        chunk = body[pos:end]
+        try:
+            chunk = body[pos:end].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedIndexError(source, line + body.count(b"\n", pos, pos + exc.start),
+                                      "not valid UTF-8") from None
         fields: dict[str, str] = {}
         where: dict[str, int] = {}
         for m in finditer(chunk):
@@ -672,9 +698,9 @@ def _stanzas(body: str, lead: int, source: str
                                       f"{fields['package']}")
         yield fields, line, chunk, where, pos
         nxt = end
-        while nxt < n and body[nxt] == "\n":
+        while nxt < n and body[nxt] == 10:
             nxt += 1
-        line += body.count("\n", pos, nxt)
+        line += body.count(b"\n", pos, nxt)
         pos = nxt
 
 

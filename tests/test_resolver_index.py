@@ -117,3 +117,16 @@ def test_cli_resolve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert capsys.readouterr().out.strip() == "a --Depends: c | d--> c"
     assert cli_main(["resolve", "--index", str(path), *cache, "zzz"]) == 1
     assert "unable to locate package zzz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("raw", "line", "message"), [
+    (b"Package: a\nVersion: 1.0\nArchitecture: all\n\nPackage: b\nVersion: 1.0\n"
+     b"Architecture: all\nDescription: caf\xe9\n", 8, "not valid UTF-8"),
+    (b"Package: a\nVersion: 1.0\nArchitecture: all\nDescription: x\x00\n", 4, "NUL"),
+])
+def test_binary_and_bad_utf8(tmp_path: Path, raw: bytes, line: int, message: str) -> None:
+    path = tmp_path / "Packages"
+    path.write_bytes(raw)
+    with pytest.raises(MalformedIndexError, match=message) as info:
+        load_index([path], use_cache=False)
+    assert info.value.line == line
