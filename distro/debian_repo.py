@@ -25,6 +25,8 @@ from typing import Any
 
 from debian.debian_support import Version
 
+from distro.errors import MalformedIndexError as MalformedIndexError
+
 _HASH_LENGTHS = {"md5sum": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 _FIELD_NAME = re.compile(r"([!-9;-~][!-9;-~]*):(.*)")
 _HEX = re.compile(r"[0-9a-fA-F]+")
@@ -32,17 +34,6 @@ _DIGITS = re.compile(r"[0-9]+")
 _ORPHAN = "continuation line outside a field"
 _DECOMPRESS_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
 _ARMOR_HEADER = re.compile(r"[A-Za-z0-9-]+: .*")
-
-
-class MalformedIndexError(ValueError):
-    """An index file (Release, InRelease, Packages, compressed index) is not well formed."""
-
-    def __init__(self, source: str, line: int | None, message: str) -> None:
-        self.source = source
-        self.line = line
-        self.message = message
-        where = source if line is None else f"{source} (line {line})"
-        super().__init__(f"{where}: {message}")
 
 
 class RepoToolError(RuntimeError):

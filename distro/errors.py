@@ -19,3 +19,14 @@ class IntegrityError(EdgedepotError):
     """Bytes did not match the digest, size or format they were promised; never stored."""
 
     http_status = 502
+
+
+class MalformedIndexError(ValueError):
+    """An index file (Release, InRelease, Packages, compressed index) is not well formed."""
+
+    def __init__(self, source: str, line: int | None, message: str) -> None:
+        self.source = source
+        self.line = line
+        self.message = message
+        where = source if line is None else f"{source} (line {line})"
+        super().__init__(f"{where}: {message}")

@@ -13,10 +13,12 @@ import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from distro.packages_index import OrGroup, PackageVersion, Relation
+from distro.packages_index import OrGroup, PackageIndex, PackageVersion, Relation
 from distro.versions import version_satisfies
 
-__all__ = ["InstallOrder", "dependency_edges", "install_order", "order_violations"]
+__all__ = ["InstallOrder", "dependency_edges", "install_order", "order_ids", "order_violations"]
+
+_OPS = {1: "<=", 2: ">=", 3: "<<", 4: ">>", 5: "=", 6: "!="}
 
 Key = tuple[str, str]
 
@@ -140,13 +142,10 @@ def _order_cycle(members: list[Key], edges: dict[Key, list[tuple[Key, bool]]]) -
     return placed
 
 
-def install_order(packages: Sequence[PackageVersion], native_arch: str = "amd64"
-                  ) -> InstallOrder:
-    """Order a closure so dependencies come first (see the module docstring)."""
-    by_key = {_key(v, native_arch): v for v in packages}
-    edges = dependency_edges(packages, native_arch)
-    nodes = sorted(by_key)
-    comps = _components(nodes, edges)
+def _order(nodes: list[Key], edges: dict[Key, list[tuple[Key, bool]]]
+           ) -> tuple[list[Key], list[tuple[Key, ...]]]:
+    """The keys in install order, and each multi-package component (in its order)."""
+    comps = _components(sorted(nodes), edges)
     comp_of = {k: i for i, comp in enumerate(comps) for k in comp}
     deps_left = [0] * len(comps)
     users: list[set[int]] = [set() for _ in comps]
@@ -158,19 +157,99 @@ def install_order(packages: Sequence[PackageVersion], native_arch: str = "amd64"
                 deps_left[a] += 1
     heap = [(comps[i][0], i) for i in range(len(comps)) if deps_left[i] == 0]
     heapq.heapify(heap)
-    ordered: list[PackageVersion] = []
-    cycles: list[tuple[str, ...]] = []
+    ordered: list[Key] = []
+    cycles: list[tuple[Key, ...]] = []
     while heap:
         _name, i = heapq.heappop(heap)
         members = comps[i] if len(comps[i]) == 1 else _order_cycle(comps[i], edges)
         if len(members) > 1:
-            cycles.append(tuple(m[0] for m in members))
-        ordered.extend(by_key[m] for m in members)
+            cycles.append(tuple(members))
+        ordered.extend(members)
         for user in sorted(users[i]):
             deps_left[user] -= 1
             if deps_left[user] == 0:
                 heapq.heappush(heap, (comps[user][0], user))
-    return InstallOrder(tuple(ordered), tuple(cycles))
+    return ordered, cycles
+
+
+def install_order(packages: Sequence[PackageVersion], native_arch: str = "amd64"
+                  ) -> InstallOrder:
+    """Order a closure so dependencies come first (see the module docstring)."""
+    by_key = {_key(v, native_arch): v for v in packages}
+    ordered, cycles = _order(list(by_key), dependency_edges(packages, native_arch))
+    return InstallOrder(tuple(by_key[k] for k in ordered),
+                        tuple(tuple(m[0] for m in c) for c in cycles))
+
+
+def order_ids(index: PackageIndex, ids: Sequence[int]) -> tuple[list[int], list[tuple[str, ...]]]:
+    """:func:`install_order` for apt version IDs, straight from the package cache (the same
+    edges as :func:`dependency_edges` finds in the records): (ordered IDs, cycles)."""
+    c = index.cache
+    p_name, v_pkg, v_str, d_type, d_op, d_target, d_ver = (
+        c.p_name, c.v_pkg, c.v_str, c.d_type, c.d_op, c.d_target, c.d_ver)
+    keys: dict[int, Key] = {}
+    by_name: dict[int, list[int]] = {}  # by name string ID
+    providers: dict[int, list[tuple[int, int]]] = {}
+    for v in ids:
+        pid = v_pkg[v]
+        keys[v] = (c.pkg_name(pid), c.pkg_arch(pid))
+        by_name.setdefault(p_name[pid], []).append(v)
+        if c.v_rcount[v]:
+            for r in c.ver_provides(v):
+                if not c.r_flags[r] & 0x20:
+                    providers.setdefault(p_name[c.r_pkg[r]], []).append((v, c.r_pver[r]))
+    any_names: dict[int, tuple[int, str | None]] = {}
+
+    def base(target: int) -> tuple[int, str | None]:
+        """(name string ID, qualifier) of a dependency target: ``foo:any`` -> (foo, any)."""
+        sid = p_name[target]
+        hit = any_names.get(sid)
+        if hit is None:
+            name = c.string(sid)
+            if c.pkg_arch(target) == "any" and ":" in name:
+                bare, _, qual = name.rpartition(":")
+                hit = (index.name_id(bare), qual)
+            else:
+                hit = (sid, None)
+            any_names[sid] = hit
+        return hit
+
+    def sat(ver_sid: int, op: int, want: int) -> bool:
+        return want == 0 or (ver_sid != 0 and version_satisfies(
+            c.string(ver_sid), _OPS[op], c.string(want)))
+
+    edges: dict[Key, list[tuple[Key, bool]]] = {}
+    for v in ids:
+        key = keys[v]
+        out: list[tuple[Key, bool]] = []
+        start = c.v_dstart[v]
+        deps = range(start, start + c.v_dcount[v])
+        for dtype, pre in ((2, True), (1, False)):
+            group_done = False
+            for d in deps:
+                if d_type[d] != dtype:
+                    continue
+                op = d_op[d]
+                if not group_done:
+                    sid, qual = base(d_target[d])
+                    want = d_ver[d]
+                    cmp = op & 0x0F
+                    found = [w for w in by_name.get(sid, ())
+                             if (qual != "any" or c.v_ma[w] & ~1 == 8)
+                             and sat(v_str[w], cmp, want)]
+                    if qual != "any":
+                        found += [w for w, pver in providers.get(sid, ())
+                                  if sat(pver, cmp, want)]
+                    sats = sorted(k for w in found if (k := keys[w]) != key)
+                    if sats:
+                        out.append((sats[0], pre))
+                        group_done = True
+                if not op & 0x10:
+                    group_done = False
+        edges[key] = out
+    by_key = {k: v for v, k in keys.items()}
+    ordered, cycles = _order(list(by_key), edges)
+    return [by_key[k] for k in ordered], [tuple(m[0] for m in cyc) for cyc in cycles]
 
 
 def order_violations(order: InstallOrder, native_arch: str = "amd64") -> list[str]:

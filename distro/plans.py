@@ -10,13 +10,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from distro.install_order import install_order
+from distro.install_order import order_ids
 from distro.packages_index import IndexSpec, PackageIndex, release_priority
-from distro.pip_resolver import Fetch, PipPlan, PipResolveError, PipTarget, resolve_pip
 from distro.resolver import Resolution, ResolveOptions, resolve
+
+if TYPE_CHECKING:  # the pip side is imported when a site plan has pip requirements
+    from distro.pip_resolver import Fetch, PipPlan, PipTarget
 
 __all__ = [
     "DebPlan",
@@ -59,11 +62,19 @@ class DebPlan:
         return sum(e.size for e in self.entries)
 
     def to_json(self) -> str:
-        return json.dumps({
-            "targets": list(self.targets), "install_recommends": self.install_recommends,
-            "arch": self.native_arch, "count": len(self.entries), "total_size": self.total_size,
-            "packages": [asdict(e) for e in self.entries],
-            "cycles": [list(c) for c in self.cycles]}, indent=2)
+        """The plan as JSON: one line per field, one line per package (compact and quick:
+        the C encoder does each line)."""
+        head = {"targets": list(self.targets), "install_recommends": self.install_recommends,
+                "arch": self.native_arch, "count": len(self.entries),
+                "total_size": self.total_size}
+        lines = [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+        packages = ",\n".join(
+            "    " + json.dumps({"name": e.name, "version": e.version, "arch": e.arch,
+                                 "filename": e.filename, "size": e.size, "sha256": e.sha256,
+                                 "cycle": e.cycle}) for e in self.entries)
+        cycles = ",\n".join("    " + json.dumps(list(c)) for c in self.cycles)
+        return ("{\n" + "\n".join(lines) + '\n  "packages": [\n' + packages
+                + '\n  ],\n  "cycles": [\n' + cycles + "\n  ]\n}")
 
 
 def _release_for(packages: Path, releases: Sequence[Path]) -> Path | None:
@@ -103,13 +114,17 @@ def build_deb_plan(index: PackageIndex, targets: Sequence[str],
     """Resolve ``targets`` as apt would and order the closure into a plan."""
     opts = options or ResolveOptions()
     resolution = resolve(index, targets, opts)
-    order = install_order(resolution.packages, index.native_arch)
-    cycle_of = {name: i for i, c in enumerate(order.cycles) for name in c}
-    entries = tuple(
-        PlanEntry(p.name, p.version, p.arch, p.filename, p.size, p.sha256, cycle_of.get(p.name))
-        for p in order.packages)
-    plan = DebPlan(resolution.targets, opts.install_recommends, index.native_arch, entries,
-                   order.cycles)
+    ordered, cycles = order_ids(index, resolution.ids)
+    cycle_of = {name: i for i, c in enumerate(cycles) for name in c}
+    c = index.cache
+    entries = []
+    for v in ordered:
+        name = c.pkg_name(c.v_pkg[v])
+        entries.append(PlanEntry(name, c.string(c.v_str[v]), c.string(c.v_arch[v]),
+                                 c.string(c.v_filename[v]), c.v_size[v],
+                                 c.string(c.v_sha256[v]), cycle_of.get(name)))
+    plan = DebPlan(resolution.targets, opts.install_recommends, index.native_arch,
+                   tuple(entries), tuple(cycles))
     return plan, resolution
 
 
@@ -163,6 +178,8 @@ def build_site_plan(name: str, index: PackageIndex, packages: Sequence[str],
     deb, _resolution = build_deb_plan(index, packages, options)
     pip = None
     if pip_requirements:
+        from distro.pip_resolver import PipResolveError, resolve_pip
+
         if pip_fetch is None:
             raise PipResolveError("pip requirements need a way to read the index")
         pip = resolve_pip(pip_index, pip_requirements, pip_target, fetch=pip_fetch)

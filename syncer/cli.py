@@ -44,15 +44,21 @@ SUBCOMMAND_MODULES = (
     "syncer.cmd_fleet",
     "syncer.cmd_console",
 )
+# Commands whose module is known without importing the others: `distro-sync resolve` runs
+# once per request, so it does not pay for the fleet client's imports (aiohttp, rich).
+_ONLY = {"resolve": "syncer.cmd_resolve", "delta": "syncer.cmd_delta", "demo": "syncer.demo.cmd"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand, or with only ``command``'s when it has its own
+    module (the others are then not imported)."""
     parser = argparse.ArgumentParser(prog="distro-sync", description=DESCRIPTION,
                                      epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 title="commands")
-    for module_name in SUBCOMMAND_MODULES:
+    modules = (_ONLY[command],) if command in _ONLY else SUBCOMMAND_MODULES
+    for module_name in modules:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -64,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    command = args_list[0] if args_list else None
+    args = build_parser(command).parse_args(args_list)
     try:
         code = int(args.func(args))
         sys.stdout.flush()

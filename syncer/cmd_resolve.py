@@ -19,7 +19,7 @@ def _split_targets(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distro.debian_repo import MalformedIndexError
+    from distro.errors import MalformedIndexError
     from distro.packages_index import load_index
     from distro.plans import SitePlan, build_deb_plan, index_specs, render_table
     from distro.resolver import ResolutionError, ResolveOptions
@@ -92,13 +92,17 @@ def register(sub: Any) -> None:
     p.add_argument("--format", choices=("json", "table"), default="json")
     p.add_argument("--explain", action="append", default=[], metavar="NAME",
                    help="print the dependency chain that pulled NAME in")
-    p.add_argument("--cache-dir", type=Path, default=None, help="parsed-index cache directory")
-    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="package cache directory (default ~/.cache/edgedepot/deb-index)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="build the package cache in memory only (slow: parses every index)")
     p.add_argument("--pip-index", default=None, metavar="URL",
                    help="a PEP 691 simple index (e.g. a cache node's /pypi/<name>/simple/)")
     p.add_argument("--pip", action="append", default=[], metavar="REQ",
                    help="a pip requirement to resolve against --pip-index; repeatable")
     p.add_argument("--python-version", default="3.11")
     p.add_argument("--platform", default="manylinux_2_36_x86_64")
-    p.add_argument("targets", nargs="*", metavar="TARGET")
+    p.add_argument("targets", nargs="*", metavar="TARGET",
+                   help="what apt-get install would be given: NAME, NAME:ARCH, NAME=VERSION, "
+                        "or a virtual package with one provider")
     p.set_defaults(func=run)

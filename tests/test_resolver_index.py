@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from distro.debian_repo import MalformedIndexError
-from distro.packages_index import load_packages_file, release_priority
+from distro.packages_index import Relation, load_index, release_priority
 from distro.plans import index_specs
 from syncer.cli import main as cli_main
 from tests.test_resolver_rules import stanza
@@ -26,23 +26,49 @@ def test_formats_and_cache(tmp_path: Path, suffix: str) -> None:
     data = {"": raw, ".gz": gzip.compress(raw), ".xz": lzma.compress(raw)}[suffix]
     path = tmp_path / f"Packages{suffix}"
     path.write_bytes(data)
-    cold = load_packages_file(path, cache_dir=tmp_path / "cache")
-    assert cold.names == ["a", "b", "c"] and cold.versions[1] == "1:2.0"
-    assert cold.provides == {"va": [0]} and cold.essential == [2] and cold.required == [2]
+    cold = load_index([path], cache_dir=tmp_path / "cache")
+    assert sorted(cold.names()) == ["a", "b", "c"]
+    assert [v.version for v in cold.versions("b")] == ["1:2.0"]
+    assert [p.name for p in cold.providers("va")] == ["a"]
+    assert cold.essential_and_required() == ["c"]
     assert len(list((tmp_path / "cache").iterdir())) == 1
-    warm = load_packages_file(path, cache_dir=tmp_path / "cache")
-    assert warm.names == cold.names
-    depends_at = cold.data.find(b"\nDepends")  # b is first met in a's Depends, then c, d
-    assert warm.mention_code("b") == cold.mention_code("b") == (2 << 32) | depends_at
-    assert cold.mention_code("a") == 0 and cold.mention_code("zz") is None
-    assert cold.mention_code("d") == (2 << 32) | (depends_at + 2)
+    warm = load_index([path], cache_dir=tmp_path / "cache")
+    assert sorted(warm.names()) == sorted(cold.names())
+    a = warm.candidate("a", "amd64")
+    assert a is not None and a.depends == ((Relation("b", None, ">=", "1.0"),),
+                                           (Relation("c", None, None, None),
+                                            Relation("d", None, None, None)))
+    assert a.provides == (Relation("va", None, "=", "1"),) and a.line == 1
+    # apt's package IDs: a, then b and c, d met in a's Depends, then va from its Provides
+    c = warm.cache
+    assert [c.pkg_name(p) for p in range(c.n_packages)] == ["a", "b", "c", "d", "va"]
+
+
+def test_cache_follows_the_file(tmp_path: Path) -> None:
+    """A changed Packages file (size or mtime) gets a new cache; the old one is not used."""
+    path = tmp_path / "Packages"
+    path.write_text(GOOD)
+    assert load_index([path], cache_dir=tmp_path / "c").has_name("a")
+    path.write_text(stanza("zz"))
+    index = load_index([path], cache_dir=tmp_path / "c")
+    assert sorted(index.names()) == ["zz"]
+    assert len(list((tmp_path / "c").iterdir())) == 2
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "Packages"
+    path.write_text(GOOD)
+    load_index([path], cache_dir=tmp_path / "c")
+    (cached,) = (tmp_path / "c").iterdir()
+    cached.write_bytes(b"garbage")
+    assert sorted(load_index([path], cache_dir=tmp_path / "c").names()) == ["a", "b", "c"]
 
 
 def test_lz4(tmp_path: Path) -> None:
     lz4_frame = pytest.importorskip("lz4.frame")
     path = tmp_path / "Packages.lz4"
     path.write_bytes(lz4_frame.compress(GOOD.encode()))
-    assert load_packages_file(path, use_cache=False).names == ["a", "b", "c"]
+    assert sorted(load_index([path], use_cache=False).names()) == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize(("text", "line", "message"), [
@@ -53,25 +79,14 @@ def test_lz4(tmp_path: Path) -> None:
     ("Package: a\nVersion: x1.0\nArchitecture: all\n", 2, "invalid version"),
     ("Package: A_b\nVersion: 1.0\nArchitecture: all\n", 1, "invalid package name"),
     ("Package: a\nVersion: 1.0\nArchitecture: all\nProvides: (= 1)\n", 4, "Provides"),
+    (stanza("ok") + "\n" + stanza("a", Depends="b (>= 1.0, c"), 11, "malformed Depends"),
 ])
 def test_malformed_stanzas(tmp_path: Path, text: str, line: int, message: str) -> None:
     path = tmp_path / "Packages"
     path.write_text(text)
     with pytest.raises(MalformedIndexError, match=message) as info:
-        load_packages_file(path, use_cache=False)
+        load_index([path], use_cache=False)
     assert info.value.source == str(path) and info.value.line == line
-
-
-def test_malformed_relation_is_reported_on_use(tmp_path: Path) -> None:
-    from distro.packages_index import load_index
-    from distro.resolver import resolve
-
-    path = tmp_path / "Packages"
-    path.write_text(stanza("ok") + "\n" + stanza("a", Depends="b (>= 1.0, c"))
-    index = load_index([path], use_cache=False)
-    with pytest.raises(MalformedIndexError) as info:
-        resolve(index, ["a"])
-    assert info.value.source == str(path) and info.value.line == 11
 
 
 def test_release_priority_and_specs(tmp_path: Path) -> None:
@@ -102,3 +117,16 @@ def test_cli_resolve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert capsys.readouterr().out.strip() == "a --Depends: c | d--> c"
     assert cli_main(["resolve", "--index", str(path), *cache, "zzz"]) == 1
     assert "unable to locate package zzz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("raw", "line", "message"), [
+    (b"Package: a\nVersion: 1.0\nArchitecture: all\n\nPackage: b\nVersion: 1.0\n"
+     b"Architecture: all\nDescription: caf\xe9\n", 8, "not valid UTF-8"),
+    (b"Package: a\nVersion: 1.0\nArchitecture: all\nDescription: x\x00\n", 4, "NUL"),
+])
+def test_binary_and_bad_utf8(tmp_path: Path, raw: bytes, line: int, message: str) -> None:
+    path = tmp_path / "Packages"
+    path.write_bytes(raw)
+    with pytest.raises(MalformedIndexError, match=message) as info:
+        load_index([path], use_cache=False)
+    assert info.value.line == line

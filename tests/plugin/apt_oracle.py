@@ -90,7 +90,7 @@ class AptOracle:
     """A private apt root over the host's lists; ``simulate`` runs ``apt-get -s install``."""
 
     def __init__(self, root: Path, lists: Sequence[AptListSet], arch: str = "amd64",
-                 result_cache: Path | None = None) -> None:
+                 result_cache: Path | None = None, plain_lists: bool = True) -> None:
         self.root = root
         self.lists = list(lists)
         self.arch = arch
@@ -105,7 +105,11 @@ class AptOracle:
             host_path = f"{_NEUTRAL_HOST}_{ls.path.replace('/', '_')}" if ls.path else _NEUTRAL_HOST
             base = f"{host_path}_dists_{ls.suite}"
             suffix = ls.packages.name.rsplit("Packages", 1)[1]
-            self._link(ls.packages, f"{base}_{ls.component}_binary-{arch}_Packages{suffix}")
+            name = f"{base}_{ls.component}_binary-{arch}_Packages"
+            if suffix and plain_lists:
+                self._unpack(ls.packages, name)
+            else:
+                self._link(ls.packages, name + suffix)
             if ls.release is not None:
                 self._link(ls.release, f"{base}_{ls.release.name.rsplit('_', 1)[1]}")
             url_path = f"/{ls.path}" if ls.path else ""
@@ -115,11 +119,33 @@ class AptOracle:
         r = root
         _write_if_changed(root / "apt.conf",
             f'Dir::State::status "{r}/status";\nDir::State::Lists "{r}/lists";\n'
+            f'Dir::State::extended_states "{r}/extended_states";\n'
             f'Dir::Cache "{r}/cache";\nDir::Etc "{r}/etc";\nDir::Etc::Parts "apt.conf.d";\n'
             f'Dir::Etc::SourceList "{r}/etc/sources.list";\n'
             f'Dir::Etc::SourceParts "/dev/null";\nAPT::Architecture "{arch}";\n'
             f'APT::Architectures {{ "{arch}"; }};\nDebug::NoLocking "1";\n'
             'APT::Sandbox::User "root";\n')
+
+    def _unpack(self, source: Path, name: str) -> None:
+        """The list decompressed into the root, as apt keeps lists by default (records are
+        then read in place; from .lz4 lists apt decompresses a whole file per lookup)."""
+        from distro.debian_repo import decompress_index
+
+        out = self.root / "lists" / name
+        for stale in self.root.glob(f"lists/{name}.*"):
+            stale.unlink()
+        st = source.stat()
+        stamp = f"{source.resolve()} {st.st_size} {st.st_mtime_ns}"
+        marker = self.root / f"{name}.source"
+        if out.is_file() and not out.is_symlink() and marker.is_file() \
+                and marker.read_text() == stamp:
+            return
+        if out.is_symlink() or out.exists():
+            out.unlink()
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_bytes(decompress_index(source.name, source.read_bytes()))
+        os.replace(tmp, out)
+        marker.write_text(stamp)
 
     def _link(self, target: Path, name: str) -> None:
         link = self.root / "lists" / name
