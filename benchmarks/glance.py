@@ -188,8 +188,9 @@ def run(size: int, clients: int, work: Path, log: RowLog[Row]) -> None:
                     speed = (f"cache/Glance speed = {statistics.median(direct_times) / t:.2f}x "
                              "(target >= 0.25x)") if direct_times else ""
                     log.add(Row("cold, 1 client", via, t, mib / t, f"{ratio:.2f}",
-                                f"median of {len(cached_times)}; origin verifies sha256, md5 "
-                                f"and sha512 in one pass, the cache sha256 only; {speed}"))
+                                f"median of {len(cached_times)}; the origin hashes sha256 and "
+                                f"the record's sha512 in one pass, the cache sha256 only; "
+                                f"{speed}"))
                 for url, token in ((direct, TOKEN), (cached, TOKEN), (local, None)):
                     with log.guard(f"verified download {url}",
                                    failed("verified download", url)):
