@@ -30,6 +30,7 @@ from typing import IO, Literal
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from cache_node.admin_auth import ACCESS_POLICY
 from cache_node.client_stats import client_stats
 from cache_node.config import NodeConfig
 from cache_node.request_note import NOTE_KEY, RequestNote
@@ -143,8 +144,11 @@ def install_access_log(app: web.Application, config: NodeConfig) -> AccessLog | 
     """Log every request when `access_log` is set: inserted as the outermost middleware, so
     requests refused by the allow-list or token checks are logged too. The middleware sends
     plain responses itself, so duration and bytes cover the whole answer. It is installed
-    with the log off too: the per-client counters (`client_stats.py`) take the same values."""
+    with the log off too: the per-client counters (`client_stats.py`) take the same values.
+    Behind a trusted proxy (`trusted_proxies`) every later middleware and handler sees the
+    client the proxy names as `request.remote` (allow list, admin checks, log, counts)."""
     clients = client_stats(app)
+    policy = app[ACCESS_POLICY]  # the live configuration (reloads update it)
     sink: AccessLog | None = None
     if config.access_log is not None:
         sink = AccessLog(config.access_log, config.access_log_format)
@@ -159,6 +163,14 @@ def install_access_log(app: web.Application, config: NodeConfig) -> AccessLog | 
 
     @web.middleware
     async def logged(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if policy.config.trusted_proxies:  # behind a load balancer: the client it names
+            peer = request.remote or ""
+            # every X-Forwarded-For line, in order: a proxy may add its own line after the
+            # client's rather than append to it
+            hops = ",".join(request.headers.getall("X-Forwarded-For", ()))
+            client = policy.config.client_address(peer, hops)
+            if client != peer:
+                request = request.clone(remote=client)
         arrived = time.time()
         started = time.monotonic()
         note = RequestNote()

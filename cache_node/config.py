@@ -84,6 +84,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("allow", "allow", "list", "--allow",
             "client networks allowed to connect (repeatable); default: everyone",
             metavar="CIDR"),
+    Setting("trusted_proxies", "trusted_proxies", "list", "--trusted-proxy",
+            "load balancers (e.g. the region's HAProxy) whose X-Forwarded-For names the "
+            "client, for the allow list, access log and per-client counts (repeatable)",
+            metavar="CIDR"),
     Setting("workers", "workers", "int", "--workers",
             "worker processes over one store (0: one per CPU core)", metavar="N"),
     Setting("drain_timeout", "drain_timeout", "float", "--drain-timeout",
@@ -261,6 +265,7 @@ class NodeConfig:
     upstream_tls: UpstreamTlsSettings = UpstreamTlsSettings()
     admin: AdminSettings = AdminSettings()
     allow: tuple[IPNetwork, ...] = ()  # empty: every client may connect
+    trusted_proxies: tuple[IPNetwork, ...] = ()  # peers whose X-Forwarded-For is believed
     drain_timeout: float = 30.0
     workers: int = 1                   # worker processes (resolved: never 0 here)
     access_log: str | None = None      # a file path, "-" for standard output, None for off
@@ -304,13 +309,38 @@ class NodeConfig:
         """Whether a client at `address` may connect (`allow` empty: everyone)."""
         if not self.allow:
             return True
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.allow)
+        ip = _ip(address)
+        return ip is not None and any(ip in net for net in self.allow)
+
+    def client_address(self, peer: str, forwarded_for: str | None) -> str:
+        """The client a request is from: its TCP peer, or, when the peer is a trusted proxy,
+        the nearest address in `X-Forwarded-For` that is not one (addresses further left were
+        written by whoever sent the request, so they are not believed)."""
+        if not self.trusted_proxies or not forwarded_for or not self._trusted(peer):
+            return peer
+        hops = [h.strip() for h in forwarded_for.split(",")]
+        for hop in reversed(hops):
+            ip = _ip(hop)
+            if ip is None:
+                return peer  # a malformed hop: the proxy's own address is all we know
+            if not self._trusted(hop):
+                return str(ip)
+        return str(_ip(hops[0]) or peer)
+
+    def _trusted(self, address: str) -> bool:
+        ip = _ip(address)
+        return ip is not None and any(ip in net for net in self.trusted_proxies)
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as a client set (IPv4-mapped IPv6 as IPv4); None when it is not one."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 @dataclass(frozen=True)
@@ -667,6 +697,8 @@ def _validate(v: dict[str, Any], where: dict[str, str],
         upstream_tls=upstream_tls,
         admin=_admin(v, where, admin_token, warnings),
         allow=tuple(parse_network(n, where["allow"]) for n in v["allow"]),
+        trusted_proxies=tuple(parse_network(n, where["trusted_proxies"])
+                              for n in v["trusted_proxies"]),
         drain_timeout=v["drain_timeout"],
         workers=_workers(v["workers"], where["workers"]),
         access_log=access_log,
@@ -904,6 +936,7 @@ def settings_view(c: NodeConfig) -> dict[str, object]:
     view: dict[str, object] = {
         "role": c.role, "listen": c.listen, "store": c.store_dir, "upstream": c.upstream,
         "quota": c.quota_bytes, "log_level": c.log_level, "allow": c.allow,
+        "trusted_proxies": c.trusted_proxies,
         "drain_timeout": c.drain_timeout, "workers": c.workers, "access_log": c.access_log,
         "access_log_format": c.access_log_format, "index.ttl": c.index_ttl,
         "upstream_client.connect_timeout": u.connect_timeout,

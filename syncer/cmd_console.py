@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from syncer.console.access import ConsoleAccess, ExposureError, check_exposure
 from syncer.console.server import Console, build_console_app
 from syncer.inventory import InventoryError, load_inventory
 from syncer.onboarding import OnboardingError, pinned_fingerprint, render_bootstrap, site_config
@@ -25,13 +28,56 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class ConsoleSetupError(Exception):
+    """An operator's mistake in the console's own options: one line, exit 2."""
+
+
+def viewer_token(args: argparse.Namespace) -> str | None:
+    """The viewer token: `--token-file`, else `EDGEDEPOT_CONSOLE_TOKEN`, else none."""
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise ConsoleSetupError(f"--token-file {args.token_file}: "
+                                    f"{exc.strerror or exc}") from None
+        if not token:
+            raise ConsoleSetupError(f"--token-file {args.token_file} is empty")
+        return token
+    return os.environ.get("EDGEDEPOT_CONSOLE_TOKEN", "").strip() or None
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConsoleSetupError("--tls-cert and --tls-key go together")
+    if not args.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConsoleSetupError(f"cannot load --tls-cert {args.tls_cert} / --tls-key "
+                                f"{args.tls_key}: {getattr(exc, 'strerror', None) or exc}"
+                                ) from None
+    return context
+
+
 async def serve_console(args: argparse.Namespace) -> int:
     host, port = args.listen
+    try:
+        token = viewer_token(args)
+        context = tls_context(args)
+        check_exposure(host, token is not None, context is not None, args.open_to_network)
+    except (ConsoleSetupError, ExposureError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     console = Console(Path(args.inventory), args.interval,
                       Path(args.state_dir) if args.state_dir else None)
     for warning in console.inventory.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    runner = web.AppRunner(build_console_app(console), access_log=None, handle_signals=False)
+    access = ConsoleAccess(token, secure=context is not None)
+    runner = web.AppRunner(build_console_app(console, access), access_log=None,
+                           handle_signals=False)
     await runner.setup()
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -44,10 +90,11 @@ async def serve_console(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         sock.listen(128)
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=context).start()
         bound = sock.getsockname()
         shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
-        print(f"listening on http://{shown}:{bound[1]}/", flush=True)
+        scheme = "https" if context is not None else "http"
+        print(f"listening on {scheme}://{shown}:{bound[1]}/", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,6 +145,14 @@ def register(sub: Any) -> None:
     p.add_argument("--interval", type=float, default=5.0,
                    help="seconds between polls of every node (default 5)")
     p.add_argument("--state-dir", help="keep site reports here across restarts")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="viewer token: the page and its API need it (Authorization: Bearer, or "
+                   "the sign-in form's session cookie); default EDGEDEPOT_CONSOLE_TOKEN")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--open-to-network", action="store_true",
+                   help="allow a non-loopback --listen without a token over TLS (an isolated "
+                   "management network only: anyone who reaches it sees the whole fleet)")
     p.set_defaults(func=cmd_console)
 
     p = sub.add_parser(

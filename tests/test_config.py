@@ -204,6 +204,24 @@ def test_allow_networks_and_client_check() -> None:
         load_config(None, {}, {**CACHE, "allow": ["banana"]})
 
 
+@pytest.mark.parametrize(("peer", "forwarded", "client"), [
+    ("10.0.0.5", "192.0.2.7", "192.0.2.7"),                 # the front names the site
+    ("10.0.0.5", "198.51.100.1, 192.0.2.7", "192.0.2.7"),   # what the site wrote is not believed
+    ("10.0.0.5", "192.0.2.7, 10.0.0.6", "192.0.2.7"),       # two fronts in a row
+    ("10.0.0.5", "10.0.0.6", "10.0.0.6"),                   # only proxies: the first of them
+    ("10.0.0.5", "not-an-ip", "10.0.0.5"),                  # malformed: the proxy itself
+    ("10.0.0.5", "", "10.0.0.5"),
+    ("::ffff:10.0.0.5", "2001:db8::9", "2001:db8::9"),      # an IPv4-mapped front
+    ("192.0.2.99", "192.0.2.7", "192.0.2.99"),              # not a trusted peer: ignored
+])
+def test_trusted_proxies_name_the_client(peer: str, forwarded: str, client: str) -> None:
+    config = load_config(None, {"EDGEDEPOT_TRUSTED_PROXIES": "10.0.0.0/24"}, CACHE)
+    assert config.client_address(peer, forwarded) == client
+    assert load_config(None, {}, CACHE).client_address(peer, forwarded) == peer, "default: none"
+    with pytest.raises(ConfigError, match="'front' is not an IP network"):
+        load_config(None, {}, {**CACHE, "trusted_proxies": ["front"]})
+
+
 def test_admin_token_from_file_or_environment(tmp_path: Path) -> None:
     token_file = tmp_path / "admin.token"
     token_file.write_text("s3cret-token\n")

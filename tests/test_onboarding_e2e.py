@@ -219,7 +219,12 @@ def test_bootstrap_configures_apt_pip_and_images_and_repoints(stack: Stack,
         # the operator moves the region to node b; a takes no more requests
         stack.a.stop()
         write_inventory(stack.inventory, stack.origin.url, stack.b.url, stack.top_package)
-        moved = console.wait_for_text("/sites/north-01/bootstrap.sh", stack.b.url)
+        # the console serves the script only with the onboarding token
+        assert console.get("/sites/north-01/bootstrap.sh")[0] == 401
+        assert console.get("/sites/north-01/bootstrap.sh",
+                           {"Authorization": "Bearer wrong"})[0] == 403
+        moved = console.wait_for_text("/sites/north-01/bootstrap.sh", stack.b.url,
+                                      headers={"Authorization": f"Bearer {TOKEN}"})
         again = run_bootstrap(moved, root)
         assert again.returncode == 0, again.stderr
         assert f"unchanged {keyring}" in again.stderr  # idempotent: same key, not rewritten

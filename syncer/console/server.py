@@ -14,8 +14,10 @@ bootstrap scripts the console serves). Routes:
     /api/sites?region=&state=&q=&page= one page of sites: profile downloaded, state, onboarding
     /api/sites/<site>                  one site
     /api/clients?page=                 client addresses that match no site
-    /sites/<site>/bootstrap.sh         the site's bootstrap script (see syncer.onboarding)
+    /sites/<site>/bootstrap.sh         the site's bootstrap script (see syncer.onboarding;
+                                       Bearer onboarding token when the inventory has one)
     POST /api/sites/<site>/report      a bootstrapped site reports (Bearer onboarding token)
+    POST /login                        the sign-in form (with a viewer token: see .access)
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from distro.errors import EdgedepotError
+from syncer.console.access import ConsoleAccess, access_middleware, bearer_matches, login
 from syncer.console.reports import ReportError, SiteReports, parse_report
 from syncer.console.state import FleetState
 from syncer.fleet import FleetClient, NodeObservation
@@ -170,6 +173,7 @@ class Console:
 
 
 CONSOLE_KEY: web.AppKey[Console] = web.AppKey("console", Console)
+ACCESS_KEY: web.AppKey[ConsoleAccess] = web.AppKey("console_access", ConsoleAccess)
 
 
 def _int(request: web.Request, key: str, default: int) -> int:
@@ -248,6 +252,15 @@ def _event(doc: Any) -> bytes:
 
 async def bootstrap(request: web.Request) -> web.Response:
     console = request.app[CONSOLE_KEY]
+    token = console.inventory.onboarding.token
+    access = request.app[ACCESS_KEY]
+    signed_in = access.token is not None and access.viewer(request)  # not just "open"
+    if token is not None and not bearer_matches(request, token) and not signed_in:
+        return web.json_response({"error": "forbidden" if "Authorization" in request.headers
+                                  else "unauthorized",
+                                  "message": "the bootstrap script needs the onboarding token "
+                                  "(Authorization: Bearer)"},
+                                 status=403 if "Authorization" in request.headers else 401)
     name = request.match_info["site"]
     if name not in console.inventory.sites:
         raise web.HTTPNotFound(text=f"no site {name!r} in the inventory\n")
@@ -283,9 +296,22 @@ async def report(request: web.Request) -> web.Response:
                               "count": accepted.count})
 
 
-def build_console_app(console: Console) -> web.Application:
-    app = web.Application()
+def _site_route(path: str) -> bool:
+    """The routes a site uses (each checks the onboarding token itself)."""
+    parts = path.split("/")
+    return (len(parts) == 4 and parts[1] == "sites" and parts[3] == "bootstrap.sh") or \
+        (len(parts) == 5 and parts[1:3] == ["api", "sites"] and parts[4] == "report")
+
+
+def build_console_app(console: Console, access: ConsoleAccess | None = None
+                      ) -> web.Application:
+    access = access or ConsoleAccess()
+    app = web.Application(middlewares=[access_middleware(access, _site_route)])
     app[CONSOLE_KEY] = console
+    app[ACCESS_KEY] = access
+
+    async def sign_in(request: web.Request) -> web.StreamResponse:
+        return await login(request, access)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await console.start()
@@ -294,6 +320,7 @@ def build_console_app(console: Console) -> web.Application:
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/", index)
+    app.router.add_post("/login", sign_in)
     app.router.add_get("/api/overview", overview)
     app.router.add_get("/api/history", history)
     app.router.add_get("/api/nodes", nodes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -18,10 +19,16 @@ DISTRO_SYNC = str(Path(sys.executable).parent / "distro-sync")
 class ConsoleProcess:
     """`distro-sync console INVENTORY --listen 127.0.0.1:0`, stopped by PID."""
 
-    def __init__(self, inventory: Path, log_path: Path, interval: float = 1.0) -> None:
+    def __init__(self, inventory: Path, log_path: Path, interval: float = 1.0,
+                 args: tuple[str, ...] = (), headers: dict[str, str] | None = None,
+                 cafile: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.inventory = inventory
         self.log_path = log_path
         self.interval = interval
+        self.args = args
+        self.headers = dict(headers or {})  # sent with every `get` (e.g. a viewer token)
+        self.context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+        self.env = env
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
 
@@ -29,8 +36,8 @@ class ConsoleProcess:
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [DISTRO_SYNC, "console", str(self.inventory), "--listen", "127.0.0.1:0",
-             "--interval", str(self.interval)], stdout=subprocess.PIPE, stderr=self._log,
-            text=True, env=dict(os.environ))
+             "--interval", str(self.interval), *self.args], stdout=subprocess.PIPE,
+            stderr=self._log, text=True, env={**os.environ, **(self.env or {})})
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         line = ""
@@ -63,9 +70,11 @@ class ConsoleProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def get(self, path: str) -> tuple[int, bytes]:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.url + path,
+                                         headers=self.headers if headers is None else headers)
         try:
-            with urllib.request.urlopen(self.url + path, timeout=30) as resp:
+            with urllib.request.urlopen(request, timeout=30, context=self.context) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -86,12 +95,13 @@ class ConsoleProcess:
             time.sleep(0.5)
         raise AssertionError(f"{path} never satisfied the check; last: {json.dumps(doc)[:2000]}")
 
-    def wait_for_text(self, path: str, needle: str, timeout: float = 60.0) -> str:
+    def wait_for_text(self, path: str, needle: str, timeout: float = 60.0,
+                      headers: dict[str, str] | None = None) -> str:
         """Poll `path` until its body (status 200) contains `needle`; the body."""
         deadline = time.monotonic() + timeout
         text = ""
         while time.monotonic() < deadline:
-            status, body = self.get(path)
+            status, body = self.get(path, headers)
             text = body.decode(errors="replace")
             if status == 200 and needle in text:
                 return text

@@ -87,6 +87,7 @@
 
   async function getJson(url) {
     const r = await fetch(url, { cache: "no-store" });
+    if (r.status === 401) { location.assign("/"); throw new Error("signed out"); }
     if (!r.ok) throw new Error(url + ": " + r.status);
     return r.json();
   }
