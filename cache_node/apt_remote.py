@@ -131,7 +131,7 @@ class RemoteAptRepo:
         self._ns_index = f"apt-index:{name}"
         self._ns_snapshot = f"{SNAPSHOT_PREFIX}{name}"
         self._snapshots: dict[str, SuiteSnapshot] = {}
-        self._shared_seen: dict[str, tuple[int, int]] = {}  # suite -> shared_version read
+        self._shared_seen: dict[str, int] = {}  # suite -> shared_version read
         self._revalidations: SingleFlight[Call[SuiteSnapshot]] = SingleFlight()
         self._pool: dict[str, PoolEntry] = {}
         self._learned: set[str] = set()

@@ -17,9 +17,11 @@ import fcntl
 import hashlib
 import json
 import logging
+import mmap
 import os
 import queue
 import sqlite3
+import struct
 import threading
 import time
 import uuid
@@ -270,6 +272,7 @@ class BlobStore:
         self._paths: dict[str, Path] = {}  # hot blobs' Path objects (built once, not per hit)
         self._in_transaction = False
         self._pending_markers: list[str] = []
+        self._versions: mmap.mmap | None = None  # see `shared_version`
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self, clean_partials: bool = True) -> None:
@@ -293,6 +296,7 @@ class BlobStore:
                     self._db.execute("INSERT INTO totals(id, bytes, count) SELECT 0, "
                                      "COALESCE(SUM(size), 0), COUNT(*) FROM blobs")
             self._reconcile()
+            self._versions = _map_versions(self.lock_dir / "shared-versions")
 
     @property
     def lock_dir(self) -> Path:
@@ -342,6 +346,9 @@ class BlobStore:
             self.flush_access()
             self._db.close()
             self._db = None
+        if self._versions is not None:
+            self._versions.close()
+            self._versions = None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -549,23 +556,19 @@ class BlobStore:
             self._touch_marker(key)
 
     def _touch_marker(self, key: str) -> None:
-        marker = self._marker(key)
-        tmp = marker.with_name(f"{marker.name}.{os.getpid()}")
-        tmp.write_bytes(b"")
-        os.replace(tmp, marker)  # a new inode: what `shared_version` tells apart
+        if self._versions is not None:  # a fresh random value: no two writers write the same
+            self._versions[_slot(key):_slot(key) + 8] = os.urandom(8)
 
-    def _marker(self, key: str) -> Path:
-        return self.lock_dir / f"shared-{hashlib.sha256(key.encode()).hexdigest()[:32]}"
-
-    def shared_version(self, key: str) -> tuple[int, int]:
-        """Changes whenever any worker `shared_put`s the key: a stat, not a query, so a hot
-        request path can tell cheaply whether to read the document again. (The marker is
-        replaced after the database write, so a changed version is always readable.)"""
-        try:
-            st = os.stat(self._marker(key))
-        except FileNotFoundError:
-            return (0, 0)
-        return (st.st_ino, st.st_mtime_ns)
+    def shared_version(self, key: str) -> int:
+        """Changes whenever any worker `shared_put`s the key: 8 bytes read from a table every
+        worker maps (`locks/shared-versions`), not a query or a stat, so a hot request path
+        can tell cheaply whether to read the document again. The value is written after the
+        database commit, so a changed version is always readable; keys sharing a slot only
+        cost a needless re-read."""
+        if self._versions is None:
+            return 0
+        value: int = struct.unpack_from("<Q", self._versions, _slot(key))[0]
+        return value
 
     def lock(self, name: str) -> FileLock:
         """A lock shared by the node's worker processes (see `interprocess`)."""
@@ -679,5 +682,26 @@ def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+VERSION_SLOTS = 512
+
+
+def _slot(key: str) -> int:
+    """The byte offset of `key`'s version in the shared table."""
+    return (int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little")
+            % VERSION_SLOTS) * 8
+
+
+def _map_versions(path: Path) -> mmap.mmap:
+    """The version table every worker maps: created zeroed once, never shrunk."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_size < VERSION_SLOTS * 8:
+            os.ftruncate(fd, VERSION_SLOTS * 8)
+        return mmap.mmap(fd, VERSION_SLOTS * 8, mmap.MAP_SHARED,
+                         mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
