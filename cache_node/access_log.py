@@ -23,6 +23,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import IO, Literal
@@ -33,6 +34,8 @@ from aiohttp.typedefs import Handler
 from cache_node.admin_auth import ACCESS_POLICY
 from cache_node.client_stats import client_stats
 from cache_node.config import NodeConfig
+from cache_node.hot_path import HotEntry
+from cache_node.metrics import Metrics
 from cache_node.request_note import NOTE_KEY, RequestNote
 
 log = logging.getLogger(__name__)
@@ -205,3 +208,40 @@ def install_access_log(app: web.Application, config: NodeConfig) -> AccessLog | 
 
     app.middlewares.insert(0, logged)
     return sink
+
+
+class HotAccounting:
+    """Counts and logs each answer `hot_path` sends itself exactly as the middlewares above
+    and `send_answer` do for the same answer on the normal path."""
+
+    def __init__(self, app: web.Application, metrics: Metrics,
+                 touch: Callable[[str], None]) -> None:
+        self.policy = app[ACCESS_POLICY]
+        self.metrics = metrics
+        self.touch = touch
+        self.clients = client_stats(app)
+        self.app = app
+
+    def allowed(self, client: str) -> bool:
+        return self.policy.config.client_allowed(client)
+
+    def proxies_trusted(self) -> bool:
+        return bool(self.policy.config.trusted_proxies)
+
+    def served(self, entry: HotEntry, client: str, arrived: float, started: float) -> None:
+        metrics, namespace, size = self.metrics, entry.namespace, len(entry.body)
+        metrics.requests.inc(namespace)
+        metrics.hot_answers.inc(namespace)
+        if entry.counts_hit:
+            metrics.hits.inc(namespace)
+        metrics.served_bytes.inc(namespace, size)
+        metrics.count_served_path(entry.path)
+        if entry.digest is not None:
+            self.touch(entry.digest)
+        sink = self.app.get(ACCESS_LOG)
+        if sink is not None:
+            sink.write(AccessEntry(
+                datetime.fromtimestamp(arrived, UTC).isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"), _printable(client), "GET", _printable(entry.raw_path),
+                200, size, round(time.monotonic() - started, 6), "hit"))
+        self.clients.record(client, entry.path, 200, size, "hit")

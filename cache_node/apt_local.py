@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,6 +166,9 @@ class LocalAptRepo:
             self._last_scan = time.monotonic()
 
     kind: RepoKind = "apt"
+
+    def unchanged_while(self, path: str) -> Callable[[], bool] | None:
+        return None  # not repeated by the hot path (see `Repository.unchanged_while`)
 
     def summary(self) -> RepoSummary:
         suites = () if self.is_mirror_tree else (self.source.suite,)

@@ -222,6 +222,30 @@ class RemoteAptRepo:
     def snapshots(self) -> dict[str, SuiteSnapshot]:
         return dict(self._snapshots)
 
+    def unchanged_while(self, path: str) -> Callable[[], bool] | None:
+        """Index files and Release files of a suite answer from its current snapshot: the
+        same while this worker keeps that snapshot, no other worker shared a change, and (for
+        the Release files, which trigger revalidation) the TTL has not run out."""
+        parts = path.split("/")
+        if parts[0] != "dists" or len(parts) < 3:
+            return None
+        suite = parts[1]
+        snap = self._snapshots.get(suite)
+        if snap is None or snap.failed_at is not None:
+            return None
+        key = self._shared_key(suite)
+        version = self.store.shared_version(key)
+        if version != self._shared_seen.get(suite):
+            return None
+        release = "/".join(parts[2:]) in RELEASE_FILES
+
+        def unchanged() -> bool:
+            return self._snapshots.get(suite) is snap and \
+                self.store.shared_version(key) == version and \
+                (not release or freshness(snap, self.index_ttl) == "fresh")
+
+        return unchanged
+
     def summary(self) -> RepoSummary:
         now = time.monotonic()
         states = tuple(

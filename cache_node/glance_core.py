@@ -308,6 +308,9 @@ class GlanceService:
         origin's directory files (store blobs are found by `Node.locate_blob` itself)."""
         return self.backend.path_for_digest(sha256)
 
+    def unchanged_while(self, path: str) -> Callable[[], bool] | None:
+        return None  # not repeated by the hot path (see `Repository.unchanged_while`)
+
     def summary(self) -> RepoSummary:
         return RepoSummary("glance", "glance", self.backend.describe(), ())
 

@@ -6,11 +6,20 @@ import dataclasses
 import json
 import logging
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
+from cache_node import hot_path
 from cache_node.access_log import install_access_log
 from cache_node.admin_auth import install_access_control
-from cache_node.answers import Answer, BadRequest, NotFound, ServiceError, safe_relpath
+from cache_node.answers import (
+    Answer,
+    BadRequest,
+    BlobAnswer,
+    BytesAnswer,
+    NotFound,
+    ServiceError,
+    safe_relpath,
+)
 from cache_node.client_stats import add_client_routes
 from cache_node.delta_routes import add_delta_routes
 from cache_node.glance_routes import add_glance_routes
@@ -18,6 +27,7 @@ from cache_node.health import add_health_routes
 from cache_node.key_routes import add_key_routes
 from cache_node.node import Node
 from cache_node.plans import PlanRunner
+from cache_node.repository import Repository
 from cache_node.responses import error_middleware, send_answer
 from cache_node.status import add_status_routes
 from distro.digests import is_sha256_hex
@@ -47,10 +57,35 @@ async def repo_handler(request: web.Request) -> web.StreamResponse:
     path = _relpath(request) if not request.match_info["path"].endswith("/") else \
         _relpath_dir(request)
     accept = request.headers.get("Accept")
-    response = await render_answer(request, await repo.answer(path, accept), repo.namespace)
+    answer = await repo.answer(path, accept)
+    response = await render_answer(request, answer, repo.namespace)
     if kind == "pypi":
         response.headers["Vary"] = "Accept"
+    _offer_hot(request, response, answer, repo, path)
     return response
+
+
+def _offer_hot(request: web.Request, response: web.StreamResponse, answer: Answer,
+               repo: Repository, path: str) -> None:
+    """Let the plain listener repeat this answer (`hot_path`) while the repository says it
+    would not change: a whole, in-memory 200 hit to a plain GET."""
+    if request.method != "GET" or request.version != HttpVersion11 or request.query_string \
+            or not isinstance(response, web.Response) or response.status != 200 \
+            or not isinstance(answer, (BlobAnswer, BytesAnswer)) or answer.stale:
+        return
+    body = response.body
+    raw = request.raw_path
+    if not isinstance(body, bytes) or len(body) > hot_path.MAX_BODY or not raw.isascii():
+        return
+    unchanged = repo.unchanged_while(path)
+    if unchanged is None:
+        return
+    head = hot_path.response_head(200, response.reason, list(response.headers.items()),
+                                  len(body))
+    request.app[NODE_KEY].hot_answers.offer(raw.encode("ascii"), hot_path.HotEntry(
+        head, body, repo.namespace, request.path, raw, unchanged,
+        counts_hit=isinstance(answer, BlobAnswer),
+        digest=answer.sha256 if isinstance(answer, BlobAnswer) else None))
 
 
 def _relpath_dir(request: web.Request) -> str:

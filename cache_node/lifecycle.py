@@ -37,7 +37,9 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from cache_node.access_log import HotAccounting
 from cache_node.config import ConfigError, ConfigSources, NodeConfig, client_settings, plan_reload
+from cache_node.hot_path import HotProtocol
 from cache_node.http_app import build_app
 from cache_node.node import Node
 from cache_node.startup import StartupError, bind_listener, bound_url
@@ -99,6 +101,23 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
+class _HotSite(web.SockSite):
+    """The plain-HTTP listener: each connection's protocol is `hot_path.HotProtocol` in front
+    of aiohttp's (`runner.server()`), which answers every request the fast path does not."""
+
+    def __init__(self, runner: web.AppRunner, sock: socket.socket,
+                 protocol: Callable[[Callable[[], asyncio.Protocol]], asyncio.Protocol]) -> None:
+        super().__init__(runner, sock)
+        self._protocol = protocol
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with the runner
+        framework = self._runner.server
+        assert framework is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: self._protocol(framework), sock=self._sock, backlog=self._backlog)
+
+
 class NodeServer:
     """Runs a started node on its listeners until SIGTERM/SIGINT; SIGHUP reloads."""
 
@@ -140,7 +159,12 @@ class NodeServer:
             sites: list[web.BaseSite] = []
             lines = []
             if self.listeners.plain is not None:
-                sites.append(web.SockSite(runner, self.listeners.plain))
+                accounting = HotAccounting(app, self.node.metrics, self.node.store.touch)
+
+                def hot(framework: Callable[[], asyncio.Protocol]) -> asyncio.Protocol:
+                    return HotProtocol(self.node.hot_answers, accounting, framework)
+
+                sites.append(_HotSite(runner, self.listeners.plain, hot))
                 lines.append(f"listening on {bound_url(self.listeners.plain)}")
             if self.listeners.tls_socket is not None and self.listeners.tls is not None:
                 sites.append(web.SockSite(runner, self.listeners.tls_socket,

@@ -80,6 +80,9 @@ class Metrics:
             "edgedepot_delta_computed_total", "Delta signatures and patches computed (namespace "
             "delta-signature, delta-patch), on request or prepared ahead")
         self.errors = LabelledCounter("edgedepot_error_responses_total", "Answers with status >= 500")
+        self.hot_answers = LabelledCounter(
+            "edgedepot_hot_answers_total",
+            "Answers repeated by the plain listener's fast path (also in requests and hits)")
         self.reloads = LabelledCounter(
             "edgedepot_config_reloads_total",
             "Configuration reloads (SIGHUP), labelled applied or refused")
@@ -105,7 +108,8 @@ class Metrics:
         return [self.requests, self.hits, self.misses, self.coalesced, self.upstream_requests,
                 self.upstream_bytes, self.served_bytes, self.stale_serves, self.verify_failures,
                 self.index_errors, self.delta_fetches, self.delta_saved_bytes,
-                self.delta_resumed_bytes, self.delta_computed, self.errors, self.reloads]
+                self.delta_resumed_bytes, self.delta_computed, self.errors, self.reloads,
+                self.hot_answers]
 
     def gauges(self) -> list[Gauge]:
         return [self.inflight, self.store_bytes, self.store_blobs]

@@ -28,6 +28,7 @@ from cache_node.delta_service import DeltaService
 from cache_node.fetch import FetchCoordinator
 from cache_node.glance_core import GlanceService, make_glance_service
 from cache_node.hot_blobs import HotBlobs
+from cache_node.hot_path import HotAnswers
 from cache_node.metrics import Metrics
 from cache_node.plans import PlanRunner
 from cache_node.pypi_local import LocalPypiIndex
@@ -67,6 +68,7 @@ class Node:
         self.plans: PlanRunner | None = None
         self.glance: GlanceService | None = None
         self.hot_blobs = HotBlobs()
+        self.hot_answers = HotAnswers()  # answers the plain listener repeats (hot_path)
         self.delta = DeltaService(self.store, self.locate_blob, config.store_dir / "delta-work",
                                   self.metrics)
         self._housekeeping: asyncio.Task[None] | None = None

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -130,6 +131,9 @@ class LocalPypiIndex(PypiPaths):
     def locate(self, sha256: str) -> Path | None:
         path = self._by_digest.get(sha256)
         return path if path is not None and path.is_file() else None
+
+    def unchanged_while(self, path: str) -> Callable[[], bool] | None:
+        return None  # not repeated by the hot path (see `Repository.unchanged_while`)
 
     def summary(self) -> RepoSummary:
         return RepoSummary("pypi", self.name, str(self.root), ())

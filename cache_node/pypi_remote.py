@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
@@ -85,6 +86,9 @@ class RemotePypiIndex(PypiPaths):
         self._pages: dict[str, _Cached] = {}
         self._forced: set[str] = set()
         self._refreshing: SingleFlight[Call[_Cached]] = SingleFlight()
+
+    def unchanged_while(self, path: str) -> Callable[[], bool] | None:
+        return None  # not repeated by the hot path (see `Repository.unchanged_while`)
 
     def summary(self) -> RepoSummary:
         return RepoSummary("pypi", self.name, self.simple_url, ())

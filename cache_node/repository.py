@@ -10,6 +10,7 @@ format.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -60,6 +61,13 @@ class Repository(Protocol):
     def locate(self, sha256: str) -> Path | None:
         """A verified local file with this sha256 that is not a store blob (an origin's own
         tree), or None."""
+        ...
+
+    def unchanged_while(self, path: str) -> Callable[[], bool] | None:
+        """Just after `answer(path)` gave a hit: a check that stays true while asking again
+        would give the same bytes and headers and do nothing else (no revalidation due, no
+        other worker's change to adopt), so `hot_path` may repeat the answer; None: always
+        ask."""
         ...
 
     def summary(self) -> RepoSummary: ...

@@ -413,6 +413,10 @@ class BlobStore:
         self._touched[digest] = time.time()
         return BlobRef(digest, size)
 
+    def touch(self, digest: str) -> None:
+        """Note a use of the blob for LRU eviction (a hit answered without `get`)."""
+        self._touched[digest] = time.time()
+
     def commit(self, partial: PartialWriter, expected_sha256: str | None,
                expected_size: int | None = None) -> BlobRef:
         """Verify a finished partial and move it into the store, or delete it and raise."""
