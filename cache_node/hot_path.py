@@ -30,7 +30,8 @@ from email.utils import formatdate
 from typing import Any, Protocol
 
 MAX_ENTRIES = 4096
-MAX_BODY = 8 << 20          # answers larger than this are sendfile's job, not ours
+MAX_BYTES = 64 << 20        # bodies held at most (mostly the same objects as `HotBlobs`')
+MAX_BODY = 1 << 20          # larger answers are sendfile's job, not ours
 MAX_HEAD = 16 << 10         # a request head longer than this goes to aiohttp
 MAX_BUFFERED_WRITES = 1 << 20  # a client that reads slower than it asks goes to aiohttp
 
@@ -58,32 +59,44 @@ class HotEntry:
 
 
 class HotAnswers:
-    """Request target -> the answer the normal path gave for it, while it stays valid."""
+    """Request target -> the answer the normal path gave for it, while it stays valid; at
+    most `max_entries` answers and `max_bytes` of bodies (least recently used go first)."""
 
-    def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES) -> None:
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self._entries: OrderedDict[bytes, HotEntry] = OrderedDict()
+        self._bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def offer(self, target: bytes, entry: HotEntry) -> None:
+        if len(entry.body) > self.max_bytes:
+            return
+        self._drop(target)
         self._entries[target] = entry
-        self._entries.move_to_end(target)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._bytes += len(entry.body)
+        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
 
     def get(self, target: bytes) -> HotEntry | None:
         entry = self._entries.get(target)
         if entry is None:
             return None
         if not entry.valid():
-            del self._entries[target]
+            self._drop(target)
             return None
         return entry
 
+    def _drop(self, target: bytes) -> None:
+        entry = self._entries.pop(target, None)
+        if entry is not None:
+            self._bytes -= len(entry.body)
+
     def clear(self) -> None:
         self._entries.clear()
+        self._bytes = 0
 
 
 class HotServed(Protocol):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cache_node.hot_path import HotAnswers, HotEntry, response_head
 from distro.debian_repo import BuiltRepository, build_repository, parse_release
 from syncer.demo.sample_repo import SampleAptRepo, SampleDeb, build_deb
 from tests.plugin.support import FakeUpstream, NodeProcess
@@ -224,3 +225,26 @@ def test_a_new_snapshot_is_served_once_the_ttl_asks_again(
             assert b"edge-hot-new" in packages
     finally:
         conn.close()
+
+
+def test_answers_are_bounded_and_dropped_when_changed() -> None:
+    current = {"ok": True}
+
+    def entry(size: int) -> HotEntry:
+        return HotEntry(b"HTTP/1.1 200 OK\r\n", b"x" * size, "apt/main", "/p", "/p",
+                        lambda: current["ok"], counts_hit=True, digest=None)
+
+    answers = HotAnswers(max_entries=3, max_bytes=100)
+    for i in range(4):
+        answers.offer(f"/{i}".encode(), entry(10))
+    assert len(answers) == 3 and answers.get(b"/0") is None  # the oldest went first
+    answers.offer(b"/big", entry(80))  # over the byte budget: older ones make room
+    assert answers.get(b"/big") is not None and len(answers) == 3 and answers.get(b"/1") is None
+    answers.offer(b"/huge", entry(101))  # larger than the whole budget: never held
+    assert answers.get(b"/huge") is None
+    current["ok"] = False  # the repository changed: the entry is gone at its next use
+    assert answers.get(b"/big") is None and len(answers) == 2
+    head = response_head(200, "OK", [("Content-Type", "text/plain"), ("Date", "x"),
+                                     ("Content-Length", "9"), ("ETag", '"e"')], 4)
+    assert head == b'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nETag: "e"\r\n' \
+                   b"Content-Length: 4\r\n"
