@@ -1,9 +1,10 @@
 """Repeat answers to the hottest requests without the HTTP framework.
 
 A warm regional cache spends most of its time answering the same small, unchanged files
-(`InRelease`, `Packages`) to many sites. Through aiohttp each such answer costs about 60 µs of
-Python; the same bytes written straight from a protocol cost a few. So the plain-HTTP
-listener's connections start on `HotProtocol`: it answers a request itself only when
+(`InRelease`, `Packages`, wheels) to many sites. Through aiohttp each such answer costs about
+60 µs of Python; the same bytes written straight from a protocol cost a few. So every
+listener's connections (plain and TLS) go through `HotProtocol`: it answers a request itself
+only when
 
 - it is a plain `GET` over HTTP/1.1 without a body, `Range`, conditional or proxy headers
   (when proxies are trusted) and its exact request target is in `HotAnswers`;
@@ -14,8 +15,7 @@ listener's connections start on `HotProtocol`: it answers a request itself only 
 
 Anything else (another method or target, a miss, a stale or expired entry, a slow reader)
 goes to aiohttp's own protocol for the connection, which sees an ordinary connection. Each
-answer is counted and logged exactly as the normal path would (`HotServed`). TLS listeners
-always use aiohttp alone.
+answer is counted and logged exactly as the normal path would (`HotServed`).
 """
 
 from __future__ import annotations

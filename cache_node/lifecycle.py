@@ -102,12 +102,14 @@ def _reason(exc: BaseException) -> str:
 
 
 class _HotSite(web.SockSite):
-    """The plain-HTTP listener: each connection's protocol is `hot_path.HotProtocol` in front
-    of aiohttp's (`runner.server()`), which answers every request the fast path does not."""
+    """A listener (plain or TLS) whose connections' protocol is `hot_path.HotProtocol` in
+    front of aiohttp's (`runner.server()`), which answers every request the fast path does
+    not."""
 
     def __init__(self, runner: web.AppRunner, sock: socket.socket,
-                 protocol: Callable[[Callable[[], asyncio.Protocol]], asyncio.Protocol]) -> None:
-        super().__init__(runner, sock)
+                 protocol: Callable[[Callable[[], asyncio.Protocol]], asyncio.Protocol],
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context)
         self._protocol = protocol
 
     async def start(self) -> None:
@@ -115,7 +117,8 @@ class _HotSite(web.SockSite):
         framework = self._runner.server
         assert framework is not None
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: self._protocol(framework), sock=self._sock, backlog=self._backlog)
+            lambda: self._protocol(framework), sock=self._sock, ssl=self._ssl_context,
+            backlog=self._backlog)
 
 
 class NodeServer:
@@ -158,17 +161,17 @@ class NodeServer:
         try:
             sites: list[web.BaseSite] = []
             lines = []
+            accounting = HotAccounting(app, self.node.metrics, self.node.store.touch)
+
+            def hot(framework: Callable[[], asyncio.Protocol]) -> asyncio.Protocol:
+                return HotProtocol(self.node.hot_answers, accounting, framework)
+
             if self.listeners.plain is not None:
-                accounting = HotAccounting(app, self.node.metrics, self.node.store.touch)
-
-                def hot(framework: Callable[[], asyncio.Protocol]) -> asyncio.Protocol:
-                    return HotProtocol(self.node.hot_answers, accounting, framework)
-
                 sites.append(_HotSite(runner, self.listeners.plain, hot))
                 lines.append(f"listening on {bound_url(self.listeners.plain)}")
             if self.listeners.tls_socket is not None and self.listeners.tls is not None:
-                sites.append(web.SockSite(runner, self.listeners.tls_socket,
-                                          ssl_context=self.listeners.tls.context))
+                sites.append(_HotSite(runner, self.listeners.tls_socket, hot,
+                                      ssl_context=self.listeners.tls.context))
                 lines.append(f"listening on {bound_url(self.listeners.tls_socket, 'https')}")
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, self._on_hup)

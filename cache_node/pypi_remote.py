@@ -88,7 +88,12 @@ class RemotePypiIndex(PypiPaths):
         self._refreshing: SingleFlight[Call[_Cached]] = SingleFlight()
 
     def unchanged_while(self, path: str) -> Callable[[], bool] | None:
-        return None  # not repeated by the hot path (see `Repository.unchanged_while`)
+        """A file (or its metadata) once stored is the verified bytes its name was bound to
+        and never changes; pages depend on `Accept` and on revalidation, so never."""
+        parts = path.split("/")
+        if parts[0] == "files" and len(parts) == 3 and parts[1] and parts[2]:
+            return _always
+        return None
 
     def summary(self) -> RepoSummary:
         return RepoSummary("pypi", self.name, self.simple_url, ())
@@ -287,6 +292,10 @@ class RemotePypiIndex(PypiPaths):
         self.metrics.misses.inc(self.namespace)
         fetch, joined = self.fetches.join(plan, self.client)
         return StreamAnswer(fetch, content_type_for(filename), coalesced=joined)
+
+
+def _always() -> bool:
+    return True
 
 
 __all__ = ["RemotePypiIndex", "BytesAnswer"]

@@ -7,10 +7,12 @@ new upstream snapshot is served as soon as the TTL asks the upstream again."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import shutil
 import socket
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 from cache_node.hot_path import HotAnswers, HotEntry, response_head
 from distro.debian_repo import BuiltRepository, build_repository, parse_release
 from syncer.demo.sample_repo import SampleAptRepo, SampleDeb, build_deb
+from tests.plugin.pki import FleetPki
 from tests.plugin.support import FakeUpstream, NodeProcess
 
 INRELEASE = "/apt/main/dists/stable/InRelease"
@@ -248,3 +251,33 @@ def test_answers_are_bounded_and_dropped_when_changed() -> None:
                                      ("Content-Length", "9"), ("ETag", '"e"')], 4)
     assert head == b'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nETag: "e"\r\n' \
                    b"Content-Length: 4\r\n"
+
+
+def test_wheels_over_tls_repeat_on_the_hot_path(tls_cache: NodeProcess, wheel_dir: Path,
+                                                fleet_pki: FleetPki) -> None:
+    """Stored pip files (here a wheel's PEP 658 metadata) never change: repeated over HTTPS
+    too (the TLS listener has the same protocol in front of aiohttp's); pages, which depend
+    on Accept, never are."""
+    wheel = next(p for p in sorted(wheel_dir.iterdir()) if p.name.startswith("edge_agent-"))
+    path = f"/pypi/local/files/edge-agent/{wheel.name}.metadata"  # small: held in memory
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read(next(n for n in archive.namelist()
+                                     if n.endswith(".dist-info/METADATA")))
+    host, port = tls_cache.https_url.removeprefix("https://").rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), context=fleet_pki.client_context(),
+                                       timeout=30)
+    try:
+        for _ in range(5):
+            conn.request("GET", path)
+            response = conn.getresponse()
+            assert response.status == 200 and response.read() == metadata
+            time.sleep(0.05)  # let aiohttp go back to waiting between requests
+        for _ in range(3):
+            conn.request("GET", "/pypi/local/simple/edge-agent/")
+            response = conn.getresponse()
+            assert response.status == 200 and b"edge_agent" in response.read()
+    finally:
+        conn.close()
+    metrics = tls_cache.metrics()
+    assert metrics.get(("edgedepot_hot_answers_total", "pypi/local"), 0) >= 3
+    assert metrics[("edgedepot_requests_total", "pypi/local")] == 8
