@@ -268,13 +268,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for case in args.cases.split(","):
             for recommends in (False, True):
                 with log.guard(f"{case} recommends={recommends}"):
-                    results.append(log.add(run_case(case, CASES[case].split(), recommends,
-                                                    args.repeat, index, cache, apt, apt_lz4,
-                                                    console)))
+                    result = run_case(case, CASES[case].split(), recommends, args.repeat,
+                                      index, cache, apt, apt_lz4, console)
+                    log.add(result)
+                    results.append(result)
         if args.cold_repeat:
             with log.guard("cold"):
-                colds.append(log.add(run_cold(["nova-compute"], args.cold_repeat, index, work,
-                                              apt)))
+                cold = run_cold(["nova-compute"], args.cold_repeat, index, work, apt)
+                log.add(cold)
+                colds.append(cold)
     if _spawner is not None:
         _spawner.close()
     for what, reason in log.failures:

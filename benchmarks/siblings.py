@@ -33,6 +33,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -257,6 +258,12 @@ COLUMNS = ("peer", "clients", "wall s (median)", "wall vs one node", "WAN bytes 
            "WAN requests / files", "failures")
 
 
+def _failed_row(peer: str, clients: int, rep: int, ds: Dataset) -> Callable[[str], SiblingRow]:
+    """The row a run that failed leaves, saying why."""
+    return lambda reason: SiblingRow(peer, clients, rep, None, None, ds.unique_bytes, None,
+                                     None, len(ds.files), 0, None, reason)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.siblings",
                                 description=(__doc__ or "").split("\n")[0])
@@ -301,9 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                 order = peers[rep % len(peers):] + peers[:rep % len(peers)]  # rotate
                 for peer in order:
                     what = f"{peer} c={clients} rep {rep + 1}"
-                    with log.guard(what, lambda reason, peer=peer, clients=clients, rep=rep:
-                                   SiblingRow(peer, clients, rep, None, None, ds.unique_bytes,
-                                              None, None, len(ds.files), 0, None, reason)):
+                    with log.guard(what, _failed_row(peer, clients, rep, ds)):
                         log.add(cold_run(peer, ds, clients, rep, args, workroot))
     finally:
         shutil.rmtree(workroot, ignore_errors=True)

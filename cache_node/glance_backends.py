@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,6 +98,10 @@ class Backend(Protocol):
     def source(self, caller: Caller, image: GlanceImage) -> LocalSource | RemoteSource: ...
 
     def path_for_digest(self, sha256: str) -> Path | None: ...
+
+    def local_sha256(self, image_id: str) -> str | None:
+        """The sha256 of an image's data when it is a file of this node's own (no request)."""
+        ...
 
     def describe(self) -> str:
         """Where the images come from, for the status page."""
@@ -214,11 +219,19 @@ class DirectoryBackend:
             return None
         return ImageDigest.of(entry.sha256, image.size, image)
 
+    def local_sha256(self, image_id: str) -> str | None:
+        entry = self._dir.find(image_id)
+        return entry.sha256 if entry is not None else None
+
     def source(self, caller: Caller, image: GlanceImage) -> LocalSource | RemoteSource:
         entry = self._dir.find(image.id)
         if entry is None:
             raise NotFound(f"No image found with ID {image.id}")
         return LocalSource(entry.data_path, entry.sha256)
+
+
+DIGEST_HEADER = "X-Edgedepot-Image-Sha256"  # on a record: the sha256 of its data, if known
+KNOWN_DIGESTS = 4096  # records' data digests remembered from an edgedepot upstream
 
 
 class HttpGlanceBackend:
@@ -228,13 +241,19 @@ class HttpGlanceBackend:
         self.base_url = base_url.rstrip("/") + "/"
         self.client = client
         self.vouches = vouches  # an edgedepot tier (cache role), not a real Glance
+        # image id -> (sha256 of its data, the record it came with), from `DIGEST_HEADER`:
+        # a delta fetch then needs no digest request (an image's data never changes)
+        self._known: OrderedDict[str, tuple[str, GlanceImage]] = OrderedDict()
 
-    async def _get_json(self, caller: Caller, path: str) -> Any:
+    async def _get_json(self, caller: Caller, path: str,
+                        headers_seen: dict[str, str] | None = None) -> Any:
         url = self.base_url + path.lstrip("/")
         try:
             async with self.client.open(url, {**caller.upstream_headers(),
                                               "Accept": "application/json"}) as resp:
                 body = await resp.read()
+                if headers_seen is not None:
+                    headers_seen.update(resp.headers)
                 self.client.count_bytes(len(body))
                 if resp.status == 401:
                     raise Unauthorized("the upstream refused the token (401)")
@@ -254,11 +273,19 @@ class HttpGlanceBackend:
             raise ServiceError(f"upstream sent malformed JSON for {path}", 502) from None
 
     async def fetch_image(self, caller: Caller, image_id: str) -> GlanceImage:
-        doc = await self._get_json(caller, f"v2/images/{image_id}")
+        headers: dict[str, str] = {}
+        doc = await self._get_json(caller, f"v2/images/{image_id}", headers)
         try:
-            return GlanceImage.from_json(doc)
+            image = GlanceImage.from_json(doc)
         except ImageRecordError as exc:
             raise ServiceError(f"upstream image record is malformed: {exc}", 502) from None
+        sha256 = headers.get(DIGEST_HEADER, "")
+        if self.vouches and SHA256_RE.fullmatch(sha256) and image.id == image_id:
+            self._known[image_id] = (sha256, image)
+            self._known.move_to_end(image_id)
+            while len(self._known) > KNOWN_DIGESTS:
+                self._known.popitem(last=False)
+        return image
 
     async def fetch_list(self, caller: Caller, scope: ListScope) -> list[GlanceImage]:
         path = "v2/images?" + urlencode([("limit", str(LIST_LIMIT_MAX)), *scope.query()])
@@ -287,8 +314,11 @@ class HttpGlanceBackend:
 
     async def fetch_digest(self, caller: Caller, image_id: str) -> ImageDigest | None:
         """The sha256 of an image's data as the next edgedepot node knows it
-        (`GET {base}edgedepot/v1/images/{id}/digest`); None when it cannot tell (e.g. a node
-        without that endpoint, or a real Glance)."""
+        (`GET {base}edgedepot/v1/images/{id}/digest`, unless the record came with it);
+        None when it cannot tell (e.g. a node without that endpoint, or a real Glance)."""
+        known = self._known.get(image_id)
+        if known is not None and known[1].size is not None:
+            return ImageDigest.of(known[0], known[1].size, known[1])
         try:
             doc = await self._get_json(caller, f"edgedepot/v1/images/{image_id}/digest")
         except (ServiceError, UpstreamError):  # NotFound, refusals, unreachable, timeout
@@ -311,6 +341,9 @@ class HttpGlanceBackend:
     def path_for_digest(self, sha256: str) -> Path | None:
         return None  # data of a remote Glance lives in the store once fetched
 
+    def local_sha256(self, image_id: str) -> str | None:
+        return None
+
     def describe(self) -> str:
         return self.base_url
 
@@ -324,5 +357,5 @@ class HttpGlanceBackend:
         return True
 
 
-__all__ = ["Backend", "DirectoryBackend", "HttpGlanceBackend", "ImageDigest", "LocalSource",
-           "RemoteSource"]
+__all__ = ["DIGEST_HEADER", "Backend", "DirectoryBackend", "HttpGlanceBackend", "ImageDigest",
+           "LocalSource", "RemoteSource"]

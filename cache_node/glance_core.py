@@ -84,6 +84,7 @@ class ImageList:
 class ImageView:
     image: GlanceImage
     offline: bool = False
+    sha256: str | None = None  # of its data, when this node knows it without asking
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,8 @@ class GlanceService:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.delta is not None:
+            await self.delta.close()
 
     # -- documents ---------------------------------------------------------------------------
     @staticmethod
@@ -236,7 +239,18 @@ class GlanceService:
 
     async def show_image(self, caller: Caller, image_id: str) -> ImageView:
         decision = await self.auth.image(caller, image_id, self.cached_record(image_id))
-        return ImageView(decision.image, decision.offline)
+        return ImageView(decision.image, decision.offline, self._known_sha256(decision.image))
+
+    def _known_sha256(self, image: GlanceImage) -> str | None:
+        """The sha256 of an image's data if this node has it (its own file, or stored): sent
+        with the record so a downstream cache's delta fetch needs no digest request."""
+        if image.status != "active":
+            return None
+        local = self.backend.local_sha256(image.id)
+        if local is not None:
+            return local
+        ref = self.store.lookup(NS_DATA, image.id)
+        return ref.digest if ref is not None else None
 
     # -- data --------------------------------------------------------------------------------
     async def image_data(self, caller: Caller, image_id: str) -> BlobAnswer | StreamAnswer:

@@ -45,7 +45,7 @@ from distro.digests import file_sha256
 from distro.errors import IntegrityError
 from distro.glance_images import GlanceImage, family_key
 from syncer.delta_client import DeltaClient, DeltaError, DeltaTransferError, WholeIsBetter
-from syncer.http_client import ClientSettings, UpstreamUnavailable
+from syncer.http_client import ClientSettings, HttpClient, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +184,28 @@ class ImageDeltaFetcher:
         self.work_dir = work_dir
         self.retries = retries
         self.backoff = backoff
+        # One client for every delta fetch: its connections to the upstream are kept, so an
+        # image update starts without a new TCP (and TLS) handshake.
+        self._http: HttpClient | None = None
         work_dir.mkdir(parents=True, exist_ok=True)
         cleanup_stale_work(work_dir)
 
     def reconfigure(self, delta_url: str, settings: ClientSettings) -> None:
         """A reload: the next attempts go to this upstream with these settings."""
+        if self._http is not None:
+            self._http.reconfigure(settings)
         self.delta_url, self.settings = delta_url.rstrip("/") + "/", settings
+
+    async def _client(self) -> HttpClient:
+        if self._http is None:
+            self._http = await HttpClient("delta", self.settings or ClientSettings(
+                connect_timeout=30, read_timeout=600, retries=0)).__aenter__()
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.__aexit__(None, None, None)
 
     def producer(self, image: GlanceImage, basis: Basis,
                  digest_of: Callable[[], Awaitable[ImageDigest | None]]) -> Producer:
@@ -253,7 +269,7 @@ class ImageDeltaFetcher:
         url = f"{self.delta_url}blobs/{digest.sha256}"
         basis_path = self.store.blob_path(basis.ref.digest)
         for attempt in range(self.retries + 1):
-            client = DeltaClient(settings=self.settings)
+            client = DeltaClient(await self._client())
             try:
                 async with client:
                     result = await client.fetch_into(url, basis_path, sink, state,

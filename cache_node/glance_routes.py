@@ -11,6 +11,7 @@ from aiohttp import web
 from cache_node.admin_auth import is_node_admin
 from cache_node.answers import ServiceError
 from cache_node.glance_auth import Caller
+from cache_node.glance_backends import DIGEST_HEADER
 from cache_node.glance_core import NAMESPACE, OFFLINE_HEADER, GlanceService
 from cache_node.responses import send_answer
 from distro.glance_images import image_schema, images_schema
@@ -73,7 +74,10 @@ def add_glance_routes(app: web.Application, get_service: GetService) -> None:
 
     async def show_image(request: web.Request, service: GlanceService) -> web.Response:
         view = await service.show_image(_caller(request), request.match_info["image_id"])
-        return _json(view.image.to_json(), offline=view.offline)
+        response = _json(view.image.to_json(), offline=view.offline)
+        if view.sha256 is not None:
+            response.headers[DIGEST_HEADER] = view.sha256
+        return response
 
     async def image_file(request: web.Request, service: GlanceService) -> web.StreamResponse:
         answer = await service.image_data(_caller(request), request.match_info["image_id"])

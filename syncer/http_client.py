@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import random
 import ssl
@@ -82,13 +83,37 @@ class HttpReply:
 
 
 def ssl_context(settings: ClientSettings) -> ssl.SSLContext:
-    """System trust plus the private CA, and the client certificate if any."""
+    """System trust plus the private CA, and the client certificate if any. A context is
+    shared while the files it was made from stay the same (path, size and modification time):
+    making one reads the whole system trust store, some 15 ms of blocked event loop, too much
+    for every delta fetch; a renewed certificate is a new file state, so a new context."""
+    system = ssl.get_default_verify_paths().cafile
+    return _context_for(_file_state(Path(system) if system else None),
+                        _file_state(settings.ca_file), _file_state(settings.client_cert),
+                        _file_state(settings.client_key))
+
+
+FileState = tuple[str, int, int] | None
+
+
+def _file_state(path: Path | None) -> FileState:
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return (str(path), -1, -1)  # loading it raises the error the operator needs to see
+    return (str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _context_for(system: FileState, ca: FileState, cert: FileState,
+                 key: FileState) -> ssl.SSLContext:
     context = ssl.create_default_context()
-    if settings.ca_file is not None:
-        context.load_verify_locations(cafile=str(settings.ca_file))
-    if settings.client_cert is not None:
-        context.load_cert_chain(str(settings.client_cert),
-                                str(settings.client_key) if settings.client_key else None)
+    if ca is not None:
+        context.load_verify_locations(cafile=ca[0])
+    if cert is not None:
+        context.load_cert_chain(cert[0], key[0] if key is not None else None)
     return context
 
 

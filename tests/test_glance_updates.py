@@ -246,8 +246,12 @@ def test_clients_stream_an_image_while_it_is_rebuilt(stack: Stack) -> None:
     assert not errors, errors
     assert b"".join(chunks) == stack.data["edgeos-1.1"]
     assert stack.cache.metrics().get(DELTA_FETCHES, 0) == before + 1
-    assert stack.origin.served().get(f"/glance/v2/images/{stack.ids()['edgeos-1.1']}/file",
-                                     0) == 0
+    image_id = stack.ids()["edgeos-1.1"]
+    served = stack.origin.served()
+    assert served.get(f"/glance/v2/images/{image_id}/file", 0) == 0
+    # the record came with its data's sha256: no digest request before the patch
+    assert served.get(f"/glance/v2/images/{image_id}", 0) >= 1
+    assert served.get(f"/glance/edgedepot/v1/images/{image_id}/digest", 0) == 0
     assert stack.origin.metrics().get(PATCHES, 0) == 1  # the prepared one, not another
 
 
