@@ -101,7 +101,7 @@ def wait(driver: Any, what: str, check: Callable[[Any], T], timeout: float = WAI
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:  # the page redraws its tables every round: elements may go stale between calls
-        return WebDriverWait(driver, timeout, poll_frequency=0.3,  # type: ignore[no-any-return]
+        return WebDriverWait(driver, timeout, poll_frequency=0.3,
                              ignored_exceptions=(StaleElementReferenceException,)).until(check)
     except TimeoutException:
         shot = Path(tempfile.gettempdir()) / "console-timeout.png"
@@ -177,8 +177,14 @@ def test_console_in_chromium(browser: Any, origin: NodeProcess,
             return p if p is not None and 0 < p[0] < p[1] else None
 
         first = wait(browser, "the push under way in region south", moving)
-        second = wait(browser, "the push's progress moving",
-                      lambda d: (p := moving(d)) is not None and p[0] > first[0] and p)
+        assert first is not None  # (`until` returns only a true value)
+
+        def moved_on(d: Any) -> tuple[int, int] | None:
+            p = moving(d)
+            return p if p is not None and p[0] > first[0] else None
+
+        second = wait(browser, "the push's progress moving", moved_on)
+        assert second is not None
         assert second[1] == first[1]
         assert "of 8." in text_of(browser, '#regions tr[data-region="south"]')
 

@@ -288,7 +288,8 @@ def test_reported_and_unknown_sites_and_unattributed_clients() -> None:
                                         _usage("198.51.100.7", 70, 1.0),
                                         _usage("203.0.113.5", 90, 1.0),
                                         _usage("10.0.0.1", 1, 1.0)])], 2.0)
-    assert state.site_detail("site-0001")["artifact_bytes"] == 50  # by its reported address
+    detail = state.site_detail("site-0001")
+    assert detail is not None and detail["artifact_bytes"] == 50  # by its reported address
     unknown = state.sites_page(state="unknown")["items"]
     assert [(r["site"], r["known"], r["artifact_bytes"]) for r in unknown] == \
         [("new-site", False, 70)]

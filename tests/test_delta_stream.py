@@ -117,7 +117,8 @@ async def test_target_bytes_reach_the_sink_before_the_delta_ends(
     patch = await server.service.patch(sha, bsha)
     # the gate holds all but the first part of the delta (patch, or ranges payload)
     budget = patch.size // 3 if mode == "patch" else 20_000
-    proxy = await GatedProxy(server.port, budget).start()
+    proxy = GatedProxy(server.port, budget)
+    await proxy.start()
     sink = MemorySink()
     try:
         async with DeltaClient() as client:

@@ -60,7 +60,7 @@ def prime(cache: NodeProcess) -> None:
 
 def raw_get(url: str, raw_path: str) -> tuple[int, bytes]:
     parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn = http.client.HTTPConnection(str(parts.hostname), parts.port, timeout=30)
     conn.putrequest("GET", raw_path, skip_accept_encoding=True)
     conn.endheaders()
     resp = conn.getresponse()
@@ -70,7 +70,7 @@ def raw_get(url: str, raw_path: str) -> tuple[int, bytes]:
 def fetch_fully(node: NodeProcess, path: str) -> tuple[int, bytes] | None:
     """GET returning (status, body), or None when the response was aborted mid-body."""
     parts = urlsplit(node.url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    conn = http.client.HTTPConnection(str(parts.hostname), parts.port, timeout=60)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -336,7 +336,7 @@ def test_client_disconnect_does_not_fail_the_others(
     entry = largest(tree)
     upstream.faults[entry.filename] = Fault(chunk_delay=0.05)
     parts = urlsplit(cache.url)
-    quitter = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    quitter = http.client.HTTPConnection(str(parts.hostname), parts.port, timeout=30)
     quitter.request("GET", f"/apt/main/{entry.filename}")
     resp = quitter.getresponse()
     resp.read(1000)

@@ -72,6 +72,13 @@ def pip_download(index_url: str, out: Path) -> list[Path]:
     return sorted(out.iterdir())
 
 
+def _install(root: AptRoot, package: str) -> list[Path]:
+    """One site: apt-get update and install --download-only; the archives it downloaded."""
+    root.run("update")
+    root.run("install", "-y", "--download-only", package)
+    return root.archives()
+
+
 def test_plan_push_then_sites_install_once_per_region(
         origin: NodeProcess, fleet: dict[str, NodeProcess], sample_apt: SampleAptRepo,
         wheel_dir: Path, tmp_path: Path) -> None:
@@ -109,8 +116,7 @@ def test_plan_push_then_sites_install_once_per_region(
                 node = fleet[f"{region}-{'child' if i % 2 else 'parent'}"]
                 root = AptRoot(tmp_path / "sites" / f"{region}{i}", sample_apt.public_keyring)
                 root.set_source(f"{node.url}/apt/main")
-                jobs.append(pool.submit(lambda r=root: (r.run("update"), r.run(
-                    "install", "-y", "--download-only", sample_apt.top_package), r.archives())[2]))
+                jobs.append(pool.submit(_install, root, sample_apt.top_package))
                 if i < 2:
                     jobs.append(pool.submit(pip_download, f"{node.url}/pypi/local/simple/",
                                             tmp_path / "pip" / f"{region}{i}"))

@@ -136,9 +136,9 @@ def test_openstacksdk(stack: Stack, tmp_path: Path) -> None:
     assert names == ["private-a", "public-1", "public-2", "public-3"]
     assert sorted(i.name for i in conn.list_images()) == names
     image = conn.get_image(stack.id("public-3"))
-    assert image.checksum == stack.images["public-3"]["checksum"]
+    assert image is not None and image.checksum == stack.images["public-3"]["checksum"]
     target = tmp_path / "p3.img"
-    conn.download_image(stack.id("public-3"), output_file=str(target))
+    conn.download_image(stack.id("public-3"), output_path=str(target))
     _check(stack, "public-3", target.read_bytes())
 
 

@@ -114,11 +114,11 @@ def test_openstacksdk_over_https(stack: Stack, tmp_path: Path) -> None:
                              cacert=str(stack.pki.ca.cert))
     assert sorted(i.name for i in conn.image.images()) == ["private-a", "public-1"]
     image = conn.get_image(stack.id("public-1"))
-    assert image.checksum == stack.images["public-1"]["checksum"]
+    assert image is not None and image.checksum == stack.images["public-1"]["checksum"]
     target = tmp_path / "p1.img"
-    conn.download_image(stack.id("public-1"), output_file=str(target))
+    conn.download_image(stack.id("public-1"), output_path=str(target))
     assert _sha(target.read_bytes()) == _sha(stack.data["public-1"])
-    conn.download_image(stack.id("public-1"), output_file=str(tmp_path / "again.img"))
+    conn.download_image(stack.id("public-1"), output_path=str(tmp_path / "again.img"))
     # The image's data crossed the mTLS link once, however often it was served.
     served = stack.origin.served()
     assert served[f"/glance/v2/images/{stack.id('public-1')}/file"] == 1

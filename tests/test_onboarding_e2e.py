@@ -147,7 +147,7 @@ def report(console: ConsoleProcess, site: str, token: str | None) -> int:
                                              if token else {})})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status
+            return int(resp.status)
     except urllib.error.HTTPError as exc:
         return exc.code
 
