@@ -192,7 +192,7 @@ def summary(rows: list[Row]) -> list[str]:
     for r in ok:
         by.setdefault(r.scenario, []).append(r)
     whole = by.get("whole", [])
-    lines = ["| scenario | runs | first byte s (median) | last byte s (median) | WAN MB (median) "
+    lines = ["| scenario | runs | first byte ms (median) | last byte s (median) | WAN MB (median) "
              "| first byte vs whole | last byte vs whole | how |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     wf, wl = _median([r.first_byte_s for r in whole]), _median([r.last_byte_s for r in whole])
@@ -200,7 +200,7 @@ def summary(rows: list[Row]) -> list[str]:
         f, last = _median([r.first_byte_s for r in runs]), _median([r.last_byte_s for r in runs])
         wan = _median([float(r.wan_bytes) for r in runs]) / 1e6
         how = ", ".join(sorted({r.note.split(";")[0] for r in runs}))
-        lines.append(f"| {name} | {len(runs)} | {f:.3f} | {last:.2f} | {wan:.2f} | "
+        lines.append(f"| {name} | {len(runs)} | {f * 1000:.1f} | {last:.2f} | {wan:.2f} | "
                      f"{f / wf:.2f}x | {last / wl:.3f}x | {how} |")
     return lines
 

@@ -46,8 +46,9 @@ _LEN = struct.Struct("<Q")
 
 SINGLE_LIMIT = 96 << 20  # basis + target up to this: one segment against the whole basis
 SEGMENT = 16 << 20
-FIRST_SEGMENT = 256 << 10  # segments ramp up 256 KiB, 512 KiB, 1, 2, ... 16 MiB: the first
-                           # bytes of a target are rebuilt (and served) after a small frame
+FIRST_SEGMENT = 32 << 10  # segments ramp up 32 KiB, 64 KiB, ... 16 MiB: the first bytes of
+                          # a target are rebuilt (and served) after a frame of a few kB, which
+                          # crosses a slow link as soon as the first packets of a whole fetch
 PREFIX_BUDGET = 48 << 20
 PAD = 64 << 10  # around each basis region a segment's blocks came from
 DIAGONAL = 1 << 20
