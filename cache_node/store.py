@@ -271,7 +271,7 @@ class BlobStore:
         self._name_cache: dict[tuple[str, str], str] = {}
         self._paths: dict[str, Path] = {}  # hot blobs' Path objects (built once, not per hit)
         self._in_transaction = False
-        self._pending_markers: list[str] = []
+        self._pending_versions: list[str] = []
         self._versions: mmap.mmap | None = None  # see `shared_version`
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -332,14 +332,14 @@ class BlobStore:
             yield
         except BaseException:
             self.db.execute("ROLLBACK")
-            self._pending_markers.clear()
+            self._pending_versions.clear()
             raise
         finally:
             self._in_transaction = False
         self.db.execute("COMMIT")
-        markers, self._pending_markers = self._pending_markers, []
-        for key in markers:
-            self._touch_marker(key)
+        bumped, self._pending_versions = self._pending_versions, []
+        for key in bumped:
+            self._bump_version(key)
 
     def close(self) -> None:
         if self._db is not None:
@@ -555,11 +555,11 @@ class BlobStore:
         self.db.execute("INSERT OR REPLACE INTO shared(key, value) VALUES (?, ?)",
                         (key, json.dumps(value, sort_keys=True)))
         if self._in_transaction:
-            self._pending_markers.append(key)  # only once the transaction is committed
+            self._pending_versions.append(key)  # only once the transaction is committed
         else:
-            self._touch_marker(key)
+            self._bump_version(key)
 
-    def _touch_marker(self, key: str) -> None:
+    def _bump_version(self, key: str) -> None:
         if self._versions is not None:  # a fresh random value: no two writers write the same
             self._versions[_slot(key):_slot(key) + 8] = os.urandom(8)
 
