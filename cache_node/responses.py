@@ -41,6 +41,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 # Where sendfile cannot work (TLS: bytes are encrypted in user space), each file read becomes
 # one write: large reads keep the per-chunk Python work small against the encryption.
 COPY_CHUNK = 1 << 20
+SENDFILE_STEP = 8 << 20
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
           405: "method_not_allowed", 413: "too_large", 416: "range_not_satisfiable",
@@ -258,13 +259,21 @@ class _Sender:
         fileobj = self._files.get(fd)
         if fileobj is None:
             fileobj = self._files[fd] = os.fdopen(os.dup(fd), "rb")
-        try:
-            await asyncio.get_running_loop().sendfile(transport, fileobj, offset, count,
-                                                      fallback=False)
-        except (NotImplementedError, RuntimeError):
-            self._sendfile = False
-            return False
-        self.sent += count
+        loop = asyncio.get_running_loop()
+        end = offset + count
+        while offset < end:
+            # In steps, as nginx's sendfile_max_chunk: on loopback one sendfile call can move
+            # a hundred megabytes while the worker's event loop waits for it.
+            step = min(SENDFILE_STEP, end - offset)
+            try:
+                await loop.sendfile(transport, fileobj, offset, step, fallback=False)
+            except (NotImplementedError, RuntimeError):
+                if offset == end - count:  # nothing sent yet: the caller copies instead
+                    self._sendfile = False
+                    return False
+                raise
+            offset += step
+            self.sent += step
         return True
 
     async def send_file(self, fd: int, start: int, end: int) -> None:
