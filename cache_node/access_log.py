@@ -54,6 +54,16 @@ class AccessEntry:
     duration: float
     cache: str
 
+    @staticmethod
+    def of(arrived: float, started: float, client: str, method: str, path: str, status: int,
+           size: int, cache: str) -> AccessEntry:
+        """An entry for a request that arrived at `arrived` (wall clock) and whose answer
+        started at `started` (monotonic); fields made printable."""
+        return AccessEntry(
+            datetime.fromtimestamp(arrived, UTC).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"), _printable(client), _printable(method), _printable(path),
+            status, size, round(time.monotonic() - started, 6), cache)
+
     def line(self, fmt: Format) -> str:
         if fmt == "json":
             return json.dumps(asdict(self), separators=(",", ":"))
@@ -127,10 +137,6 @@ def access_log(app: web.Application) -> AccessLog | None:
     return app.get(ACCESS_LOG)
 
 
-def _raw_path(request: web.Request) -> str:
-    return _printable(request.raw_path.split("?", 1)[0])
-
-
 def _body_bytes(request: web.Request, response: web.StreamResponse, note: RequestNote) -> int:
     if note.sent is not None:
         return note.sent
@@ -198,12 +204,9 @@ def install_access_log(app: web.Application, config: NodeConfig) -> AccessLog | 
         finally:
             client = _printable(request.remote or "-")
             if sink is not None:  # the log line first: readers of the log wait for nothing else
-                sink.write(AccessEntry(
-                    datetime.fromtimestamp(arrived, UTC).isoformat(timespec="milliseconds")
-                    .replace("+00:00", "Z"),
-                    client, _printable(request.method),
-                    _raw_path(request), status, size, round(time.monotonic() - started, 6),
-                    note.cache))
+                sink.write(AccessEntry.of(arrived, started, client, request.method,
+                                          request.raw_path.split("?", 1)[0], status, size,
+                                          note.cache))
             clients.record(client, request.path, status, size, note.cache)
 
     app.middlewares.insert(0, logged)
@@ -240,8 +243,6 @@ class HotAccounting:
             self.touch(entry.digest)
         sink = self.app.get(ACCESS_LOG)
         if sink is not None:
-            sink.write(AccessEntry(
-                datetime.fromtimestamp(arrived, UTC).isoformat(timespec="milliseconds")
-                .replace("+00:00", "Z"), _printable(client), "GET", _printable(entry.raw_path),
-                200, size, round(time.monotonic() - started, 6), "hit"))
-        self.clients.record(client, entry.path, 200, size, "hit")
+            sink.write(AccessEntry.of(arrived, started, client, "GET", entry.raw_path, 200,
+                                      size, "hit"))
+        self.clients.record(_printable(client), entry.path, 200, size, "hit")

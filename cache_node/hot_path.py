@@ -94,10 +94,6 @@ class HotAnswers:
         if entry is not None:
             self._bytes -= len(entry.body)
 
-    def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
-
 
 class HotServed(Protocol):
     """What the node does for each answer the fast path sent (counters, access log)."""
@@ -196,8 +192,6 @@ class HotProtocol(asyncio.Protocol):
     # -- one request -----------------------------------------------------------------------
     def _answer(self, head: bytes) -> _Verdict:
         """Answer one request head (without its final CRLF CRLF) or say whose it is."""
-        arrived = time.time()
-        started = time.monotonic()
         line_end = head.find(b"\r\n")
         request_line = head if line_end < 0 else head[:line_end]
         parts = request_line.split(b" ")
@@ -225,6 +219,7 @@ class HotProtocol(asyncio.Protocol):
                 or transport.get_write_buffer_size() > MAX_BUFFERED_WRITES \
                 or not _idle(self.inner) or not self.node.allowed(self.client):
             return _Verdict.FRAMEWORK
+        arrived, started = time.time(), time.monotonic()
         transport.write(b"".join((
             entry.head, b"Date: ", _DATE.value(),
             b"\r\nConnection: close\r\n\r\n" if close else b"\r\n\r\n", entry.body)))

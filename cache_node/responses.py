@@ -260,7 +260,7 @@ class _Sender:
         if fileobj is None:
             fileobj = self._files[fd] = os.fdopen(os.dup(fd), "rb")
         loop = asyncio.get_running_loop()
-        end = offset + count
+        first, end = offset, offset + count
         while offset < end:
             # In steps, as nginx's sendfile_max_chunk: on loopback one sendfile call can move
             # a hundred megabytes while the worker's event loop waits for it.
@@ -268,7 +268,7 @@ class _Sender:
             try:
                 await loop.sendfile(transport, fileobj, offset, step, fallback=False)
             except (NotImplementedError, RuntimeError):
-                if offset == end - count:  # nothing sent yet: the caller copies instead
+                if offset == first:  # nothing sent yet: the caller copies instead
                     self._sendfile = False
                     return False
                 raise

@@ -67,8 +67,7 @@ class ConsoleAccess:
         """Whether the request may see the fleet (constant-time comparisons)."""
         if self.token is None:
             return True
-        sent = request.headers.get("Authorization", "")
-        if sent and hmac.compare_digest(sent.encode(), f"Bearer {self.token}".encode()):
+        if bearer_matches(request, self.token):
             return True
         cookie = request.cookies.get(COOKIE, "")
         return bool(cookie) and hmac.compare_digest(cookie.encode(), self.session().encode())

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -278,12 +277,10 @@ async def bootstrap(request: web.Request) -> web.Response:
 async def report(request: web.Request) -> web.Response:
     console = request.app[CONSOLE_KEY]
     token = console.inventory.onboarding.token
-    if token is not None:
-        sent = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-            return web.json_response({"error": "forbidden",
-                                      "message": "a valid onboarding token is required"},
-                                     status=403)
+    if token is not None and not bearer_matches(request, token):
+        return web.json_response({"error": "forbidden",
+                                  "message": "a valid onboarding token is required"},
+                                 status=403)
     try:
         doc = await request.json()
         accepted = console.reports.add(parse_report(request.match_info["site"], doc,
