@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,10 +208,21 @@ async def test_offer_starts_the_patch_and_auto_follows_it(
     assert server.service.offer(sha, other).patch == "unavailable"
     # The node estimates the patch far away (a slow rate): auto does not wait for it...
     monkeypatch.setattr(delta_service, "PATCH_RATE_SINGLE", 1.0)
+    # (and the patch, which really takes milliseconds, is held until that fetch is done, so
+    # a busy machine cannot finish it before the client asks)
+    fetched = threading.Event()
+    make_patch = delta_patch.make_patch
+
+    def held_make_patch(*args: Any, **kwargs: Any) -> Any:
+        fetched.wait(GUARD)
+        return make_patch(*args, **kwargs)
+
+    monkeypatch.setattr(delta_service, "make_patch", held_make_patch)
     first = server.service.offer(sha, bsha)
     assert first.patch == "computing" and first.patch_eta is not None
     async with DeltaClient(patch_wait=5.0) as client:
         blocks = await client.fetch(server.url(sha), basis_path, tmp_path / "a.bin")
+    fetched.set()
     assert blocks.method == "blocks" and (tmp_path / "a.bin").read_bytes() == target
     # ...but the offer started it, and once it is ready the next client takes it.
     await asyncio.wait_for(server.service.patch(sha, bsha), GUARD)
